@@ -1,0 +1,163 @@
+"""Finding and loading checkpoints in diffusers layout: a local folder, a registry name or a hub id.
+
+The folder's `model_index.json` names each component's library and class (any tokenizer or text encoder
+that transformers knows); each is loaded with that class's `from_pretrained`. An optional `studio.json`
+beside it carries the studio's defaults for the model (size, length, steps, conditioning strategy).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+class ModelNotAvailable(RuntimeError):
+    """The model cannot be found locally and cannot be downloaded now; the message says what to run."""
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    width: int = 832
+    height: int = 480
+    num_frames: int = 81
+    fps: float = 16.0
+    steps: int = 50
+    guidance_scale: float = 5.0
+    conditioning_strategy: str = "replace"
+    max_sequence_length: int = 512
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    source: str  # hub id or a folder
+    defaults: ModelDefaults
+    memory: str = ""
+
+
+# Registry: names shown in the CLI and the studio's dropdown.
+MODELS: dict[str, ModelEntry] = {
+    "embedded": ModelEntry(str(ASSETS / "embedded-model"), ModelDefaults(), "runs on a CPU"),
+    "wan2.1-t2v-1.3b": ModelEntry(
+        "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+        ModelDefaults(width=832, height=480, num_frames=81, fps=16.0, steps=50, guidance_scale=5.0),
+        "about 8 GB of GPU memory with --low-vram, 20 GB without",
+    ),
+    "wan2.2-ti2v-5b": ModelEntry(
+        "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+        ModelDefaults(width=1280, height=704, num_frames=121, fps=24.0, steps=50, guidance_scale=5.0,
+                      conditioning_strategy="per_token"),
+        "about 24 GB of GPU memory with --low-vram",
+    ),
+}
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def resolve_model(model: str) -> tuple[Path, str, ModelDefaults | None]:
+    """(local folder, model id, registry defaults) for a registry name, a folder or a hub id."""
+    entry = MODELS.get(model)
+    source = entry.source if entry else model
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        if not (folder / "model_index.json").is_file():
+            raise ModelNotAvailable(f"{str(folder)!r} is not a diffusers model folder: it has no model_index.json")
+        return folder, model, entry.defaults if entry else None
+    if entry is not None and model == "embedded":
+        raise ModelNotAvailable(
+            f"the embedded model is not in {str(folder)!r}; train it (see training/) or pass --model with a "
+            "diffusers folder or a hub id"
+        )
+    if not _looks_like_hub_id(source):
+        raise ModelNotAvailable(
+            f"model {model!r} is neither a folder with a model_index.json, a hub id like 'Wan-AI/Wan2.1-T2V-1.3B-Diffusers', "
+            f"nor one of {', '.join(MODELS)}"
+        )
+    return _download(source), source, entry.defaults if entry else None
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        pass
+    hint = (f"model {repo_id!r} is not in the local Hugging Face cache and the hub cannot be reached. "
+            f"Download it on a connected machine with `hf download {repo_id}` "
+            f"(or pass --model with a local diffusers folder)")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise ModelNotAvailable(hint + "; HF_HUB_OFFLINE is set")
+    try:
+        return Path(snapshot_download(repo_id))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as error:
+        raise ModelNotAvailable(f"{hint} ({type(error).__name__})") from error
+
+
+def read_defaults(folder: Path, registry: ModelDefaults | None) -> ModelDefaults:
+    defaults = registry or ModelDefaults()
+    index = json.loads((folder / "model_index.json").read_text())
+    if index.get("expand_timesteps"):
+        defaults = replace(defaults, conditioning_strategy="per_token")
+    studio = folder / "studio.json"
+    if studio.is_file():
+        known = {f.name for f in fields(ModelDefaults)}
+        overrides = {k: v for k, v in json.loads(studio.read_text()).items() if k in known}
+        defaults = replace(defaults, **overrides)
+    return defaults
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What fixes valid sizes and lengths, read from the configs before any weights load."""
+
+    spatial: int  # VAE pixels per latent, each side
+    temporal: int  # VAE frames per latent after the first
+    patch: int  # DiT patch, each side, in latents
+
+    @property
+    def grid(self) -> int:
+        return self.spatial * self.patch
+
+
+def read_geometry(folder: Path) -> Geometry:
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    transformer = json.loads((folder / "transformer" / "config.json").read_text())
+    return Geometry(int(vae.get("scale_factor_spatial", 8)), int(vae.get("scale_factor_temporal", 4)),
+                    int(transformer.get("patch_size", [1, 2, 2])[1]))
+
+
+def load_component(folder: Path, name: str, spec: list[str], dtype: torch.dtype | None) -> Any:
+    library, class_name = spec
+    module = importlib.import_module(library)
+    component_cls = getattr(module, class_name)
+    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    return component_cls.from_pretrained(folder / name, **kwargs)
+
+
+def load_components(folder: Path, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """vae (always float32: Wan's VAE degrades in half precision), transformer and text encoder in `dtype`,
+    tokenizer and the scheduler's config."""
+    index = json.loads((folder / "model_index.json").read_text())
+    missing = [name for name in ("vae", "transformer", "text_encoder", "tokenizer", "scheduler")
+               if not isinstance(index.get(name), list) or index[name][0] is None]
+    if missing:
+        raise ModelNotAvailable(f"{str(folder)!r} lacks components the pipeline needs: {', '.join(missing)}")
+    return {
+        "vae": load_component(folder, "vae", index["vae"], torch.float32),
+        "transformer": load_component(folder, "transformer", index["transformer"], dtype),
+        "text_encoder": load_component(folder, "text_encoder", index["text_encoder"], dtype),
+        "tokenizer": load_component(folder, "tokenizer", index["tokenizer"], None),
+        "scheduler": load_component(folder, "scheduler", index["scheduler"], None),
+    }

@@ -1,0 +1,126 @@
+"""Every mode as a request: conditioning items plus a starting noise level (no mode samples on its own).
+
+Window geometry follows the causal VAE (`temporal` = 4 for Wan): the window has 4k+1 frames; a clip held at
+frame 0 has 4a+1 frames; a clip held at the end has 4b+1 frames and starts on a multiple of 4. Hence:
+- extend (either way) adds a multiple of 4 frames;
+- connect and loop generate 4g-1 frames between the two held clips.
+Extend, loop and connect copy the source clips through untouched (`output="source"`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.request import ConditioningItem, GenerationRequest, nearest_valid
+from pipelines.video_io import read_media
+
+DEFAULT_CONTEXT_FRAMES = 9
+
+
+def clip_length(path: str, fps: float) -> int:
+    """Frames of a clip (or 1 for an image) as the pipeline will read it at `fps`."""
+    return len(read_media(path, fps))
+
+
+def new_frame_counts(mode: str, temporal: int = 4) -> tuple[int, int]:
+    """(first valid count, step) of generated frames for extend, loop and connect."""
+    return (temporal, temporal) if mode == "extend" else (temporal - 1, temporal)
+
+
+def check_new_frames(mode: str, frames: int, temporal: int = 4) -> None:
+    first, step = new_frame_counts(mode, temporal)
+    if not isinstance(frames, int) or frames < first or (frames - first) % step:
+        near = nearest_valid(frames, step, offset=first % step, minimum=first) if isinstance(frames, int) else [first]
+        raise ValueError(f"frames = {frames!r} is not valid for {mode}: {first}, {first + step}, {first + 2 * step}, ... "
+                         f"new frames (nearest: {' or '.join(map(str, near))})")
+
+
+def _context(requested: int | None, available: int, at_end: bool, temporal: int, name: str) -> int:
+    """Context frames of a clip: temporal*k+1, at least temporal+1 when held at the window's end."""
+    minimum = temporal + 1 if at_end else 1
+    if requested is None:
+        requested = min(DEFAULT_CONTEXT_FRAMES, available)
+        requested -= (requested - 1) % temporal
+    if requested < minimum or (requested - 1) % temporal:
+        raise ValueError(f"context_frames = {requested} is not valid: {temporal}k+1 frames"
+                         f"{f', at least {minimum}' if minimum > 1 else ''} (1, 5, 9, 13, ... for this VAE)")
+    if requested > available:
+        raise ValueError(f"context_frames = {requested} is more than {name} has ({available} frames)")
+    return requested
+
+
+def text_to_video(prompt: str, **settings: Any) -> GenerationRequest:
+    return GenerationRequest(prompt=prompt, mode="t2v", **settings)
+
+
+def text_to_image(prompt: str, **settings: Any) -> GenerationRequest:
+    return GenerationRequest(prompt=prompt, mode="image", **{**settings, "num_frames": 1})
+
+
+def animate(image: str, prompt: str, strength: float = 1.0, **settings: Any) -> GenerationRequest:
+    """The still becomes frame 0 of the clip."""
+    item = ConditioningItem(source=image, frame_index=0, strength=strength, source_count=1)
+    return GenerationRequest(prompt=prompt, mode="animate", conditioning=(item,), **settings)
+
+
+def extend(clip: str, prompt: str, new_frames: int, direction: str = "forward", context_frames: int | None = None,
+           temporal: int = 4, fps: float = 16.0, **settings: Any) -> GenerationRequest:
+    """Forward: the clip's last frames open the window. Backward: its first frames close it."""
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction = {direction!r} is not valid: forward or backward")
+    check_new_frames("extend", new_frames, temporal)
+    length = clip_length(clip, fps)
+    forward = direction == "forward"
+    context = _context(context_frames, length, not forward, temporal, "the clip")
+    if forward:
+        item = ConditioningItem(clip, frame_index=0, source_start=length - context, source_count=context, output="source")
+    else:
+        item = ConditioningItem(clip, frame_index=new_frames, source_start=0, source_count=context, output="source")
+    return GenerationRequest(prompt=prompt, mode="extend", num_frames=context + new_frames, fps=fps,
+                             conditioning=(item,), **settings)
+
+
+def connect(clip_a: str, clip_b: str, prompt: str, new_frames: int, context_frames: int | None = None,
+            temporal: int = 4, fps: float = 16.0, mode: str = "connect", **settings: Any) -> GenerationRequest:
+    """A's tail opens the window, B's head closes it, the transition is generated between them."""
+    check_new_frames(mode, new_frames, temporal)
+    length_a, length_b = clip_length(clip_a, fps), clip_length(clip_b, fps)
+    context_a = _context(context_frames, length_a, False, temporal, "clip A")
+    context_b = _context(context_frames, length_b, True, temporal, "clip B")
+    # In a loop the bridge ends on the clip's own first frames: the player wraps to them, so they are cut.
+    b_output = "omit" if mode == "loop" else "source"
+    items = (
+        ConditioningItem(clip_a, frame_index=0, source_start=length_a - context_a, source_count=context_a, output="source"),
+        ConditioningItem(clip_b, frame_index=context_a + new_frames, source_start=0, source_count=context_b,
+                         output=b_output),
+    )
+    return GenerationRequest(prompt=prompt, mode=mode, num_frames=context_a + new_frames + context_b, fps=fps,
+                             conditioning=items, **settings)
+
+
+def loop(clip: str, prompt: str, new_frames: int, context_frames: int | None = None, temporal: int = 4,
+         fps: float = 16.0, **settings: Any) -> GenerationRequest:
+    """Make a clip loop: a bridge from its end back to its start; the output is the clip plus the bridge."""
+    return connect(clip, clip, prompt, new_frames, context_frames, temporal, fps, mode="loop", **settings)
+
+
+def restyle(video: str, prompt: str, strength: float = 0.7, num_frames: int | None = None, temporal: int = 4,
+            fps: float = 16.0, **settings: Any) -> GenerationRequest:
+    """SDEdit: noise the clip to `strength` and denoise it under the new prompt. By default the window is the
+    longest 4k+1 frames the clip holds."""
+    if num_frames is None:
+        length = clip_length(video, fps)
+        num_frames = length - (length - 1) % temporal
+    return GenerationRequest(prompt=prompt, mode="restyle", init_video=video, init_strength=strength,
+                             num_frames=num_frames, fps=fps, **settings)
+
+
+BUILDERS = {
+    "t2v": text_to_video,
+    "image": text_to_image,
+    "animate": animate,
+    "extend": extend,
+    "loop": loop,
+    "restyle": restyle,
+    "connect": connect,
+}

@@ -1,0 +1,351 @@
+"""`VideoPipeline`: the one object every tab, the CLI and the tests generate through.
+
+It wraps a causal video VAE (`AutoencoderKLWan`), a DiT (`WanTransformer3DModel`), a text encoder and a
+flow-matching scheduler. Every mode is a request with conditioning items and a starting noise level;
+`generate()` runs them all through the same stages and the same sampling loop.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from pipelines.latents import LatentTimeline, load_timeline
+from pipelines.loading import ModelDefaults, load_components, read_defaults, resolve_model
+from pipelines.request import ConditioningItem, GenerationRequest, check_grid, nearest_valid
+from pipelines.samplers import make_scheduler
+from pipelines.sampling import GenerationCancelled, GuidedDenoiser, HeldLatents, StepCallback, noise_to, sample
+from pipelines.text import PromptEncoder
+from pipelines.video_io import fit_frames, read_media
+
+
+@dataclass
+class PlacedItem:
+    """A conditioning item after reading: its frames and where its latents go."""
+
+    item: ConditioningItem
+    source_frames: np.ndarray  # (N, H, W, 3) the whole fitted source clip
+    start: int  # first selected source frame
+    count: int  # selected frames
+    timeline: LatentTimeline | None = None  # the source's saved latents, when they can be used
+    timeline_note: str = ""
+
+
+@dataclass
+class GenerationResult:
+    frames: np.ndarray  # (F, H, W, 3) uint8: the assembled clip
+    fps: float
+    request: GenerationRequest
+    model_id: str
+    latents: torch.Tensor  # (C, F_lat, H/8, W/8) the window's final latents, normalised
+    held: HeldLatents | None  # what was held while sampling
+    timeline: LatentTimeline | None  # latents of the assembled clip, for chaining
+    window_offset: int  # output frame index of window frame 0
+    timings: dict[str, float] = field(default_factory=dict)
+    parents: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def audio_source(self) -> str | None:
+        return self.request.init_video if self.request.mode == "restyle" else None
+
+
+class VideoPipeline:
+    def __init__(self, *, vae, transformer, tokenizer, text_encoder, scheduler, model_id: str,
+                 defaults: ModelDefaults, device: torch.device | str = "cpu"):
+        self.vae = vae.eval()
+        self.transformer = transformer.eval()
+        self.text_encoder = text_encoder.eval()
+        self.scheduler = scheduler  # the checkpoint's; each request gets a fresh copy
+        self.model_id = model_id
+        self.defaults = defaults
+        self.device = torch.device(device)
+        self.prompts = PromptEncoder(tokenizer, text_encoder, defaults.max_sequence_length)
+        self.spatial = int(vae.config.scale_factor_spatial)
+        self.temporal = int(vae.config.scale_factor_temporal)
+        self.patch_size = tuple(transformer.config.patch_size)
+        self.grid = self.spatial * self.patch_size[1]
+        z = int(vae.config.z_dim)
+        self._latent_mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, z, 1, 1, 1)
+        self._latent_inv_std = 1.0 / torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, z, 1, 1, 1)
+
+    # ---- construction ----------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, model: str, device: str | None = None, dtype: torch.dtype | None = None,
+                        low_vram: bool = False) -> VideoPipeline:
+        """Load a registry name, a diffusers folder or a hub id. bf16 on CUDA, float32 on CPU."""
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        folder, model_id, registry_defaults = resolve_model(model)
+        parts = load_components(folder, device, dtype)
+        pipe = cls(vae=parts["vae"], transformer=parts["transformer"], tokenizer=parts["tokenizer"],
+                   text_encoder=parts["text_encoder"], scheduler=parts["scheduler"],
+                   model_id=model_id, defaults=read_defaults(folder, registry_defaults), device=device)
+        return pipe.to(device, low_vram=low_vram)
+
+    def to(self, device: torch.device | str, low_vram: bool = False) -> VideoPipeline:
+        self.device = torch.device(device)
+        if low_vram and self.device.type == "cuda":
+            # Each model moves to the GPU only while it runs (accelerate hooks), and the VAE decodes in tiles.
+            from accelerate import cpu_offload_with_hook
+
+            hook = None
+            for module in (self.text_encoder, self.transformer, self.vae):
+                _, hook = cpu_offload_with_hook(module, self.device, prev_module_hook=hook)
+            self.vae.enable_tiling()
+        else:
+            for module in (self.text_encoder, self.transformer, self.vae):
+                module.to(self.device)
+        return self
+
+    # ---- model-dependent validation ---------------------------------------------------------------------
+    def check_request(self, request: GenerationRequest) -> None:
+        """Raise ValueError for what this model cannot take (the request checked the rest)."""
+        check_grid(request, self.grid, self.temporal)
+
+    # ---- latents <-> pixels ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, frames: np.ndarray) -> torch.Tensor:
+        """(F, H, W, 3) uint8 -> (1, C, 1 + (F-1)//temporal, H/s, W/s) normalised latents (the posterior mode)."""
+        pixels = torch.tensor(frames).float() / 255.0 * 2.0 - 1.0  # (F, H, W, 3)
+        pixels = pixels.permute(3, 0, 1, 2).unsqueeze(0)  # (1, 3, F, H, W)
+        posterior = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
+        latents = posterior.mode().float()  # (1, C, F', h, w)
+        return (latents - self._latent_mean.to(latents.device)) * self._latent_inv_std.to(latents.device)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """(1, C, F', h, w) normalised latents -> (1 + (F'-1)*temporal, H, W, 3) uint8."""
+        latents = latents.to(self.device, torch.float32)
+        latents = latents / self._latent_inv_std.to(latents.device) + self._latent_mean.to(latents.device)
+        video = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
+        video = (video[0].float() / 2 + 0.5).clamp(0, 1)
+        return (video.permute(1, 2, 3, 0).cpu().numpy() * 255).round().astype(np.uint8)  # (F, H, W, 3)
+
+    # ---- the generation ------------------------------------------------------------------------------
+    def generate(self, request: GenerationRequest, callback: StepCallback | None = None) -> GenerationResult:
+        """Run one request: validate, encode text, encode conditioning, noise, denoise, decode and assemble."""
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[stage] = round(now - clock, 4)
+            clock = now
+
+        try:
+            # 1. Validate: the request against this model, and every conditioning source against the window.
+            self.check_request(request)
+            placed = [self._place(item, request) for item in request.conditioning]
+            self._check_placement(placed, request)
+            init_frames = self._read_init_video(request)
+            lap("validate")
+
+            # 2. Encode text.
+            dtype = self.transformer.dtype
+            cond = self.prompts(request.prompt).to(self.device, dtype)  # (1, L, D)
+            guided = request.guidance_scale > 1.0
+            uncond = self.prompts(request.negative_prompt).to(self.device, dtype) if guided else None
+            lap("encode_text")
+
+            # 3. Schedule: the checkpoint's sampler, started part-way for SDEdit (Meng et al., arXiv 2108.01073).
+            scheduler = make_scheduler(request.sampler, self.scheduler, request.shift)
+            scheduler.set_timesteps(request.steps, device=self.device)
+            timesteps = scheduler.timesteps
+            start = 0
+            if request.init_strength is not None:
+                start = (request.steps - min(int(request.steps * request.init_strength), request.steps)) * scheduler.order
+                timesteps = timesteps[start:]
+            scheduler.set_begin_index(start)
+            sigmas = scheduler.sigmas[start:start + len(timesteps)].to(self.device)
+
+            # 4. Noise: drawn on the CPU from the request's seed, as diffusers' randn_tensor draws it.
+            generator = torch.Generator("cpu").manual_seed(request.seed)
+            shape = (1, int(self.vae.config.z_dim), (request.num_frames - 1) // self.temporal + 1,
+                     request.height // self.spatial, request.width // self.spatial)  # (B, C, F, H, W)
+            noise = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+            latents = noise
+            if init_frames is not None:
+                init_latents = self.encode(init_frames)  # (1, C, F, H, W)
+                t0 = timesteps[:1]
+                latents = (scheduler.add_noise(init_latents, noise, t0) if hasattr(scheduler, "add_noise")
+                           else scheduler.scale_noise(init_latents, t0, noise))
+
+            # 5. Encode conditioning into held latents.
+            held, prefix, suffix = self._hold(placed, request, noise)
+            lap("encode_conditioning")
+
+            # 6. Denoise.
+            denoiser = GuidedDenoiser(self.transformer, cond, uncond, request.guidance_scale)
+            with torch.no_grad():
+                latents = sample(denoiser, latents, scheduler, timesteps, sigmas, held, callback)  # (1, C, F, H, W)
+            lap("denoise")
+
+            # 7. Decode the window (after the prefix that warms the causal decoder) and assemble the clip.
+            window_frames = self.decode(torch.cat([prefix, latents], dim=2) if prefix is not None else latents)
+            window_frames = window_frames[-request.num_frames:]  # (T, H, W, 3)
+            frames, offset = self._assemble(window_frames, placed, request)
+            timeline = self._timeline(latents, prefix, suffix, placed, request, offset, len(frames))
+            lap("decode")
+        except (GenerationCancelled, torch.cuda.OutOfMemoryError):
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise
+
+        notes = [f"{p.item.source}: {p.timeline_note}" for p in placed if p.timeline_note]
+        parents = [p.item.source for p in placed] + ([request.init_video] if request.init_video else [])
+        return GenerationResult(
+            frames=frames, fps=request.fps, request=request, model_id=self.model_id,
+            latents=latents[0].cpu(), held=held, timeline=timeline, window_offset=offset,
+            timings=timings, parents=list(dict.fromkeys(parents)), notes=notes,
+        )
+
+    # ---- stages -----------------------------------------------------------------------------------------
+    def _read_init_video(self, request: GenerationRequest) -> np.ndarray | None:
+        if request.init_video is None:
+            return None
+        frames = fit_frames(read_media(request.init_video, request.fps), request.width, request.height)
+        if len(frames) < request.num_frames:
+            longest = len(frames) - (len(frames) - 1) % self.temporal
+            raise ValueError(f"num_frames = {request.num_frames} is more than init_video has at {request.fps:g} fps "
+                             f"({len(frames)} frames); valid: at most {longest}")
+        return frames[:request.num_frames]
+
+    def _place(self, item: ConditioningItem, request: GenerationRequest) -> PlacedItem:
+        frames = fit_frames(read_media(item.source, request.fps), request.width, request.height)
+        available = len(frames) - item.source_start
+        count = available if item.source_count is None else item.source_count
+        if available < 1 or count > available:
+            raise ValueError(f"conditioning {item.source!r}: frames {item.source_start}..{item.source_start + count - 1} "
+                             f"requested but the clip has {len(frames)} frames at {request.fps:g} fps")
+        placed = PlacedItem(item, frames, item.source_start, count)
+        if item.output == "source" and request.use_saved_latents:
+            placed.timeline, placed.timeline_note = self._usable_timeline(placed, request)
+        return placed
+
+    def _usable_timeline(self, placed: PlacedItem, request: GenerationRequest) -> tuple[LatentTimeline | None, str]:
+        timeline, reason = load_timeline(placed.item.source)
+        if timeline is None:
+            return None, f"{reason}; conditioning on re-encoded pixels"
+        expected = (int(self.vae.config.z_dim), request.height // self.spatial, request.width // self.spatial)
+        problems = []
+        if (timeline.latents.shape[0], *timeline.latents.shape[2:]) != expected:
+            problems.append("its latents have another shape")
+        if timeline.model_id != self.model_id:
+            problems.append(f"it was made by {timeline.model_id}")
+        if timeline.fps != float(request.fps) or timeline.num_frames != len(placed.source_frames):
+            problems.append("it was saved at another fps or length")
+        k = (placed.count - 1) // self.temporal
+        if placed.item.frame_index == 0:
+            end = timeline.latent_ending_at(placed.start + placed.count - 1)
+            if end is None or end < k:
+                problems.append("its latents do not cover the context frames")
+        elif (placed.start - timeline.first_frame) % self.temporal or placed.start < timeline.first_frame or \
+                timeline.latent_ending_at(placed.start + placed.count - 1) is None:
+            problems.append("its latents do not cover the context frames")
+        if problems:
+            return None, "saved latents unusable (" + "; ".join(problems) + "); conditioning on re-encoded pixels"
+        return timeline, "conditioned on saved latents"
+
+    def _check_placement(self, placed: list[PlacedItem], request: GenerationRequest) -> None:
+        """Items must sit on the causal VAE's latent grid: latent 0 holds frame 0 alone, every later latent
+        `temporal` frames. A clip at frame 0 needs temporal*k+1 frames; a clip later in the window starts on
+        a multiple of `temporal` and has temporal*k+1 frames (k >= 1): its first frame only warms the encoder."""
+        t = self.temporal
+        spans = []
+        for p in placed:
+            f, n, name = p.item.frame_index, p.count, p.item.source
+            if (n - 1) % t:
+                raise ValueError(f"conditioning {name!r}: {n} frames is not valid: {t}k+1 frames "
+                                 f"(nearest: {' or '.join(map(str, nearest_valid(n, t, offset=1)))})")
+            if f > 0 and (f % t or n < t + 1):
+                raise ValueError(f"conditioning {name!r} at frame {f}: a clip after frame 0 must start on a multiple "
+                                 f"of {t} and have at least {t + 1} frames")
+            if f + n > request.num_frames:
+                raise ValueError(f"conditioning {name!r}: frames {f}..{f + n - 1} run past the window's "
+                                 f"{request.num_frames} frames")
+            spans.append((f, f + n))
+        spans.sort()
+        for (a0, a1), (b0, _) in zip(spans, spans[1:]):
+            if b0 < a1:
+                raise ValueError(f"conditioning items overlap at window frames {b0}..{a1 - 1}; place them apart")
+
+    def _hold(self, placed: list[PlacedItem], request: GenerationRequest, noise: torch.Tensor
+              ) -> tuple[HeldLatents | None, torch.Tensor | None, torch.Tensor | None]:
+        """Held latents for every item; plus the saved-latent prefix before a start item (it warms the causal
+        decoder) and the saved latents after an end item (they extend the output's timeline)."""
+        if not placed:
+            return None, None, None
+        clean = torch.zeros_like(noise)  # (1, C, F, H, W)
+        hold = torch.zeros((1, 1, *noise.shape[2:]), dtype=noise.dtype, device=noise.device)  # (1, 1, F, H, W)
+        prefix = suffix = None
+        t = self.temporal
+        for p in placed:
+            f, k = p.item.frame_index, (p.count - 1) // t
+            first = f // t + (1 if f > 0 else 0)  # window latent where the item's held latents start
+            n_latents = k + 1 if f == 0 else k
+            if p.timeline is not None:
+                tl = p.timeline.latents.to(noise.device).unsqueeze(0)  # (1, C, F_clip, H, W)
+                if f == 0:
+                    end = p.timeline.latent_ending_at(p.start + p.count - 1)
+                    latents = tl[:, :, end - k:end + 1]
+                    prefix = tl[:, :, :end - k] if end - k > 0 else None
+                else:
+                    begin = (p.start - p.timeline.first_frame) // t + 1
+                    latents = tl[:, :, begin:begin + k]
+                    if p.timeline.last_frame == p.timeline.num_frames - 1 and begin + k < tl.shape[2]:
+                        suffix = tl[:, :, begin + k:]
+            else:
+                latents = self.encode(p.source_frames[p.start:p.start + p.count])  # (1, C, k+1, H, W)
+                latents = latents if f == 0 else latents[:, :, 1:]
+            clean[:, :, first:first + n_latents] = latents
+            hold[:, :, first:first + n_latents] = p.item.strength
+        strategy = request.conditioning_strategy or self.defaults.conditioning_strategy
+        return HeldLatents(clean, hold, noise, strategy, self.patch_size), prefix, suffix
+
+    def _assemble(self, window: np.ndarray, placed: list[PlacedItem], request: GenerationRequest
+                  ) -> tuple[np.ndarray, int]:
+        """The output clip in window coordinates: source clips copied through where items say so, omitted
+        spans cut, decoded window frames elsewhere. Returns (frames, output index of window frame 0)."""
+        sources = [p for p in placed if p.item.output == "source"]
+        lo = min([0] + [p.item.frame_index - p.start for p in sources])
+        hi = max([len(window)] + [p.item.frame_index - p.start + len(p.source_frames) for p in sources])
+        omitted = set()
+        for p in placed:
+            if p.item.output == "omit":
+                omitted.update(range(p.item.frame_index, p.item.frame_index + p.count))
+        frames = []
+        for w in range(lo, hi):
+            source = next((p for p in sources if 0 <= w - p.item.frame_index + p.start < len(p.source_frames)), None)
+            if source is not None:
+                frames.append(source.source_frames[w - source.item.frame_index + source.start])
+            elif w not in omitted:
+                frames.append(window[w])
+        return np.stack(frames), -lo
+
+    def _timeline(self, latents, prefix, suffix, placed, request, offset, length) -> LatentTimeline | None:
+        """Latents of the assembled clip, for chaining: saved prefix + window (+ saved suffix), or the window
+        alone when pixels were re-encoded; cut before an omitted span."""
+        t = self.temporal
+        window = latents[0]  # (C, F, H, W)
+        first = offset
+        start_item = next((p for p in placed if p.item.frame_index == 0 and p.timeline is not None), None)
+        if prefix is not None and start_item is not None:
+            window = torch.cat([prefix[0], window], dim=1)
+            first = offset - start_item.item.frame_index + start_item.start + start_item.timeline.first_frame
+        omitted = [p.item.frame_index for p in placed if p.item.output == "omit"]
+        if omitted:
+            keep = window.shape[1] - (latents.shape[2] - min(omitted) // t)
+            window = window[:, :keep]
+        elif suffix is not None:
+            window = torch.cat([window, suffix[0]], dim=1)
+        if window.shape[1] == 0 or first < 0:
+            return None
+        return LatentTimeline(window.cpu(), first, length, float(request.fps), self.model_id, t)

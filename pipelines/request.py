@@ -1,0 +1,187 @@
+"""The one description of a generation: `GenerationRequest`.
+
+The UI, the CLI, the tests and every output's metadata build or serialise this type. It validates on
+construction and raises `ValueError` naming the field and what is valid; it never rounds or clamps.
+Checks that depend on the loaded model (grid multiples, frame counts the VAE takes) live in
+`VideoPipeline.check_request`, which raises the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+MODES = ("t2v", "image", "animate", "extend", "loop", "restyle", "connect")
+CONDITIONING_STRATEGIES = ("per_token", "replace")
+ITEM_OUTPUTS = ("window", "source", "omit")
+REQUEST_FORMAT = 1
+MAX_SEED = 2**64 - 1
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def _require(ok: bool, name: str, value: Any, valid: str) -> None:
+    if not ok:
+        raise ValueError(f"{name} = {value!r} is not valid: {valid}")
+
+
+def nearest_valid(value: int, multiple: int, offset: int = 0, minimum: int = 1) -> list[int]:
+    """The valid values (offset + k * multiple, at least `minimum`) next to `value`."""
+    below = max(minimum, offset + ((value - offset) // multiple) * multiple)
+    return sorted({below, below + multiple} - {value})
+
+
+def check_grid(request: GenerationRequest, grid: int, temporal: int) -> None:
+    """Model-dependent checks: sizes on the latent-patch grid, window lengths the causal VAE takes."""
+    for name in ("width", "height"):
+        value = getattr(request, name)
+        _require(value % grid == 0, name, value, f"a multiple of {grid} for this model "
+                 f"(nearest: {' or '.join(map(str, nearest_valid(value, grid, minimum=grid)))})")
+    frames = request.num_frames
+    _require((frames - 1) % temporal == 0, "num_frames", frames, f"{temporal}k+1 frames for this model's VAE "
+             f"(nearest: {' or '.join(map(str, nearest_valid(frames, temporal, offset=1)))})")
+
+
+@dataclass(frozen=True)
+class ConditioningItem:
+    """Known pixels placed in the output timeline.
+
+    `source` is an image or a clip (a video file or a folder of PNG frames). `source_start` and
+    `source_count` select frames of that clip after it was read at the request's fps and fitted to its
+    size (`source_count=None`: to the end). The first selected frame sits at window frame `frame_index`.
+    `strength` 1 holds the frames exactly; lower values let the model depart from them.
+    `output` says what the assembled clip shows for them: the decoded `window` frames, the `source` clip
+    copied through untouched (the whole clip, aligned: extend and connect), or nothing (`omit`: the head of
+    a clip a loop wraps back to).
+    """
+
+    source: str
+    frame_index: int = 0
+    strength: float = 1.0
+    source_start: int = 0
+    source_count: int | None = None
+    output: str = "window"
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.source, str) and self.source != "", "conditioning.source", self.source,
+                 "a path to an image, a video file or a folder of PNG frames")
+        _require(_is_int(self.frame_index) and self.frame_index >= 0, "conditioning.frame_index", self.frame_index,
+                 "an integer frame index >= 0")
+        _require(_is_number(self.strength) and 0.0 < self.strength <= 1.0, "conditioning.strength", self.strength,
+                 "a number in (0, 1]")
+        _require(_is_int(self.source_start) and self.source_start >= 0, "conditioning.source_start",
+                 self.source_start, "an integer >= 0")
+        _require(self.source_count is None or (_is_int(self.source_count) and self.source_count >= 1),
+                 "conditioning.source_count", self.source_count, "None (to the end) or an integer >= 1")
+        _require(self.output in ITEM_OUTPUTS, "conditioning.output", self.output, f"one of {', '.join(ITEM_OUTPUTS)}")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Everything that decides a generation's output; serialises to JSON and back exactly.
+
+    `num_frames` is the length of the window the model samples. Modes that splice source clips (extend,
+    loop, connect) return more frames than that: see `ConditioningItem.output`.
+    """
+
+    prompt: str
+    negative_prompt: str = ""
+    mode: str = "t2v"
+    width: int = 832
+    height: int = 480
+    num_frames: int = 81
+    fps: float = 16.0
+    steps: int = 50
+    guidance_scale: float = 5.0
+    seed: int = 0
+    sampler: str = "default"
+    shift: float | None = None
+    conditioning: tuple[ConditioningItem, ...] = field(default_factory=tuple)
+    conditioning_strategy: str | None = None
+    init_video: str | None = None
+    init_strength: float | None = None
+    use_saved_latents: bool = True
+
+    def __post_init__(self) -> None:
+        from pipelines.samplers import SAMPLERS  # the registry names the valid samplers
+
+        if isinstance(self.conditioning, list):
+            object.__setattr__(self, "conditioning", tuple(self.conditioning))
+        _require(isinstance(self.prompt, str) and self.prompt.strip() != "", "prompt", self.prompt,
+                 "a non-empty text describing the video")
+        _require(isinstance(self.negative_prompt, str), "negative_prompt", self.negative_prompt, "a text (may be empty)")
+        _require(self.mode in MODES, "mode", self.mode, f"one of {', '.join(MODES)}")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            _require(_is_int(value) and 16 <= value <= 4096, name, value, "an integer number of pixels in [16, 4096]")
+        _require(_is_int(self.num_frames) and 1 <= self.num_frames <= 1025, "num_frames", self.num_frames,
+                 "an integer in [1, 1025]")
+        _require(_is_number(self.fps) and 1 <= self.fps <= 120, "fps", self.fps, "a number in [1, 120]")
+        _require(_is_int(self.steps) and 1 <= self.steps <= 1000, "steps", self.steps, "an integer in [1, 1000]")
+        _require(_is_number(self.guidance_scale) and 0 <= self.guidance_scale <= 50, "guidance_scale",
+                 self.guidance_scale, "a number in [0, 50] (values <= 1 turn guidance off)")
+        _require(_is_int(self.seed) and 0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
+        _require(self.sampler in SAMPLERS, "sampler", self.sampler, f"one of {', '.join(SAMPLERS)}")
+        _require(self.shift is None or (_is_number(self.shift) and 0 < self.shift <= 100), "shift", self.shift,
+                 "None (the checkpoint's own) or a number in (0, 100]")
+        _require(all(isinstance(item, ConditioningItem) for item in self.conditioning), "conditioning",
+                 self.conditioning, "a sequence of ConditioningItem")
+        for item in self.conditioning:
+            _require(item.frame_index < self.num_frames, "conditioning.frame_index", item.frame_index,
+                     f"a frame inside the window, 0 to {self.num_frames - 1}")
+        _require(self.conditioning_strategy is None or self.conditioning_strategy in CONDITIONING_STRATEGIES,
+                 "conditioning_strategy", self.conditioning_strategy,
+                 f"None (the model's default) or one of {', '.join(CONDITIONING_STRATEGIES)}")
+        _require(self.init_video is None or (isinstance(self.init_video, str) and self.init_video != ""),
+                 "init_video", self.init_video, "None or a path to a video")
+        if self.init_video is None:
+            _require(self.init_strength is None, "init_strength", self.init_strength,
+                     "None unless init_video is given (strength is how far the init video is noised)")
+        else:
+            _require(_is_number(self.init_strength) and 0 < self.init_strength <= 1, "init_strength",
+                     self.init_strength, "a number in (0, 1] (1 = start from pure noise)")
+            _require(math.floor(self.steps * self.init_strength) >= 1, "init_strength", self.init_strength,
+                     f"at least 1/steps = {1 / self.steps:.3g}, so that at least one of the {self.steps} steps runs")
+        _require(isinstance(self.use_saved_latents, bool), "use_saved_latents", self.use_saved_latents, "True or False")
+
+    # ---- serialisation -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["conditioning"] = [dataclasses.asdict(item) for item in self.conditioning]
+        return {"format": REQUEST_FORMAT, **data}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationRequest:
+        data = dict(data)
+        version = data.pop("format", REQUEST_FORMAT)
+        _require(version == REQUEST_FORMAT, "format", version, f"{REQUEST_FORMAT} (this studio's request format)")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        _require(not unknown, "request keys", unknown, f"only {', '.join(sorted(known))}")
+        item_keys = {f.name for f in dataclasses.fields(ConditioningItem)}
+        items = []
+        for raw in data.get("conditioning", ()):
+            extra = sorted(set(raw) - item_keys)
+            _require(not extra, "conditioning keys", extra, f"only {', '.join(sorted(item_keys))}")
+            items.append(ConditioningItem(**raw))
+        data["conditioning"] = tuple(items)
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> GenerationRequest:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> GenerationRequest:
+        return dataclasses.replace(self, **changes)

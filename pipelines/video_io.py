@@ -1,0 +1,204 @@
+"""Reading and writing images and clips (PyAV, Pillow), fitting them to the model grid.
+
+Frames are numpy arrays (F, H, W, 3) of uint8 RGB everywhere outside the pipeline. Writes go to a
+temporary name in the destination folder and are renamed into place, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".gif")
+OUTPUT_SUFFIXES = (".mp4", ".gif", ".png")
+
+
+def is_image(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """(1, H, W, 3) uint8: an image as a one-frame clip."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"image {str(path)!r} does not exist")
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))[None]
+
+
+def read_video(path: str | Path, fps: float, max_frames: int | None = None) -> np.ndarray:
+    """(F, H, W, 3) uint8 frames sampled at `fps`: each output time k / fps takes the last source frame
+    shown at that time. A folder of PNG frames is read in name order, one frame per output frame."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png")
+        if not files:
+            raise ValueError(f"frame folder {str(path)!r} holds no PNG frames")
+        files = files[:max_frames] if max_frames else files
+        return np.stack([read_image(p)[0] for p in files])
+    if not path.is_file():
+        raise ValueError(f"video {str(path)!r} does not exist")
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ValueError(f"video {str(path)!r} has an unsupported type; valid: {', '.join(VIDEO_SUFFIXES)} or a PNG folder")
+    times, frames = [], []
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError(f"{str(path)!r} has no video stream")
+        stream = container.streams.video[0]
+        for index, frame in enumerate(container.decode(stream)):
+            rate = float(stream.average_rate or stream.guessed_rate or fps)
+            times.append(frame.time if frame.time is not None else index / rate)
+            frames.append(frame.to_ndarray(format="rgb24"))
+    if not frames:
+        raise ValueError(f"video {str(path)!r} has no decodable frames")
+    times_arr = np.asarray(times) - times[0]
+    duration = times_arr[-1] + (times_arr[-1] - times_arr[-2] if len(times_arr) > 1 else 1.0 / fps)
+    count = max(1, int(np.floor(duration * fps + 1e-6)))
+    if max_frames:
+        count = min(count, max_frames)
+    picks = np.searchsorted(times_arr, np.arange(count) / fps + 1e-6, side="right") - 1
+    return np.stack([frames[i] for i in np.clip(picks, 0, len(frames) - 1)])
+
+
+def read_media(path: str | Path, fps: float, max_frames: int | None = None) -> np.ndarray:
+    return read_image(path) if is_image(path) else read_video(path, fps, max_frames)
+
+
+def fit_frames(frames: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Scale to cover (width, height) and crop the centre; frames already that size pass through untouched."""
+    _, h, w, _ = frames.shape
+    if (w, h) == (width, height):
+        return frames
+    scale = max(width / w, height / h)
+    size = (max(width, round(w * scale)), max(height, round(h * scale)))
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    out = [
+        np.asarray(Image.fromarray(f).resize(size, Image.Resampling.LANCZOS).crop((left, top, left + width, top + height)))
+        for f in frames
+    ]
+    return np.stack(out)
+
+
+def media_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image, a video or a PNG folder, without decoding the whole clip."""
+    path = Path(path)
+    if path.is_dir():
+        first = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png")
+        if not first:
+            raise ValueError(f"frame folder {str(path)!r} holds no PNG frames")
+        path = first[0]
+    if is_image(path):
+        with Image.open(path) as image:
+            return image.size
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return stream.codec_context.width, stream.codec_context.height
+
+
+# ---- writing ---------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside `path` that is renamed onto it when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _fps_fraction(fps: float) -> Fraction:
+    return Fraction(fps).limit_denominator(1001)
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, fps: float, audio_from: str | Path | None = None,
+              comment: str | None = None) -> None:
+    """H.264 (yuv420p, CRF 17) MP4; copies the audio of `audio_from`, trimmed to the clip, when it has one."""
+    _, height, width, _ = frames.shape
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), mode="w", format="mp4") as out:
+            if comment:
+                out.metadata["comment"] = comment
+            video = out.add_stream("libx264", rate=_fps_fraction(fps))
+            video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+            video.options = {"crf": "17", "preset": "medium"}
+            for frame in frames:
+                out.mux(video.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+            out.mux(video.encode())
+            if audio_from is not None:
+                _copy_audio(audio_from, out, duration=len(frames) / fps)
+
+
+def _copy_audio(source: str | Path, out: av.container.OutputContainer, duration: float) -> None:
+    with av.open(str(source)) as container:
+        if not container.streams.audio:
+            return
+        in_stream = container.streams.audio[0]
+        rate = in_stream.codec_context.sample_rate or 48000
+        audio = out.add_stream("aac", rate=rate)
+        audio.layout = "stereo"
+        resampler = av.AudioResampler(format="fltp", layout="stereo", rate=rate)
+        limit = int(duration * rate)
+        written = 0
+        for frame in container.decode(in_stream):
+            for chunk in resampler.resample(frame):
+                if written >= limit:
+                    break
+                keep = min(chunk.samples, limit - written)
+                if keep < chunk.samples:
+                    chunk = av.AudioFrame.from_ndarray(chunk.to_ndarray()[:, :keep], format="fltp", layout="stereo")
+                    chunk.sample_rate = rate
+                chunk.pts = written
+                written += keep
+                out.mux(audio.encode(chunk))
+        out.mux(audio.encode())
+
+
+def write_gif(path: str | Path, frames: np.ndarray, fps: float) -> None:
+    images = [Image.fromarray(f) for f in frames]
+    with atomic_path(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+
+
+def write_png(path: str | Path, frame: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        Image.fromarray(frame).save(tmp, format="PNG")
+
+
+def write_frames(folder: str | Path, frames: np.ndarray) -> list[Path]:
+    """Every frame as a lossless PNG (frame_00000.png, ...), the sequence editors import."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"frame_{i:05d}.png" for i in range(len(frames))]
+    for p, frame in zip(paths, frames):
+        write_png(p, frame)
+    return paths
+
+
+def write_output(path: str | Path, frames: np.ndarray, fps: float, audio_from: str | Path | None = None,
+                 comment: str | None = None) -> None:
+    """Write by suffix: .mp4 (with audio and metadata), .gif, or .png (a one-frame result)."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".mp4":
+        write_mp4(path, frames, fps, audio_from=audio_from, comment=comment)
+    elif suffix == ".gif":
+        write_gif(path, frames, fps)
+    elif suffix == ".png":
+        if len(frames) != 1:
+            raise ValueError(f"output {str(path)!r}: a .png holds one frame but the result has {len(frames)}; use .mp4 or .gif")
+        write_png(path, frames[0])
+    else:
+        raise ValueError(f"output {str(path)!r} has an unsupported type; valid: {', '.join(OUTPUT_SUFFIXES)}")

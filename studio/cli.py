@@ -1,0 +1,304 @@
+"""Headless generation: `python launch.py generate MODE [options]`, on the same pipeline as the studio.
+
+An invalid invocation exits with status 2 and one line naming what was wrong and what is valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from pipelines.request import MODES
+
+log = logging.getLogger("studio.cli")
+
+
+class UsageError(Exception):
+    """A problem with the invocation: printed as one line, exit status 2."""
+
+
+class LoopPlan(NamedTuple):
+    """loop needs the pipeline before its request can be built when it starts from a prompt alone."""
+
+    video: str | None
+    prompt: str
+    new_frames: int
+    fps: float
+    settings: dict[str, Any]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of argparse's usage block
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipelines.loading import MODELS
+    from pipelines.samplers import SAMPLERS
+
+    p = _Parser(prog="launch.py generate", description="Generate a clip without the browser studio.")
+    p.add_argument("mode", choices=MODES, help="what to make")
+    p.add_argument("--model", default="embedded",
+                   help=f"a registry name ({', '.join(MODELS)}), a diffusers folder or a hub id")
+    p.add_argument("--prompt", required=False, help="what the clip shows")
+    p.add_argument("--negative", default="", help="what to steer away from")
+    p.add_argument("--image", help="animate: the still that becomes frame 0")
+    p.add_argument("--video", help="extend, loop, restyle: the clip; connect: clip A")
+    p.add_argument("--video-b", help="connect: clip B")
+    p.add_argument("--direction", choices=("forward", "backward"), default="forward", help="extend: which way")
+    p.add_argument("--frames", type=int, help="frames of the clip; for extend, loop and connect the new frames")
+    p.add_argument("--seconds", type=float, help="length instead of --frames, snapped to a valid frame count")
+    p.add_argument("--fps", type=float, help="frames per second (the model's default when omitted)")
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (<= 1 turns it off)")
+    p.add_argument("--strength", type=float,
+                   help="restyle: how far the clip is noised (0-1, default 0.7); animate: how firmly the still is held")
+    p.add_argument("--context-frames", type=int, help="extend, loop, connect: frames of each clip the model sees")
+    p.add_argument("--seed", type=int, help="random seed (random when omitted; recorded in the sidecar)")
+    p.add_argument("--sampler", choices=tuple(SAMPLERS), default="default")
+    p.add_argument("--shift", type=float, help="flow shift (the checkpoint's when omitted)")
+    p.add_argument("--conditioning", choices=("per_token", "replace"), help="override the model's conditioning strategy")
+    p.add_argument("--no-saved-latents", action="store_true", help="re-encode source clips even when they have latents")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--low-vram", action="store_true", help="offload models to the CPU between uses and tile the VAE")
+    p.add_argument("--out", help="output file: .mp4, .gif, or .png for one frame (default outputs/<time>-<mode>.mp4)")
+    p.add_argument("--frames-out", help="also write every frame of the final clip as PNG into this folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+# ---- from arguments to a request ------------------------------------------------------------------------
+def _require_file(path: str | None, flag: str, mode: str) -> str:
+    if not path:
+        raise UsageError(f"{mode} needs {flag}")
+    if not Path(path).exists():
+        raise UsageError(f"{flag} {path!r} does not exist")
+    return path
+
+
+def _frames(args: argparse.Namespace, mode_kind: str, fps: float, temporal: int, default: int) -> int:
+    """Frame count from --frames (checked) or --seconds (snapped, with a note)."""
+    from pipelines.modes import check_new_frames, new_frame_counts
+    from pipelines.request import nearest_valid
+
+    if args.frames is not None and args.seconds is not None:
+        raise UsageError("give --frames or --seconds, not both")
+    first, step = (1, temporal) if mode_kind == "window" else new_frame_counts(mode_kind, temporal)
+    if args.frames is not None:
+        if mode_kind == "window":
+            if args.frames < 1 or (args.frames - 1) % temporal:
+                near = " or ".join(map(str, nearest_valid(args.frames, temporal, offset=1)))
+                raise UsageError(f"--frames {args.frames} is not valid: {temporal}k+1 frames for this model's VAE "
+                                 f"(nearest: {near})")
+        else:
+            try:
+                check_new_frames(mode_kind, args.frames, temporal)
+            except ValueError as error:
+                raise UsageError(f"--{error}") from None
+        return args.frames
+    if args.seconds is None:
+        return default
+    if args.seconds <= 0:
+        raise UsageError(f"--seconds {args.seconds:g} is not valid: a positive number")
+    wanted = args.seconds * fps
+    snapped = max(first, first + round((wanted - first) / step) * step)
+    print(f"note: --seconds {args.seconds:g} at {fps:g} fps snapped to {snapped} frames ({snapped / fps:.2f} s)")
+    return snapped
+
+
+def build_request(args: argparse.Namespace, defaults: Any, temporal: int):
+    from pipelines import modes
+
+    fps = args.fps if args.fps is not None else defaults.fps
+    settings: dict[str, Any] = dict(
+        negative_prompt=args.negative,
+        width=args.width if args.width is not None else defaults.width,
+        height=args.height if args.height is not None else defaults.height,
+        steps=args.steps if args.steps is not None else defaults.steps,
+        guidance_scale=args.guidance if args.guidance is not None else defaults.guidance_scale,
+        seed=args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little"),
+        sampler=args.sampler,
+        shift=args.shift,
+        conditioning_strategy=args.conditioning,
+        use_saved_latents=not args.no_saved_latents,
+    )
+    mode, prompt = args.mode, args.prompt
+    if not prompt:
+        raise UsageError(f"{mode} needs --prompt")
+    if args.strength is not None and mode not in ("restyle", "animate"):
+        raise UsageError(f"--strength applies to restyle and animate, not {mode}")
+    if mode == "t2v":
+        return modes.text_to_video(prompt, fps=fps, num_frames=_frames(args, "window", fps, temporal, defaults.num_frames),
+                                   **settings)
+    if mode == "image":
+        return modes.text_to_image(prompt, fps=fps, **settings)
+    if mode == "animate":
+        image = _require_file(args.image, "--image", mode)
+        return modes.animate(image, prompt, strength=1.0 if args.strength is None else args.strength, fps=fps,
+                             num_frames=_frames(args, "window", fps, temporal, defaults.num_frames), **settings)
+    if mode == "restyle":
+        video = _require_file(args.video, "--video", mode)
+        frames = _frames(args, "window", fps, temporal, None) if (args.frames or args.seconds) else None
+        return modes.restyle(video, prompt, strength=0.7 if args.strength is None else args.strength,
+                             num_frames=frames, temporal=temporal, fps=fps, **settings)
+    if mode == "extend":
+        video = _require_file(args.video, "--video", mode)
+        new = _frames(args, "extend", fps, temporal, _snap_default(2.0, fps, "extend", temporal))
+        return modes.extend(video, prompt, new, direction=args.direction, context_frames=args.context_frames,
+                            temporal=temporal, fps=fps, **settings)
+    if mode == "connect":
+        a = _require_file(args.video, "--video", mode)
+        b = _require_file(args.video_b, "--video-b", mode)
+        new = _frames(args, "connect", fps, temporal, _snap_default(1.0, fps, "connect", temporal))
+        return modes.connect(a, b, prompt, new, context_frames=args.context_frames, temporal=temporal, fps=fps,
+                             **settings)
+    if mode == "loop":
+        new = _frames(args, "loop", fps, temporal, _snap_default(1.0, fps, "loop", temporal))
+        video = args.video and _require_file(args.video, "--video", mode)
+        return LoopPlan(video, prompt, new, fps, settings)
+    raise UsageError(f"unknown mode {mode!r}")
+
+
+def _snap_default(seconds: float, fps: float, kind: str, temporal: int) -> int:
+    from pipelines.modes import new_frame_counts
+
+    first, step = new_frame_counts(kind, temporal)
+    return max(first, first + round((seconds * fps - first) / step) * step)
+
+
+# ---- running and writing ---------------------------------------------------------------------------------
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    names = ("torch", "diffusers", "transformers", "accelerate", "av", "numpy", "safetensors")
+    found = {}
+    for name in names:
+        try:
+            found[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return {"python": sys.version.split()[0], **found}
+
+
+def write_result(result: Any, out: Path, frames_out: str | None = None) -> dict[str, Any]:
+    """Video, JSON sidecar, latent sidecar and optional PNG frames of one result."""
+    from pipelines.latents import save_timeline
+    from pipelines.video_io import write_frames, write_output
+
+    sidecar = {
+        "request": result.request.to_dict(),
+        "model": result.model_id,
+        "frames": int(len(result.frames)),
+        "width": int(result.frames.shape[2]),
+        "height": int(result.frames.shape[1]),
+        "fps": result.fps,
+        "parents": result.parents,
+        "timings": result.timings,
+        "versions": _versions(),
+        "notes": result.notes,
+        "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    write_output(out, result.frames, result.fps, audio_from=result.audio_source,
+                 comment=json.dumps({"request": sidecar["request"], "model": result.model_id}))
+    if result.timeline is not None and out.suffix.lower() == ".mp4":
+        sidecar["latents"] = save_timeline(out, result.timeline).name
+    if frames_out:
+        write_frames(frames_out, result.frames)
+        sidecar["frames_out"] = str(frames_out)
+    from pipelines.video_io import atomic_path
+
+    with atomic_path(out.with_suffix(out.suffix + ".json")) as tmp:
+        tmp.write_text(json.dumps(sidecar, indent=2))
+    return sidecar
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(unit="step", leave=True)
+
+    def callback(step: int, total: int, latents: Any) -> None:
+        bar.total = total
+        bar.update(step - bar.n)
+
+    def close() -> None:
+        bar.close()
+
+    return callback, close
+
+
+def run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from pipelines.loading import read_defaults, read_geometry, resolve_model
+
+    folder, _, registry_defaults = resolve_model(args.model)
+    defaults, geometry = read_defaults(folder, registry_defaults), read_geometry(folder)
+    if args.mode == "image" and (args.frames or args.seconds):
+        raise UsageError("image makes one frame; drop --frames/--seconds")
+    if args.device and not (args.device == "cpu" or args.device.split(":")[0] == "cuda"):
+        raise UsageError(f"--device {args.device!r} is not valid: cpu, cuda or cuda:N")
+    built = build_request(args, defaults, geometry.temporal)
+    out = Path(args.out) if args.out else Path("outputs") / f"{datetime.now():%Y%m%d-%H%M%S}-{args.mode}.mp4"
+    if out.suffix.lower() not in (".mp4", ".gif", ".png"):
+        raise UsageError(f"--out {str(out)!r} is not valid: a .mp4, .gif or .png file")
+    if out.suffix.lower() == ".png" and args.mode != "image":
+        raise UsageError("--out .png holds one frame: use it with the image mode, or write .mp4/.gif")
+
+    from pipelines import VideoPipeline, modes
+
+    started = time.perf_counter()
+    pipe = VideoPipeline.from_pretrained(args.model, device=args.device, low_vram=args.low_vram)
+    print(f"loaded {pipe.model_id} on {pipe.device} in {time.perf_counter() - started:.1f} s")
+    if isinstance(built, LoopPlan):  # from a clip, or from the prompt through a text-to-video base clip
+        video = built.video
+        if video is None:
+            base = modes.text_to_video(built.prompt, fps=built.fps, num_frames=defaults.num_frames, **built.settings)
+            video = str(out.with_name(out.stem + ".base.mp4"))
+            _generate_and_write(pipe, base, Path(video), None, args.quiet)
+            print(f"wrote the clip to loop: {video}")
+        built = modes.loop(video, built.prompt, built.new_frames, context_frames=args.context_frames,
+                           temporal=geometry.temporal, fps=built.fps, **built.settings)
+    sidecar = _generate_and_write(pipe, built, out, args.frames_out, args.quiet)
+    print(f"wrote {out} ({sidecar['frames']} frames, {sidecar['width']}x{sidecar['height']}, {sidecar['fps']:g} fps, "
+          f"seed {built.seed}) and {out.name}.json")
+    return 0
+
+
+def _generate_and_write(pipe: Any, request: Any, out: Path, frames_out: str | None, quiet: bool) -> dict[str, Any]:
+    callback, close = _progress(quiet)
+    try:
+        result = pipe.generate(request, callback=callback)
+    finally:
+        close()
+    for note in result.notes:
+        print(f"note: {note}")
+    return write_result(result, out, frames_out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.loading import ModelNotAvailable
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except (UsageError, ValueError) as error:
+        log.debug("invalid invocation", exc_info=True)
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ModelNotAvailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

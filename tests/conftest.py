@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tiny_models import save_diffusers_folder, tiny_wan21, tiny_wan22_ti2v  # noqa: E402
+
+from pipelines import ModelDefaults, VideoPipeline  # noqa: E402
+from pipelines.video_io import write_frames  # noqa: E402
+
+
+def make_pipeline(components: dict, strategy: str = "replace", model_id: str = "tiny") -> VideoPipeline:
+    return VideoPipeline(vae=components["vae"], transformer=components["transformer"],
+                         tokenizer=components["tokenizer"], text_encoder=components["text_encoder"],
+                         scheduler=components["scheduler"], model_id=model_id,
+                         defaults=ModelDefaults(width=32, height=32, num_frames=9, fps=8.0, steps=2,
+                                                guidance_scale=4.0, conditioning_strategy=strategy,
+                                                max_sequence_length=16))
+
+
+@pytest.fixture(scope="session")
+def wan21_components() -> dict:
+    return tiny_wan21()
+
+
+@pytest.fixture(scope="session")
+def wan21(wan21_components) -> VideoPipeline:
+    return make_pipeline(wan21_components)
+
+
+@pytest.fixture(scope="session")
+def ti2v_components() -> dict:
+    return tiny_wan22_ti2v()
+
+
+@pytest.fixture(scope="session")
+def ti2v(ti2v_components) -> VideoPipeline:
+    return make_pipeline(ti2v_components, strategy="per_token", model_id="tiny-ti2v")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, wan21_components) -> Path:
+    folder = tmp_path_factory.mktemp("models") / "tiny-wan"
+    studio = {"width": 32, "height": 32, "num_frames": 9, "fps": 8.0, "steps": 2, "guidance_scale": 4.0,
+              "max_sequence_length": 16}
+    return save_diffusers_folder(wan21_components, folder, studio)
+
+
+def moving_square(frames: int, width: int = 32, height: int = 32, seed: int = 0) -> np.ndarray:
+    """(F, H, W, 3) uint8: a coloured square crossing a gradient, a clip whose every frame differs."""
+    rng = np.random.default_rng(seed)
+    colour = rng.integers(60, 255, size=3)
+    ys, xs = np.mgrid[0:height, 0:width]
+    clip = np.zeros((frames, height, width, 3), np.uint8)
+    for f in range(frames):
+        clip[f, ..., 0] = (xs * 255 // width).astype(np.uint8)
+        clip[f, ..., 2] = (ys * 255 // height).astype(np.uint8)
+        x = (3 * f + int(rng.integers(0, 4))) % (width - 8)
+        clip[f, 8:16, x:x + 8] = colour
+    return clip
+
+
+@pytest.fixture
+def png_clip(tmp_path):
+    """Write a lossless PNG-folder clip and return (path, frames)."""
+    def write(frames: int, name: str = "clip", seed: int = 0, width: int = 32, height: int = 32):
+        clip = moving_square(frames, width, height, seed)
+        folder = tmp_path / name
+        write_frames(folder, clip)
+        return str(folder), clip
+    return write

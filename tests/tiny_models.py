@@ -1,0 +1,72 @@
+"""Tiny random Wan components built in the tests (no downloads), and saving them in diffusers layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+WORDS = ("a red ball moves left right up down blue green square star sky night over the bounces spins "
+         "slowly fast big small sunset floor yellow purple cat dog negative blurry").split()
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def tiny_text_encoder() -> T5EncoderModel:
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                      relative_attention_num_buckets=8, dropout_rate=0.0)
+    return T5EncoderModel(config).eval()
+
+
+def tiny_wan21() -> dict:
+    """Wan 2.1 text-to-video shapes in miniature: 8x spatial VAE, z 16, patch (1, 2, 2)."""
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                        in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
+                                        num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                        rope_max_seq_len=32)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return {"vae": vae.eval(), "transformer": transformer.eval(), "scheduler": scheduler,
+            "text_encoder": tiny_text_encoder(), "tokenizer": tiny_tokenizer()}
+
+
+def tiny_wan22_ti2v() -> dict:
+    """Wan 2.2 TI2V shapes in miniature: residual VAE with 16x spatial compression, z 48."""
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True, patch_size=2,
+                           latents_mean=[0.0] * 48, latents_std=[1.0] * 48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           scale_factor_spatial=16, scale_factor_temporal=4, temperal_downsample=[False, True, True])
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                        in_channels=48, out_channels=48, text_dim=32, freq_dim=256, ffn_dim=32,
+                                        num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                        rope_max_seq_len=32)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return {"vae": vae.eval(), "transformer": transformer.eval(), "scheduler": scheduler,
+            "text_encoder": tiny_text_encoder(), "tokenizer": tiny_tokenizer()}
+
+
+def save_diffusers_folder(components: dict, folder: Path, studio: dict | None = None,
+                          expand_timesteps: bool = False) -> Path:
+    """Write the components the way diffusers' save_pretrained lays out a WanPipeline."""
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline(expand_timesteps=expand_timesteps, **components)
+    pipe.save_pretrained(folder)
+    if studio:
+        (Path(folder) / "studio.json").write_text(json.dumps(studio))
+    return Path(folder)
