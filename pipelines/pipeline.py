@@ -339,7 +339,7 @@ class VideoPipeline:
         start_item = next((p for p in placed if p.item.frame_index == 0 and p.timeline is not None), None)
         if prefix is not None and start_item is not None:
             window = torch.cat([prefix[0], window], dim=1)
-            first = offset - start_item.item.frame_index + start_item.start + start_item.timeline.first_frame
+            first = offset + start_item.item.frame_index - start_item.start + start_item.timeline.first_frame
         omitted = [p.item.frame_index for p in placed if p.item.output == "omit"]
         if omitted:
             keep = window.shape[1] - (latents.shape[2] - min(omitted) // t)

@@ -20,6 +20,8 @@ from PIL import Image
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".gif")
 OUTPUT_SUFFIXES = (".mp4", ".gif", ".png")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def is_image(path: str | Path) -> bool:
@@ -114,6 +116,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs are ordinary files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -128,43 +131,41 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, audio_from: str 
               comment: str | None = None) -> None:
     """H.264 (yuv420p, CRF 17) MP4; copies the audio of `audio_from`, trimmed to the clip, when it has one."""
     _, height, width, _ = frames.shape
-    with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w", format="mp4") as out:
-            if comment:
-                out.metadata["comment"] = comment
-            video = out.add_stream("libx264", rate=_fps_fraction(fps))
-            video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-            video.options = {"crf": "17", "preset": "medium"}
-            for frame in frames:
-                out.mux(video.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
-            out.mux(video.encode())
-            if audio_from is not None:
-                _copy_audio(audio_from, out, duration=len(frames) / fps)
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(av.open(str(audio_from))) if audio_from is not None else None
+        tmp = stack.enter_context(atomic_path(path))
+        out = stack.enter_context(av.open(str(tmp), mode="w", format="mp4"))
+        if comment:
+            out.metadata["comment"] = comment
+        video = out.add_stream("libx264", rate=_fps_fraction(fps))
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.options = {"crf": "17", "preset": "medium"}
+        # Every stream must exist before the first packet is written.
+        audio_in = source.streams.audio[0] if source is not None and source.streams.audio else None
+        audio_out = out.add_stream("aac", rate=audio_in.codec_context.sample_rate or 48000) if audio_in else None
+        for frame in frames:
+            out.mux(video.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        out.mux(video.encode())
+        if audio_in is not None:
+            _copy_audio(source, audio_in, out, audio_out, duration=len(frames) / fps)
 
 
-def _copy_audio(source: str | Path, out: av.container.OutputContainer, duration: float) -> None:
-    with av.open(str(source)) as container:
-        if not container.streams.audio:
-            return
-        in_stream = container.streams.audio[0]
-        rate = in_stream.codec_context.sample_rate or 48000
-        audio = out.add_stream("aac", rate=rate)
-        audio.layout = "stereo"
-        resampler = av.AudioResampler(format="fltp", layout="stereo", rate=rate)
-        limit = int(duration * rate)
-        written = 0
-        for frame in container.decode(in_stream):
-            for chunk in resampler.resample(frame):
-                if written >= limit:
-                    break
-                keep = min(chunk.samples, limit - written)
-                if keep < chunk.samples:
-                    chunk = av.AudioFrame.from_ndarray(chunk.to_ndarray()[:, :keep], format="fltp", layout="stereo")
-                    chunk.sample_rate = rate
-                chunk.pts = written
-                written += keep
-                out.mux(audio.encode(chunk))
-        out.mux(audio.encode())
+def _copy_audio(source, in_stream, out, audio, duration: float) -> None:
+    rate = audio.codec_context.sample_rate
+    resampler = av.AudioResampler(format="fltp", layout="stereo", rate=rate)
+    limit, written = int(duration * rate), 0
+    for frame in source.decode(in_stream):
+        for chunk in resampler.resample(frame):
+            keep = min(chunk.samples, limit - written)
+            if keep <= 0:
+                break
+            if keep < chunk.samples:
+                chunk = av.AudioFrame.from_ndarray(chunk.to_ndarray()[:, :keep], format="fltp", layout="stereo")
+                chunk.sample_rate = rate
+            chunk.pts = written
+            written += keep
+            out.mux(audio.encode(chunk))
+    out.mux(audio.encode())
 
 
 def write_gif(path: str | Path, frames: np.ndarray, fps: float) -> None:

@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.samplers import SAMPLERS
 
     p = _Parser(prog="launch.py generate", description="Generate a clip without the browser studio.")
-    p.add_argument("mode", choices=MODES, help="what to make")
+    p.add_argument("mode", choices=MODES + ("reproduce",),
+                   help="what to make; reproduce re-runs the request in a sidecar given with --request")
+    p.add_argument("--request", help="reproduce: an output's JSON sidecar (its request is run again as it was)")
     p.add_argument("--model", default="embedded",
                    help=f"a registry name ({', '.join(MODELS)}), a diffusers folder or a hub id")
     p.add_argument("--prompt", required=False, help="what the clip shows")
@@ -168,6 +170,19 @@ def build_request(args: argparse.Namespace, defaults: Any, temporal: int):
     raise UsageError(f"unknown mode {mode!r}")
 
 
+def _reproduced(args: argparse.Namespace):
+    from pipelines.request import GenerationRequest
+
+    path = _require_file(args.request, "--request", "reproduce")
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise UsageError(f"--request {path!r} is not a readable JSON sidecar ({error})") from None
+    if not isinstance(data, dict) or "request" not in data:
+        raise UsageError(f"--request {path!r} holds no 'request': pass the .json written beside an output")
+    return GenerationRequest.from_dict(data["request"])
+
+
 def _snap_default(seconds: float, fps: float, kind: str, temporal: int) -> int:
     from pipelines.modes import new_frame_counts
 
@@ -248,15 +263,21 @@ def run(argv: list[str]) -> int:
         raise UsageError("image makes one frame; drop --frames/--seconds")
     if args.device and not (args.device == "cpu" or args.device.split(":")[0] == "cuda"):
         raise UsageError(f"--device {args.device!r} is not valid: cpu, cuda or cuda:N")
-    built = build_request(args, defaults, geometry.temporal)
+    built = _reproduced(args) if args.mode == "reproduce" else build_request(args, defaults, geometry.temporal)
     out = Path(args.out) if args.out else Path("outputs") / f"{datetime.now():%Y%m%d-%H%M%S}-{args.mode}.mp4"
     if out.suffix.lower() not in (".mp4", ".gif", ".png"):
         raise UsageError(f"--out {str(out)!r} is not valid: a .mp4, .gif or .png file")
-    if out.suffix.lower() == ".png" and args.mode != "image":
+    if out.suffix.lower() == ".png" and getattr(built, "mode", args.mode) != "image":
         raise UsageError("--out .png holds one frame: use it with the image mode, or write .mp4/.gif")
 
     from pipelines import VideoPipeline, modes
+    from pipelines.request import GenerationRequest, check_grid
 
+    # Checked before the weights load, which takes minutes for a real checkpoint.
+    probe = built if isinstance(built, GenerationRequest) else modes.text_to_video(
+        built.prompt, fps=built.fps, num_frames=defaults.num_frames, **built.settings)
+    check_grid(probe, geometry.grid, geometry.temporal)
+    _quiet_library_progress()
     started = time.perf_counter()
     pipe = VideoPipeline.from_pretrained(args.model, device=args.device, low_vram=args.low_vram)
     print(f"loaded {pipe.model_id} on {pipe.device} in {time.perf_counter() - started:.1f} s")
@@ -273,6 +294,15 @@ def run(argv: list[str]) -> int:
     print(f"wrote {out} ({sidecar['frames']} frames, {sidecar['width']}x{sidecar['height']}, {sidecar['fps']:g} fps, "
           f"seed {built.seed}) and {out.name}.json")
     return 0
+
+
+def _quiet_library_progress() -> None:
+    """Our own line reports loading; the libraries' per-file bars would bury it."""
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def _generate_and_write(pipe: Any, request: Any, out: Path, frames_out: str | None, quiet: bool) -> dict[str, Any]:

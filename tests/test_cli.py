@@ -1,0 +1,122 @@
+"""The headless command line on a tiny model saved in diffusers layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.video_io import read_video
+from studio.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def generate(model: Path, mode: str, out: Path, *extra: str) -> int:
+    return main([mode, "--model", str(model), "--prompt", "a red ball moves left", "--seed", "4", "--quiet",
+                 "--out", str(out), *extra])
+
+
+def test_every_mode_through_the_cli(tiny_model_dir, tmp_path, capsys):
+    base = tmp_path / "base.mp4"
+    assert generate(tiny_model_dir, "t2v", base, "--frames", "9", "--frames-out", str(tmp_path / "frames")) == 0
+    sidecar = json.loads((tmp_path / "base.mp4.json").read_text())
+    assert sidecar["request"]["num_frames"] == 9 and sidecar["frames"] == 9
+    assert {"torch", "diffusers", "transformers"} <= set(sidecar["versions"])
+    assert (tmp_path / "base.mp4.latents.safetensors").is_file()
+    assert len(list((tmp_path / "frames").glob("*.png"))) == 9
+    assert read_video(base, fps=8).shape == (9, 32, 32, 3)
+
+    Image.fromarray(np.full((48, 40, 3), 200, np.uint8)).save(tmp_path / "still.png")
+    runs = {
+        "image.png": ("image",),
+        "animate.mp4": ("animate", "--image", str(tmp_path / "still.png"), "--frames", "5"),
+        "forward.mp4": ("extend", "--video", str(base), "--frames", "4", "--context-frames", "5"),
+        "backward.mp4": ("extend", "--video", str(base), "--direction", "backward", "--frames", "8"),
+        "loop.mp4": ("loop", "--video", str(base), "--frames", "3"),
+        "restyle.mp4": ("restyle", "--video", str(base), "--strength", "0.5"),
+        "connect.mp4": ("connect", "--video", str(base), "--video-b", str(tmp_path / "forward.mp4"), "--frames", "7"),
+    }
+    expected_frames = {"image.png": 1, "animate.mp4": 5, "forward.mp4": 13, "backward.mp4": 17, "loop.mp4": 12,
+                       "restyle.mp4": 9, "connect.mp4": 9 + 7 + 13}
+    for name, (mode, *extra) in runs.items():
+        assert generate(tiny_model_dir, mode, tmp_path / name, *extra) == 0, name
+        meta = json.loads((tmp_path / f"{name}.json").read_text())
+        assert meta["frames"] == expected_frames[name], name
+        assert meta["request"]["mode"] == mode
+    assert Image.open(tmp_path / "image.png").size == (32, 32)
+    assert read_video(tmp_path / "connect.mp4", fps=8).shape[0] == 29
+    parents = json.loads((tmp_path / "connect.mp4.json").read_text())["parents"]
+    assert parents == [str(base), str(tmp_path / "forward.mp4")]
+    out = capsys.readouterr().out
+    assert "conditioned on saved latents" in out
+
+
+def test_loop_from_a_prompt_makes_a_base_clip_then_bridges_it(tiny_model_dir, tmp_path):
+    assert generate(tiny_model_dir, "loop", tmp_path / "loop.mp4", "--frames", "3") == 0
+    assert (tmp_path / "loop.base.mp4").is_file()
+    meta = json.loads((tmp_path / "loop.mp4.json").read_text())
+    assert meta["frames"] == 9 + 3 and meta["parents"] == [str(tmp_path / "loop.base.mp4")]
+
+
+def test_reproduce_gives_the_same_frames(tiny_model_dir, tmp_path):
+    assert generate(tiny_model_dir, "t2v", tmp_path / "a.mp4", "--frames", "5", "--frames-out", str(tmp_path / "fa")) == 0
+    assert main(["reproduce", "--model", str(tiny_model_dir), "--request", str(tmp_path / "a.mp4.json"), "--quiet",
+                 "--out", str(tmp_path / "b.mp4"), "--frames-out", str(tmp_path / "fb")]) == 0
+    for a, b in zip(sorted((tmp_path / "fa").iterdir()), sorted((tmp_path / "fb").iterdir())):
+        assert a.read_bytes() == b.read_bytes()
+
+
+def test_seconds_snap_and_say_so(tiny_model_dir, tmp_path, capsys):
+    assert generate(tiny_model_dir, "t2v", tmp_path / "s.mp4", "--seconds", "1", "--fps", "6") == 0
+    assert "snapped to 5 frames" in capsys.readouterr().out
+    assert json.loads((tmp_path / "s.mp4.json").read_text())["request"]["num_frames"] == 5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["t2v", "--frames", "10"], r"--frames 10 is not valid: 4k\+1 .*nearest: 9 or 13"),
+    (["extend", "--frames", "6", "--video", "{clip}"], "frames = 6 is not valid for extend.*4 or 8"),
+    (["connect", "--frames", "5", "--video", "{clip}", "--video-b", "{clip}"], "frames = 5 .*connect.*3 or 7"),
+    (["t2v", "--width", "40"], "width = 40 is not valid: a multiple of 16.*32 or 48"),
+    (["t2v", "--steps", "0"], "steps = 0 is not valid"),
+    (["animate"], "animate needs --image"),
+    (["extend", "--video", "missing.mp4"], "--video 'missing.mp4' does not exist"),
+    (["restyle", "--video", "{clip}", "--strength", "1.5"], "init_strength = 1.5"),
+    (["t2v", "--out", "x.avi"], "--out .*a .mp4, .gif or .png"),
+    (["t2v", "--sampler", "ddim"], "invalid choice: 'ddim'"),
+    (["t2v", "--seconds", "1", "--frames", "9"], "--frames or --seconds, not both"),
+])
+def test_bad_invocations_fail_with_one_line(tiny_model_dir, tmp_path, capsys, args, message):
+    clip = tmp_path / "clip.mp4"
+    if any("{clip}" in a for a in args):
+        assert generate(tiny_model_dir, "t2v", clip, "--frames", "9") == 0
+        capsys.readouterr()
+    args = [a.replace("{clip}", str(clip)) for a in args]
+    code = main([*args[:1], "--model", str(tiny_model_dir), "--prompt", "a ball", "--quiet", *args[1:]])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert re.search(message, err), err
+
+
+def test_entry_point_and_offline_hub_message(tiny_model_dir, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    run = subprocess.run([sys.executable, str(ROOT / "launch.py"), "generate", "t2v", "--model",
+                          "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "--prompt", "a cat"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr
+    assert "not in the local Hugging Face cache" in run.stderr and "hf download Wan-AI/Wan2.1-T2V-1.3B-Diffusers" in run.stderr
+
+    run = subprocess.run([sys.executable, str(ROOT / "launch.py"), "generate", "t2v", "--model", str(tiny_model_dir),
+                          "--prompt", "a cat", "--frames", "5", "--out", str(tmp_path / "x.mp4")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "wrote" in run.stdout and (tmp_path / "x.mp4").is_file()

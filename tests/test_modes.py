@@ -1,0 +1,153 @@
+"""Each mode end to end on tiny random Wan components: what it holds, what it returns, how long."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipelines import (GenerationCancelled, GenerationRequest, animate, connect, extend, loop, text_to_image,
+                       text_to_video)
+
+SETTINGS = dict(width=32, height=32, steps=2, guidance_scale=4.0, seed=7, fps=8.0)
+
+
+def held_positions_unchanged(result) -> bool:
+    held = result.held
+    known = held.known[0, 0]  # (F, H, W)
+    return bool(torch.equal(result.latents[:, known], held.clean[0][:, known]))
+
+
+@pytest.mark.parametrize("strategy", ["per_token", "replace"])
+def test_animate_holds_the_still(wan21, tmp_path, strategy):
+    still = np.random.default_rng(0).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    Image.fromarray(still).save(tmp_path / "still.png")
+    request = animate(str(tmp_path / "still.png"), "a red ball", num_frames=9, conditioning_strategy=strategy,
+                      **SETTINGS)
+    result = wan21.generate(request)
+    assert result.frames.shape == (9, 32, 32, 3)
+    assert result.held.known[0, 0, 0].all() and not result.held.known[0, 0, 1:].any()
+    assert held_positions_unchanged(result)
+    assert torch.equal(result.latents[:, 0], wan21.encode(still[None])[0, :, 0])
+
+
+def test_extend_forward_keeps_source_frames_bit_exact(wan21, png_clip):
+    path, clip = png_clip(13)
+    request = extend(path, "a red ball moves right", new_frames=8, context_frames=5,
+                     conditioning_strategy="per_token", **SETTINGS)
+    assert request.num_frames == 13
+    result = wan21.generate(request)
+    assert result.frames.shape == (13 + 8, 32, 32, 3)
+    assert np.array_equal(result.frames[:13], clip)
+    assert held_positions_unchanged(result)
+    assert result.window_offset == 13 - 5
+
+
+def test_extend_backward_keeps_source_frames_bit_exact(wan21, png_clip):
+    path, clip = png_clip(9)
+    request = extend(path, "a red ball moves right", new_frames=4, direction="backward", context_frames=5,
+                     conditioning_strategy="per_token", **SETTINGS)
+    result = wan21.generate(request)
+    assert result.frames.shape == (4 + 9, 32, 32, 3)
+    assert np.array_equal(result.frames[4:], clip)
+    # Held at the window's end: the latents after the clip's first (warm-up) frame.
+    assert result.held.known[0, 0, -1].all() and not result.held.known[0, 0, 0].any()
+    assert held_positions_unchanged(result)
+
+
+def test_connect_starts_with_a_and_ends_with_b(wan21, png_clip):
+    path_a, clip_a = png_clip(9, "a", seed=1)
+    path_b, clip_b = png_clip(9, "b", seed=2)
+    request = connect(path_a, path_b, "a ball", new_frames=7, context_frames=5, conditioning_strategy="per_token",
+                      **SETTINGS)
+    assert request.num_frames == 5 + 7 + 5
+    result = wan21.generate(request)
+    assert result.frames.shape == (9 + 7 + 9, 32, 32, 3)
+    assert np.array_equal(result.frames[:9], clip_a)
+    assert np.array_equal(result.frames[-9:], clip_b)
+    assert held_positions_unchanged(result)
+
+
+def test_loop_is_the_clip_plus_a_bridge_back_to_its_start(wan21, png_clip):
+    path, clip = png_clip(9)
+    result = wan21.generate(loop(path, "a ball", new_frames=3, context_frames=5, **SETTINGS))
+    assert result.frames.shape == (9 + 3, 32, 32, 3)
+    assert np.array_equal(result.frames[:9], clip)
+    # The bridge's last frames lead into the clip's first: both ends of the window were held.
+    assert result.held.known[0, 0, 0].all() and result.held.known[0, 0, -1].all()
+
+
+def test_same_seed_same_frames_other_seed_differs(wan21):
+    request = text_to_video("a blue square spins", num_frames=5, **SETTINGS)
+    first, second = wan21.generate(request), wan21.generate(request)
+    assert np.array_equal(first.frames, second.frames)
+    other = wan21.generate(request.replace(seed=8))
+    assert not np.array_equal(first.frames, other.frames)
+
+
+def test_one_frame_request_gives_an_image(wan21):
+    result = wan21.generate(text_to_image("a yellow star", **SETTINGS))
+    assert result.frames.shape == (1, 32, 32, 3) and result.latents.shape[1] == 1
+
+
+def test_callback_sees_every_step_and_can_cancel(wan21):
+    seen = []
+
+    def callback(step, total, latents):
+        seen.append((step, total, tuple(latents.shape)))
+        if step == 2:
+            raise GenerationCancelled
+
+    request = text_to_video("a ball", num_frames=5, **{**SETTINGS, "steps": 4})
+    with pytest.raises(GenerationCancelled):
+        wan21.generate(request, callback=callback)
+    assert seen == [(1, 4, (1, 16, 2, 4, 4)), (2, 4, (1, 16, 2, 4, 4))]
+
+
+def test_prompt_embeddings_are_cached(wan21):
+    wan21.prompts._cache.clear()
+    calls = []
+    original = wan21.prompts._encode
+    wan21.prompts._encode = lambda text: calls.append(text) or original(text)
+    try:
+        request = text_to_video("a green cat", negative_prompt="blurry", num_frames=1, **SETTINGS)
+        wan21.generate(request)
+        wan21.generate(request.replace(seed=1))
+    finally:
+        wan21.prompts._encode = original
+    assert calls == ["a green cat", "blurry"]
+
+
+def test_model_checks_name_the_nearest_valid_values(wan21):
+    with pytest.raises(ValueError, match=r"width = 40 .*multiple of 16.*32 or 48"):
+        wan21.generate(text_to_video("a ball", num_frames=5, **{**SETTINGS, "width": 40}))
+    with pytest.raises(ValueError, match=r"num_frames = 7 .*4k\+1.*5 or 9"):
+        wan21.generate(text_to_video("a ball", num_frames=7, **SETTINGS))
+
+
+def test_misaligned_conditioning_is_refused(wan21, png_clip):
+    from pipelines import ConditioningItem
+
+    path, _ = png_clip(9)
+    bad_count = ConditioningItem(path, frame_index=0, source_count=4)
+    with pytest.raises(ValueError, match=r"4 frames is not valid: 4k\+1"):
+        wan21.generate(GenerationRequest(prompt="a ball", num_frames=9, conditioning=(bad_count,), **SETTINGS))
+    bad_start = ConditioningItem(path, frame_index=3, source_count=5)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        wan21.generate(GenerationRequest(prompt="a ball", num_frames=9, conditioning=(bad_start,), **SETTINGS))
+    too_long = ConditioningItem(path, frame_index=4, source_count=9)
+    with pytest.raises(ValueError, match="run past the window"):
+        wan21.generate(GenerationRequest(prompt="a ball", num_frames=9, conditioning=(too_long,), **SETTINGS))
+
+
+def test_mode_builders_refuse_frame_counts_the_vae_cannot_take(png_clip):
+    path, _ = png_clip(9)
+    with pytest.raises(ValueError, match=r"frames = 6 .*extend.*4 or 8"):
+        extend(path, "a ball", new_frames=6, **SETTINGS)
+    with pytest.raises(ValueError, match=r"frames = 4 .*connect.*3 or 7"):
+        connect(path, path, "a ball", new_frames=4, **SETTINGS)
+    with pytest.raises(ValueError, match="context_frames = 6"):
+        extend(path, "a ball", new_frames=4, context_frames=6, **SETTINGS)
+    with pytest.raises(ValueError, match="direction"):
+        extend(path, "a ball", new_frames=4, direction="sideways", **SETTINGS)
