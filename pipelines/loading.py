@@ -72,7 +72,8 @@ def resolve_model(model: str) -> tuple[Path, str, ModelDefaults | None]:
     if folder.is_dir():
         if not (folder / "model_index.json").is_file():
             raise ModelNotAvailable(f"{str(folder)!r} is not a diffusers model folder: it has no model_index.json")
-        return folder, model, entry.defaults if entry else None
+        model_id = model if entry else str(folder.resolve())  # an id that survives a change of directory
+        return folder, model_id, entry.defaults if entry else None
     if entry is not None and model == "embedded":
         raise ModelNotAvailable(
             f"the embedded model is not in {str(folder)!r}; train it (see training/) or pass --model with a "

@@ -49,6 +49,21 @@ def _context(requested: int | None, available: int, at_end: bool, temporal: int,
     return requested
 
 
+def size_for(media: str, default_width: int, default_height: int, grid: int) -> tuple[int, int]:
+    """Output size for an input image or clip: its own size when it is already on the model's grid and
+    near the default area, else its aspect ratio at about the default area, on the grid."""
+    from pipelines.video_io import media_size
+
+    width, height = media_size(media)
+    area = default_width * default_height
+    if width % grid == 0 and height % grid == 0 and area / 2 <= width * height <= area * 2:
+        return width, height
+    aspect = width / height
+    snapped_w = max(grid, round((area * aspect) ** 0.5 / grid) * grid)
+    snapped_h = max(grid, round((area / aspect) ** 0.5 / grid) * grid)
+    return snapped_w, snapped_h
+
+
 def text_to_video(prompt: str, **settings: Any) -> GenerationRequest:
     return GenerationRequest(prompt=prompt, mode="t2v", **settings)
 

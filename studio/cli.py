@@ -117,14 +117,18 @@ def _frames(args: argparse.Namespace, mode_kind: str, fps: float, temporal: int,
     return snapped
 
 
-def build_request(args: argparse.Namespace, defaults: Any, temporal: int):
+def build_request(args: argparse.Namespace, defaults: Any, temporal: int, grid: int):
     from pipelines import modes
 
     fps = args.fps if args.fps is not None else defaults.fps
+    width, height = defaults.width, defaults.height
+    source = args.image if args.mode == "animate" else args.video
+    if args.width is None and args.height is None and source and Path(source).exists():
+        width, height = modes.size_for(source, width, height, grid)  # follow the input's aspect ratio
     settings: dict[str, Any] = dict(
         negative_prompt=args.negative,
-        width=args.width if args.width is not None else defaults.width,
-        height=args.height if args.height is not None else defaults.height,
+        width=args.width if args.width is not None else width,
+        height=args.height if args.height is not None else height,
         steps=args.steps if args.steps is not None else defaults.steps,
         guidance_scale=args.guidance if args.guidance is not None else defaults.guidance_scale,
         seed=args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little"),
@@ -263,7 +267,10 @@ def run(argv: list[str]) -> int:
         raise UsageError("image makes one frame; drop --frames/--seconds")
     if args.device and not (args.device == "cpu" or args.device.split(":")[0] == "cuda"):
         raise UsageError(f"--device {args.device!r} is not valid: cpu, cuda or cuda:N")
-    built = _reproduced(args) if args.mode == "reproduce" else build_request(args, defaults, geometry.temporal)
+    if args.mode == "reproduce":
+        built = _reproduced(args)
+    else:
+        built = build_request(args, defaults, geometry.temporal, geometry.grid)
     out = Path(args.out) if args.out else Path("outputs") / f"{datetime.now():%Y%m%d-%H%M%S}-{args.mode}.mp4"
     if out.suffix.lower() not in (".mp4", ".gif", ".png"):
         raise UsageError(f"--out {str(out)!r} is not valid: a .mp4, .gif or .png file")

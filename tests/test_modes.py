@@ -151,3 +151,21 @@ def test_mode_builders_refuse_frame_counts_the_vae_cannot_take(png_clip):
         extend(path, "a ball", new_frames=4, context_frames=6, **SETTINGS)
     with pytest.raises(ValueError, match="direction"):
         extend(path, "a ball", new_frames=4, direction="sideways", **SETTINGS)
+
+
+def test_a_ti2v_folder_loads_with_per_token_conditioning(ti2v_components, tmp_path):
+    from tiny_models import save_diffusers_folder
+
+    from pipelines import VideoPipeline
+
+    folder = save_diffusers_folder(ti2v_components, tmp_path / "ti2v", {"max_sequence_length": 16},
+                                   expand_timesteps=True)
+    pipe = VideoPipeline.from_pretrained(str(folder), device="cpu")
+    assert pipe.defaults.conditioning_strategy == "per_token"
+    assert (pipe.grid, pipe.temporal) == (32, 4)
+    still = np.full((64, 64, 3), 90, np.uint8)
+    from PIL import Image
+
+    Image.fromarray(still).save(tmp_path / "still.png")
+    result = pipe.generate(animate(str(tmp_path / "still.png"), "a ball", num_frames=5, width=64, height=64, steps=2))
+    assert result.held.strategy == "per_token" and result.frames.shape == (5, 64, 64, 3)

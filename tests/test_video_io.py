@@ -79,3 +79,16 @@ def test_restyle_keeps_the_audio_track(wan21, tmp_path):
         assert len(container.streams.audio) == 1
         samples = sum(frame.samples for frame in container.decode(audio=0))
     assert abs(samples / 44100 - 9 / 8) < 0.1  # trimmed to the clip's 9 frames at 8 fps
+
+
+def test_output_size_follows_the_inputs_aspect_ratio(tmp_path):
+    from PIL import Image
+
+    from pipelines.modes import size_for
+
+    Image.new("RGB", (480, 832)).save(tmp_path / "portrait.png")
+    assert size_for(str(tmp_path / "portrait.png"), 832, 480, 16) == (480, 832)
+    Image.new("RGB", (1080, 1920)).save(tmp_path / "phone.png")
+    assert size_for(str(tmp_path / "phone.png"), 832, 480, 16) == (480, 848)
+    Image.new("RGB", (1000, 1000)).save(tmp_path / "square.png")
+    assert size_for(str(tmp_path / "square.png"), 832, 480, 32) == (640, 640)
