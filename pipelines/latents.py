@@ -8,7 +8,6 @@ latents for its generated window only); `covers` says which frames.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +94,3 @@ def load_timeline(media: str | Path) -> tuple[LatentTimeline | None, str]:
     )
     return timeline, "ok"
 
-
-def describe(timeline: LatentTimeline) -> str:
-    return json.dumps({"first_frame": timeline.first_frame, "last_frame": timeline.last_frame,
-                       "num_frames": timeline.num_frames, "shape": list(timeline.latents.shape)})

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +18,7 @@ from pipelines.latents import LatentTimeline, load_timeline
 from pipelines.loading import ModelDefaults, load_components, read_defaults, resolve_model
 from pipelines.request import ConditioningItem, GenerationRequest, check_grid, nearest_valid
 from pipelines.samplers import make_scheduler
-from pipelines.sampling import GenerationCancelled, GuidedDenoiser, HeldLatents, StepCallback, noise_to, sample
+from pipelines.sampling import GenerationCancelled, GuidedDenoiser, HeldLatents, StepCallback, sample
 from pipelines.text import PromptEncoder
 from pipelines.video_io import fit_frames, read_media
 
@@ -131,6 +129,7 @@ class VideoPipeline:
     # ---- the generation ------------------------------------------------------------------------------
     def generate(self, request: GenerationRequest, callback: StepCallback | None = None) -> GenerationResult:
         """Run one request: validate, encode text, encode conditioning, noise, denoise, decode and assemble."""
+        sources: dict[str, np.ndarray] = {}  # each source clip is read once per request
         timings: dict[str, float] = {}
         clock = time.perf_counter()
 
@@ -143,7 +142,7 @@ class VideoPipeline:
         try:
             # 1. Validate: the request against this model, and every conditioning source against the window.
             self.check_request(request)
-            placed = [self._place(item, request) for item in request.conditioning]
+            placed = [self._place(item, request, sources) for item in request.conditioning]
             self._check_placement(placed, request)
             init_frames = self._read_init_video(request)
             lap("validate")
@@ -155,40 +154,42 @@ class VideoPipeline:
             uncond = self.prompts(request.negative_prompt).to(self.device, dtype) if guided else None
             lap("encode_text")
 
-            # 3. Schedule: the checkpoint's sampler, started part-way for SDEdit (Meng et al., arXiv 2108.01073).
+            # 3. Encode conditioning: the init video (SDEdit) and the known frames of every item.
+            shape = (1, int(self.vae.config.z_dim), (request.num_frames - 1) // self.temporal + 1,
+                     request.height // self.spatial, request.width // self.spatial)  # (B, C, F, H, W)
+            init_latents = self.encode(init_frames) if init_frames is not None else None  # (1, C, F, H, W)
+            clean, hold, prefix, suffix = self._encode_items(placed, shape)
+            lap("encode_conditioning")
+
+            # 4. Noise: drawn on the CPU from the request's seed as diffusers' randn_tensor draws it, then
+            #    SDEdit (Meng et al., arXiv 2108.01073) starts part-way down the checkpoint's schedule.
             scheduler = make_scheduler(request.sampler, self.scheduler, request.shift)
             scheduler.set_timesteps(request.steps, device=self.device)
-            timesteps = scheduler.timesteps
             start = 0
             if request.init_strength is not None:
                 start = (request.steps - min(int(request.steps * request.init_strength), request.steps)) * scheduler.order
-                timesteps = timesteps[start:]
             scheduler.set_begin_index(start)
+            timesteps = scheduler.timesteps[start:]
             sigmas = scheduler.sigmas[start:start + len(timesteps)].to(self.device)
-
-            # 4. Noise: drawn on the CPU from the request's seed, as diffusers' randn_tensor draws it.
             generator = torch.Generator("cpu").manual_seed(request.seed)
-            shape = (1, int(self.vae.config.z_dim), (request.num_frames - 1) // self.temporal + 1,
-                     request.height // self.spatial, request.width // self.spatial)  # (B, C, F, H, W)
             noise = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
             latents = noise
-            if init_frames is not None:
-                init_latents = self.encode(init_frames)  # (1, C, F, H, W)
+            if init_latents is not None:
                 t0 = timesteps[:1]
                 latents = (scheduler.add_noise(init_latents, noise, t0) if hasattr(scheduler, "add_noise")
                            else scheduler.scale_noise(init_latents, t0, noise))
+            held = None
+            if placed:
+                strategy = request.conditioning_strategy or self.defaults.conditioning_strategy
+                held = HeldLatents(clean, hold, noise, strategy, self.patch_size)
 
-            # 5. Encode conditioning into held latents.
-            held, prefix, suffix = self._hold(placed, request, noise)
-            lap("encode_conditioning")
-
-            # 6. Denoise.
+            # 5. Denoise.
             denoiser = GuidedDenoiser(self.transformer, cond, uncond, request.guidance_scale)
             with torch.no_grad():
                 latents = sample(denoiser, latents, scheduler, timesteps, sigmas, held, callback)  # (1, C, F, H, W)
             lap("denoise")
 
-            # 7. Decode the window (after the prefix that warms the causal decoder) and assemble the clip.
+            # 6. Decode the window (after the prefix that warms the causal decoder) and assemble the clip.
             window_frames = self.decode(torch.cat([prefix, latents], dim=2) if prefix is not None else latents)
             window_frames = window_frames[-request.num_frames:]  # (T, H, W, 3)
             frames, offset = self._assemble(window_frames, placed, request)
@@ -218,8 +219,10 @@ class VideoPipeline:
                              f"({len(frames)} frames); valid: at most {longest}")
         return frames[:request.num_frames]
 
-    def _place(self, item: ConditioningItem, request: GenerationRequest) -> PlacedItem:
-        frames = fit_frames(read_media(item.source, request.fps), request.width, request.height)
+    def _place(self, item: ConditioningItem, request: GenerationRequest, sources: dict[str, np.ndarray]) -> PlacedItem:
+        if item.source not in sources:
+            sources[item.source] = fit_frames(read_media(item.source, request.fps), request.width, request.height)
+        frames = sources[item.source]
         available = len(frames) - item.source_start
         count = available if item.source_count is None else item.source_count
         if available < 1 or count > available:
@@ -273,18 +276,16 @@ class VideoPipeline:
                                  f"{request.num_frames} frames")
             spans.append((f, f + n))
         spans.sort()
-        for (a0, a1), (b0, _) in zip(spans, spans[1:]):
+        for (_, a1), (b0, _) in zip(spans, spans[1:]):
             if b0 < a1:
                 raise ValueError(f"conditioning items overlap at window frames {b0}..{a1 - 1}; place them apart")
 
-    def _hold(self, placed: list[PlacedItem], request: GenerationRequest, noise: torch.Tensor
-              ) -> tuple[HeldLatents | None, torch.Tensor | None, torch.Tensor | None]:
-        """Held latents for every item; plus the saved-latent prefix before a start item (it warms the causal
-        decoder) and the saved latents after an end item (they extend the output's timeline)."""
-        if not placed:
-            return None, None, None
-        clean = torch.zeros_like(noise)  # (1, C, F, H, W)
-        hold = torch.zeros((1, 1, *noise.shape[2:]), dtype=noise.dtype, device=noise.device)  # (1, 1, F, H, W)
+    def _encode_items(self, placed: list[PlacedItem], shape: tuple[int, ...]):
+        """Clean latents and hold strengths of every item, (1, C, F, H, W) and (1, 1, F, H, W); plus the
+        saved-latent prefix before a start item (it warms the causal decoder) and the saved latents after an
+        end item (they extend the output's timeline)."""
+        clean = torch.zeros(shape, device=self.device)  # (1, C, F, H, W)
+        hold = torch.zeros((1, 1, *shape[2:]), device=self.device)  # (1, 1, F, H, W)
         prefix = suffix = None
         t = self.temporal
         for p in placed:
@@ -292,7 +293,7 @@ class VideoPipeline:
             first = f // t + (1 if f > 0 else 0)  # window latent where the item's held latents start
             n_latents = k + 1 if f == 0 else k
             if p.timeline is not None:
-                tl = p.timeline.latents.to(noise.device).unsqueeze(0)  # (1, C, F_clip, H, W)
+                tl = p.timeline.latents.to(self.device).unsqueeze(0)  # (1, C, F_clip, H, W)
                 if f == 0:
                     end = p.timeline.latent_ending_at(p.start + p.count - 1)
                     latents = tl[:, :, end - k:end + 1]
@@ -307,8 +308,7 @@ class VideoPipeline:
                 latents = latents if f == 0 else latents[:, :, 1:]
             clean[:, :, first:first + n_latents] = latents
             hold[:, :, first:first + n_latents] = p.item.strength
-        strategy = request.conditioning_strategy or self.defaults.conditioning_strategy
-        return HeldLatents(clean, hold, noise, strategy, self.patch_size), prefix, suffix
+        return clean, hold, prefix, suffix
 
     def _assemble(self, window: np.ndarray, placed: list[PlacedItem], request: GenerationRequest
                   ) -> tuple[np.ndarray, int]:

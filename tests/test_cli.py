@@ -70,8 +70,9 @@ def test_reproduce_gives_the_same_frames(tiny_model_dir, tmp_path):
     assert generate(tiny_model_dir, "t2v", tmp_path / "a.mp4", "--frames", "5", "--frames-out", str(tmp_path / "fa")) == 0
     assert main(["reproduce", "--model", str(tiny_model_dir), "--request", str(tmp_path / "a.mp4.json"), "--quiet",
                  "--out", str(tmp_path / "b.mp4"), "--frames-out", str(tmp_path / "fb")]) == 0
-    for a, b in zip(sorted((tmp_path / "fa").iterdir()), sorted((tmp_path / "fb").iterdir())):
-        assert a.read_bytes() == b.read_bytes()
+    first, again = sorted((tmp_path / "fa").iterdir()), sorted((tmp_path / "fb").iterdir())
+    assert len(first) == len(again) == 5
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(first, again))
 
 
 def test_seconds_snap_and_say_so(tiny_model_dir, tmp_path, capsys):
