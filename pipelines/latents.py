@@ -8,16 +8,18 @@ latents for its generated window only); `covers` says which frames.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from pipelines.video_io import atomic_path
 
 SIDECAR_SUFFIX = ".latents.safetensors"
+log = logging.getLogger(__name__)
 
 
 def sidecar_path(media: str | Path) -> Path:
@@ -79,18 +81,24 @@ def load_timeline(media: str | Path) -> tuple[LatentTimeline | None, str]:
     path = sidecar_path(media)
     if not path.is_file():
         return None, "no latent sidecar"
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        latents = handle.get_tensor("latents")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            latents = handle.get_tensor("latents")
+        timeline = LatentTimeline(
+            latents=latents,
+            first_frame=int(metadata["first_frame"]),
+            num_frames=int(metadata["num_frames"]),
+            fps=float(metadata["fps"]),
+            model_id=metadata["model_id"],
+            temporal=int(metadata["temporal"]),
+        )
+    except (OSError, KeyError, ValueError, SafetensorError) as error:
+        log.warning("unreadable latent sidecar %s: %s", path, error)
+        return None, "its latent sidecar is unreadable"
+    if latents.ndim != 4:
+        return None, "its latent sidecar is unreadable"
     if metadata.get("media_sha256") != media_digest(media):
         return None, "the clip changed since its latents were saved"
-    timeline = LatentTimeline(
-        latents=latents,
-        first_frame=int(metadata["first_frame"]),
-        num_frames=int(metadata["num_frames"]),
-        fps=float(metadata["fps"]),
-        model_id=metadata["model_id"],
-        temporal=int(metadata["temporal"]),
-    )
     return timeline, "ok"
 

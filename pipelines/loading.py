@@ -67,15 +67,17 @@ def _looks_like_hub_id(name: str) -> bool:
 
 def resolve_model(model: str) -> tuple[Path, str, ModelDefaults | None]:
     """(local folder, model id, registry defaults) for a registry name, a folder or a hub id."""
-    entry = MODELS.get(model)
+    entry = MODELS.get(model) or next((e for e in MODELS.values() if e.source == model), None)
     source = entry.source if entry else model
     folder = Path(source).expanduser()
     if folder.is_dir():
         if not (folder / "model_index.json").is_file():
             raise ModelNotAvailable(f"{str(folder)!r} is not a diffusers model folder: it has no model_index.json")
-        model_id = model if entry else str(folder.resolve())  # an id that survives a change of directory
+        # An id that survives a change of directory, and names a registry folder by its registry name.
+        model_id = next((name for name, e in MODELS.items() if Path(e.source).resolve() == folder.resolve()),
+                        str(folder.resolve()))
         return folder, model_id, entry.defaults if entry else None
-    if entry is not None and model == "embedded":
+    if model == "embedded":
         raise ModelNotAvailable(
             f"the embedded model is not in {str(folder)!r}; train it (see training/) or pass --model with a "
             "diffusers folder or a hub id"
@@ -165,7 +167,7 @@ def load_component(folder: Path, name: str, spec: list[str], dtype: torch.dtype 
     return component_cls.from_pretrained(component_path(folder, name), **kwargs)
 
 
-def load_components(folder: Path, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+def load_components(folder: Path, dtype: torch.dtype) -> dict[str, Any]:
     """vae (always float32: Wan's VAE degrades in half precision), transformer and text encoder in `dtype`,
     tokenizer and the scheduler's config."""
     index = json.loads((folder / "model_index.json").read_text())

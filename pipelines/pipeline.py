@@ -7,8 +7,10 @@ flow-matching scheduler. Every mode is a request with conditioning items and a s
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,6 +23,11 @@ from pipelines.samplers import make_scheduler
 from pipelines.sampling import GenerationCancelled, GuidedDenoiser, HeldLatents, StepCallback, sample
 from pipelines.text import PromptEncoder
 from pipelines.video_io import fit_frames, read_media
+
+
+# Saved latents decoded before a chained window: enough for the causal decoder's state to settle (its
+# temporal receptive field is a few latents), bounded so that long chains do not decode their whole past.
+DECODER_WARMUP_LATENTS = 16
 
 
 @dataclass
@@ -51,19 +58,23 @@ class GenerationResult:
 
     @property
     def audio_source(self) -> str | None:
-        return self.request.init_video if self.request.mode == "restyle" else None
+        """The restyled video, whose audio track the output keeps (frame folders and GIFs have none)."""
+        source = self.request.init_video
+        if self.request.mode == "restyle" and source and Path(source).is_file() and \
+                Path(source).suffix.lower() in (".mp4", ".mov", ".mkv", ".webm"):
+            return source
+        return None
 
 
 class VideoPipeline:
     def __init__(self, *, vae, transformer, tokenizer, text_encoder, scheduler, model_id: str,
-                 defaults: ModelDefaults, device: torch.device | str = "cpu"):
+                 defaults: ModelDefaults, device: torch.device | str = "cpu", low_vram: bool = False):
         self.vae = vae.eval()
         self.transformer = transformer.eval()
         self.text_encoder = text_encoder.eval()
         self.scheduler = scheduler  # the checkpoint's; each request gets a fresh copy
         self.model_id = model_id
         self.defaults = defaults
-        self.device = torch.device(device)
         self.prompts = PromptEncoder(tokenizer, text_encoder, defaults.max_sequence_length)
         self.spatial = int(vae.config.scale_factor_spatial)
         self.temporal = int(vae.config.scale_factor_temporal)
@@ -72,6 +83,27 @@ class VideoPipeline:
         z = int(vae.config.z_dim)
         self._latent_mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, z, 1, 1, 1)
         self._latent_inv_std = 1.0 / torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, z, 1, 1, 1)
+        self.device = torch.device(device)
+        # Low-VRAM: every model waits on the CPU and visits the GPU only for its own stage; the VAE works in
+        # tiles and guidance runs its two branches one after the other.
+        self.low_vram = low_vram and self.device.type == "cuda"
+        if self.low_vram:
+            self.vae.enable_tiling()
+        for module in (self.text_encoder, self.transformer, self.vae):
+            module.to("cpu" if self.low_vram else self.device)
+
+    @contextlib.contextmanager
+    def _resident(self, module: torch.nn.Module):
+        """Keep `module` on the device for the block (a no-op unless low-VRAM)."""
+        if not self.low_vram:
+            yield
+            return
+        module.to(self.device)
+        try:
+            yield
+        finally:
+            module.to("cpu")
+            torch.cuda.empty_cache()
 
     # ---- construction ----------------------------------------------------------------------------------
     @classmethod
@@ -81,26 +113,10 @@ class VideoPipeline:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         folder, model_id, registry_defaults = resolve_model(model)
-        parts = load_components(folder, device, dtype)
-        pipe = cls(vae=parts["vae"], transformer=parts["transformer"], tokenizer=parts["tokenizer"],
-                   text_encoder=parts["text_encoder"], scheduler=parts["scheduler"],
-                   model_id=model_id, defaults=read_defaults(folder, registry_defaults), device=device)
-        return pipe.to(device, low_vram=low_vram)
-
-    def to(self, device: torch.device | str, low_vram: bool = False) -> VideoPipeline:
-        self.device = torch.device(device)
-        if low_vram and self.device.type == "cuda":
-            # Each model moves to the GPU only while it runs (accelerate hooks), and the VAE decodes in tiles.
-            from accelerate import cpu_offload_with_hook
-
-            hook = None
-            for module in (self.text_encoder, self.transformer, self.vae):
-                _, hook = cpu_offload_with_hook(module, self.device, prev_module_hook=hook)
-            self.vae.enable_tiling()
-        else:
-            for module in (self.text_encoder, self.transformer, self.vae):
-                module.to(self.device)
-        return self
+        parts = load_components(folder, dtype)
+        return cls(vae=parts["vae"], transformer=parts["transformer"], tokenizer=parts["tokenizer"],
+                   text_encoder=parts["text_encoder"], scheduler=parts["scheduler"], model_id=model_id,
+                   defaults=read_defaults(folder, registry_defaults), device=device, low_vram=low_vram)
 
     # ---- model-dependent validation ---------------------------------------------------------------------
     def check_request(self, request: GenerationRequest) -> None:
@@ -113,7 +129,8 @@ class VideoPipeline:
         """(F, H, W, 3) uint8 -> (1, C, 1 + (F-1)//temporal, H/s, W/s) normalised latents (the posterior mode)."""
         pixels = torch.tensor(frames).float() / 255.0 * 2.0 - 1.0  # (F, H, W, 3)
         pixels = pixels.permute(3, 0, 1, 2).unsqueeze(0)  # (1, 3, F, H, W)
-        posterior = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
+        with self._resident(self.vae):
+            posterior = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
         latents = posterior.mode().float()  # (1, C, F', h, w)
         return (latents - self._latent_mean.to(latents.device)) * self._latent_inv_std.to(latents.device)
 
@@ -122,7 +139,8 @@ class VideoPipeline:
         """(1, C, F', h, w) normalised latents -> (1 + (F'-1)*temporal, H, W, 3) uint8."""
         latents = latents.to(self.device, torch.float32)
         latents = latents / self._latent_inv_std.to(latents.device) + self._latent_mean.to(latents.device)
-        video = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
+        with self._resident(self.vae):
+            video = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
         video = (video[0].float() / 2 + 0.5).clamp(0, 1)
         return (video.permute(1, 2, 3, 0).cpu().numpy() * 255).round().astype(np.uint8)  # (F, H, W, 3)
 
@@ -149,9 +167,10 @@ class VideoPipeline:
 
             # 2. Encode text.
             dtype = self.transformer.dtype
-            cond = self.prompts(request.prompt).to(self.device, dtype)  # (1, L, D)
             guided = request.guidance_scale > 1.0
-            uncond = self.prompts(request.negative_prompt).to(self.device, dtype) if guided else None
+            with self._resident(self.text_encoder):
+                cond = self.prompts(request.prompt).to(self.device, dtype)  # (1, L, D)
+                uncond = self.prompts(request.negative_prompt).to(self.device, dtype) if guided else None
             lap("encode_text")
 
             # 3. Encode conditioning: the init video (SDEdit) and the known frames of every item.
@@ -184,13 +203,14 @@ class VideoPipeline:
                 held = HeldLatents(clean, hold, noise, strategy, self.patch_size)
 
             # 5. Denoise.
-            denoiser = GuidedDenoiser(self.transformer, cond, uncond, request.guidance_scale)
-            with torch.no_grad():
+            denoiser = GuidedDenoiser(self.transformer, cond, uncond, request.guidance_scale, batched=not self.low_vram)
+            with torch.no_grad(), self._resident(self.transformer):
                 latents = sample(denoiser, latents, scheduler, timesteps, sigmas, held, callback)  # (1, C, F, H, W)
             lap("denoise")
 
-            # 6. Decode the window (after the prefix that warms the causal decoder) and assemble the clip.
-            window_frames = self.decode(torch.cat([prefix, latents], dim=2) if prefix is not None else latents)
+            # 6. Decode the window (after saved latents that warm the causal decoder) and assemble the clip.
+            warmup = prefix[:, :, -DECODER_WARMUP_LATENTS:] if prefix is not None else None
+            window_frames = self.decode(torch.cat([warmup, latents], dim=2) if warmup is not None else latents)
             window_frames = window_frames[-request.num_frames:]  # (T, H, W, 3)
             frames, offset = self._assemble(window_frames, placed, request)
             timeline = self._timeline(latents, prefix, suffix, placed, request, offset, len(frames))
@@ -274,6 +294,17 @@ class VideoPipeline:
             if f + n > request.num_frames:
                 raise ValueError(f"conditioning {name!r}: frames {f}..{f + n - 1} run past the window's "
                                  f"{request.num_frames} frames")
+            # A clip copied through must join the window where its held frames are: its tail opens the
+            # window, its head closes it or sits later in it.
+            if p.item.output == "source" and f == 0 and p.start + n != len(p.source_frames):
+                raise ValueError(f"conditioning {name!r} at frame 0 with output='source' must select the clip's "
+                                 f"last frames (source_start = {len(p.source_frames) - n} for {n} frames)")
+            if p.item.output == "source" and f > 0 and p.start != 0:
+                raise ValueError(f"conditioning {name!r} after frame 0 with output='source' must select the clip's "
+                                 f"first frames (source_start = 0)")
+            if p.item.output == "omit" and f + n != request.num_frames:
+                raise ValueError(f"conditioning {name!r} with output='omit' must end the window (frame_index = "
+                                 f"{request.num_frames - n})")
             spans.append((f, f + n))
         spans.sort()
         for (_, a1), (b0, _) in zip(spans, spans[1:]):
@@ -301,7 +332,8 @@ class VideoPipeline:
                 else:
                     begin = (p.start - p.timeline.first_frame) // t + 1
                     latents = tl[:, :, begin:begin + k]
-                    if p.timeline.last_frame == p.timeline.num_frames - 1 and begin + k < tl.shape[2]:
+                    ends_window = first + n_latents == shape[2]
+                    if ends_window and p.timeline.last_frame == p.timeline.num_frames - 1 and begin + k < tl.shape[2]:
                         suffix = tl[:, :, begin + k:]
             else:
                 latents = self.encode(p.source_frames[p.start:p.start + p.count])  # (1, C, k+1, H, W)

@@ -164,6 +164,7 @@ class GenerationRequest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationRequest:
+        _require(isinstance(data, dict), "request", type(data).__name__, "a JSON object of request fields")
         data = dict(data)
         version = data.pop("format", REQUEST_FORMAT)
         _require(version == REQUEST_FORMAT, "format", version, f"{REQUEST_FORMAT} (this studio's request format)")
@@ -171,10 +172,18 @@ class GenerationRequest:
         unknown = sorted(set(data) - known)
         _require(not unknown, "request keys", unknown, f"only {', '.join(sorted(known))}")
         item_keys = {f.name for f in dataclasses.fields(ConditioningItem)}
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING}
+        missing = sorted(required - set(data))
+        _require(not missing, "request keys", missing, f"a request needs {', '.join(sorted(required))}")
+        raw_items = data.get("conditioning", ())
+        _require(isinstance(raw_items, (list, tuple)), "conditioning", raw_items, "a list of conditioning items")
         items = []
-        for raw in data.get("conditioning", ()):
+        for raw in raw_items:
+            _require(isinstance(raw, dict), "conditioning item", raw, "an object with a 'source' and placement")
             extra = sorted(set(raw) - item_keys)
             _require(not extra, "conditioning keys", extra, f"only {', '.join(sorted(item_keys))}")
+            _require("source" in raw, "conditioning keys", sorted(raw), "an item needs a 'source'")
             items.append(ConditioningItem(**raw))
         data["conditioning"] = tuple(items)
         return cls(**data)

@@ -67,29 +67,41 @@ class HeldLatents:
         return latents, t.expand(batch)
 
     def finalize(self, latents: torch.Tensor) -> torch.Tensor:
-        return torch.where(self.known, self.clean, latents)
+        """Fully held positions end exactly on their clean latents; partly held ones keep what was sampled."""
+        return torch.where(self.hold >= 1, self.clean, latents)
 
 
 class GuidedDenoiser:
     """Velocity with classifier-free guidance (Ho & Salimans, arXiv 2207.12598).
 
-    Conditional and unconditional branches run as one batched forward when guidance is on.
+    Conditional and unconditional branches run as one batched forward when guidance is on (or one after the
+    other with `batched=False`, which halves activation memory).
     """
 
-    def __init__(self, transformer: torch.nn.Module, cond: torch.Tensor, uncond: torch.Tensor | None, scale: float):
+    def __init__(self, transformer: torch.nn.Module, cond: torch.Tensor, uncond: torch.Tensor | None, scale: float,
+                 batched: bool = True):
         self.transformer = transformer
         self.scale = scale
         self.guided = scale > 1.0 and uncond is not None
-        self.embeds = torch.cat([cond, uncond]) if self.guided else cond  # (2B or B, L, D)
+        self.cond, self.uncond = cond, uncond
+        self.batched = batched
+        self.embeds = torch.cat([cond, uncond]) if self.guided and batched else cond  # (2B or B, L, D)
+
+    def _forward(self, latents: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        return self.transformer(
+            hidden_states=latents.to(self.transformer.dtype), timestep=timestep, encoder_hidden_states=embeds,
+            return_dict=False,
+        )[0].float()  # guidance and the scheduler step in float32, whatever the transformer's precision
 
     def __call__(self, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        dtype = self.transformer.dtype
+        if self.guided and not self.batched:  # half the activation memory, for low-VRAM runs
+            cond = self._forward(latents, timestep, self.cond)
+            uncond = self._forward(latents, timestep, self.uncond)
+            return uncond + self.scale * (cond - uncond)
         if self.guided:
             latents = torch.cat([latents, latents])  # (2B, C, F, H, W)
             timestep = torch.cat([timestep, timestep])
-        velocity = self.transformer(
-            hidden_states=latents.to(dtype), timestep=timestep, encoder_hidden_states=self.embeds, return_dict=False
-        )[0]
+        velocity = self._forward(latents, timestep, self.embeds)
         if not self.guided:
             return velocity
         cond, uncond = velocity.chunk(2)

@@ -63,11 +63,17 @@ def read_video(path: str | Path, fps: float, max_frames: int | None = None) -> n
     if not frames:
         raise ValueError(f"video {str(path)!r} has no decodable frames")
     times_arr = np.asarray(times) - times[0]
-    duration = times_arr[-1] + (times_arr[-1] - times_arr[-2] if len(times_arr) > 1 else 1.0 / fps)
-    count = max(1, int(np.floor(duration * fps + 1e-6)))
+    step = float(np.median(np.diff(times_arr))) if len(times_arr) > 1 else 1.0 / fps
+    duration = times_arr[-1] + step
+    # Timestamps are rounded (GIF keeps centiseconds, 29.97 fps is 30000/1001): a count within a quarter
+    # frame of a whole number is that number, and each output time takes the frame shown a quarter of
+    # the shorter frame interval later.
+    exact = duration * fps
+    count = max(1, round(exact) if abs(exact - round(exact)) < 0.25 else int(exact))
     if max_frames:
         count = min(count, max_frames)
-    picks = np.searchsorted(times_arr, np.arange(count) / fps + 1e-6, side="right") - 1
+    slack = 0.25 * min(step, 1.0 / fps)
+    picks = np.searchsorted(times_arr, np.arange(count) / fps + slack, side="right") - 1
     return np.stack([frames[i] for i in np.clip(picks, 0, len(frames) - 1)])
 
 
@@ -169,9 +175,12 @@ def _copy_audio(source, in_stream, out, audio, duration: float) -> None:
 
 
 def write_gif(path: str | Path, frames: np.ndarray, fps: float) -> None:
+    """GIF frame delays are whole centiseconds: alternate them so that frame k starts at k / fps, rounded."""
     images = [Image.fromarray(f) for f in frames]
+    starts = [round(k * 100 / fps) for k in range(len(frames) + 1)]
+    delays = [10 * (b - a) for a, b in zip(starts, starts[1:])]
     with atomic_path(path) as tmp:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=delays, loop=0)
 
 
 def write_png(path: str | Path, frame: np.ndarray) -> None:
@@ -183,6 +192,8 @@ def write_frames(folder: str | Path, frames: np.ndarray) -> list[Path]:
     """Every frame as a lossless PNG (frame_00000.png, ...), the sequence editors import."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("frame_[0-9][0-9][0-9][0-9][0-9].png"):  # a longer earlier clip's frames
+        stale.unlink()
     paths = [folder / f"frame_{i:05d}.png" for i in range(len(frames))]
     for p, frame in zip(paths, frames):
         write_png(p, frame)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -47,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mode", choices=MODES + ("reproduce",),
                    help="what to make; reproduce re-runs the request in a sidecar given with --request")
     p.add_argument("--request", help="reproduce: an output's JSON sidecar (its request is run again as it was)")
-    p.add_argument("--model", default="embedded",
-                   help=f"a registry name ({', '.join(MODELS)}), a diffusers folder or a hub id")
+    p.add_argument("--model", help=f"a registry name ({', '.join(MODELS)}), a diffusers folder or a hub id "
+                                   "(default: embedded; for reproduce, the model recorded in the sidecar)")
     p.add_argument("--prompt", required=False, help="what the clip shows")
     p.add_argument("--negative", default="", help="what to steer away from")
     p.add_argument("--image", help="animate: the still that becomes frame 0")
@@ -111,10 +112,14 @@ def _frames(args: argparse.Namespace, mode_kind: str, fps: float, temporal: int,
         return default
     if args.seconds <= 0:
         raise UsageError(f"--seconds {args.seconds:g} is not valid: a positive number")
-    wanted = args.seconds * fps
-    snapped = max(first, first + round((wanted - first) / step) * step)
+    snapped = _snap(args.seconds * fps, first, step)
     print(f"note: --seconds {args.seconds:g} at {fps:g} fps snapped to {snapped} frames ({snapped / fps:.2f} s)")
     return snapped
+
+
+def _snap(frames: float, first: int, step: int) -> int:
+    """The valid count (first + k * step) nearest to `frames`; halves go up."""
+    return max(first, first + int(math.floor((frames - first) / step + 0.5)) * step)
 
 
 def build_request(args: argparse.Namespace, defaults: Any, temporal: int, grid: int):
@@ -153,7 +158,8 @@ def build_request(args: argparse.Namespace, defaults: Any, temporal: int, grid: 
                              num_frames=_frames(args, "window", fps, temporal, defaults.num_frames), **settings)
     if mode == "restyle":
         video = _require_file(args.video, "--video", mode)
-        frames = _frames(args, "window", fps, temporal, None) if (args.frames or args.seconds) else None
+        given = args.frames is not None or args.seconds is not None
+        frames = _frames(args, "window", fps, temporal, None) if given else None
         return modes.restyle(video, prompt, strength=0.7 if args.strength is None else args.strength,
                              num_frames=frames, temporal=temporal, fps=fps, **settings)
     if mode == "extend":
@@ -184,14 +190,30 @@ def _reproduced(args: argparse.Namespace):
         raise UsageError(f"--request {path!r} is not a readable JSON sidecar ({error})") from None
     if not isinstance(data, dict) or "request" not in data:
         raise UsageError(f"--request {path!r} holds no 'request': pass the .json written beside an output")
-    return GenerationRequest.from_dict(data["request"])
+    return GenerationRequest.from_dict(data["request"]), data.get("model")
+
+
+def _check_device(device: str | None) -> None:
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {device!r} is not valid: cpu, cuda or cuda:N") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device!r} is not valid: cpu, cuda or cuda:N")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def _snap_default(seconds: float, fps: float, kind: str, temporal: int) -> int:
     from pipelines.modes import new_frame_counts
 
-    first, step = new_frame_counts(kind, temporal)
-    return max(first, first + round((seconds * fps - first) / step) * step)
+    return _snap(seconds * fps, *new_frame_counts(kind, temporal))
 
 
 # ---- running and writing ---------------------------------------------------------------------------------
@@ -211,7 +233,7 @@ def _versions() -> dict[str, str]:
 def write_result(result: Any, out: Path, frames_out: str | None = None) -> dict[str, Any]:
     """Video, JSON sidecar, latent sidecar and optional PNG frames of one result."""
     from pipelines.latents import save_timeline
-    from pipelines.video_io import write_frames, write_output
+    from pipelines.video_io import atomic_path, write_frames, write_output
 
     sidecar = {
         "request": result.request.to_dict(),
@@ -233,8 +255,6 @@ def write_result(result: Any, out: Path, frames_out: str | None = None) -> dict[
     if frames_out:
         write_frames(frames_out, result.frames)
         sidecar["frames_out"] = str(frames_out)
-    from pipelines.video_io import atomic_path
-
     with atomic_path(out.with_suffix(out.suffix + ".json")) as tmp:
         tmp.write_text(json.dumps(sidecar, indent=2))
     return sidecar
@@ -261,15 +281,20 @@ def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from pipelines.loading import read_defaults, read_geometry, resolve_model
 
+    _check_device(args.device)
+    if args.mode == "image" and (args.frames is not None or args.seconds is not None):
+        raise UsageError("image makes one frame; drop --frames/--seconds")
+    recorded = None
+    if args.mode == "reproduce":
+        built, recorded = _reproduced(args)
+        if args.model is None:
+            args.model = recorded
+        elif args.model != recorded:
+            print(f"note: reproducing with {args.model}; the sidecar records {recorded}")
+    args.model = args.model or "embedded"
     folder, _, registry_defaults = resolve_model(args.model)
     defaults, geometry = read_defaults(folder, registry_defaults), read_geometry(folder)
-    if args.mode == "image" and (args.frames or args.seconds):
-        raise UsageError("image makes one frame; drop --frames/--seconds")
-    if args.device and not (args.device == "cpu" or args.device.split(":")[0] == "cuda"):
-        raise UsageError(f"--device {args.device!r} is not valid: cpu, cuda or cuda:N")
-    if args.mode == "reproduce":
-        built = _reproduced(args)
-    else:
+    if args.mode != "reproduce":
         built = build_request(args, defaults, geometry.temporal, geometry.grid)
     out = Path(args.out) if args.out else Path("outputs") / f"{datetime.now():%Y%m%d-%H%M%S}-{args.mode}.mp4"
     if out.suffix.lower() not in (".mp4", ".gif", ".png"):

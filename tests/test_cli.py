@@ -42,10 +42,11 @@ def test_every_mode_through_the_cli(tiny_model_dir, tmp_path, capsys):
         "backward.mp4": ("extend", "--video", str(base), "--direction", "backward", "--frames", "8"),
         "loop.mp4": ("loop", "--video", str(base), "--frames", "3"),
         "restyle.mp4": ("restyle", "--video", str(base), "--strength", "0.5"),
+        "restyle-frames.mp4": ("restyle", "--video", str(tmp_path / "frames"), "--strength", "0.5"),
         "connect.mp4": ("connect", "--video", str(base), "--video-b", str(tmp_path / "forward.mp4"), "--frames", "7"),
     }
     expected_frames = {"image.png": 1, "animate.mp4": 5, "forward.mp4": 13, "backward.mp4": 17, "loop.mp4": 12,
-                       "restyle.mp4": 9, "connect.mp4": 9 + 7 + 13}
+                       "restyle.mp4": 9, "restyle-frames.mp4": 9, "connect.mp4": 9 + 7 + 13}
     for name, (mode, *extra) in runs.items():
         assert generate(tiny_model_dir, mode, tmp_path / name, *extra) == 0, name
         meta = json.loads((tmp_path / f"{name}.json").read_text())
@@ -68,7 +69,8 @@ def test_loop_from_a_prompt_makes_a_base_clip_then_bridges_it(tiny_model_dir, tm
 
 def test_reproduce_gives_the_same_frames(tiny_model_dir, tmp_path):
     assert generate(tiny_model_dir, "t2v", tmp_path / "a.mp4", "--frames", "5", "--frames-out", str(tmp_path / "fa")) == 0
-    assert main(["reproduce", "--model", str(tiny_model_dir), "--request", str(tmp_path / "a.mp4.json"), "--quiet",
+    # The sidecar names the model: reproduce needs nothing but the sidecar.
+    assert main(["reproduce", "--request", str(tmp_path / "a.mp4.json"), "--quiet",
                  "--out", str(tmp_path / "b.mp4"), "--frames-out", str(tmp_path / "fb")]) == 0
     first, again = sorted((tmp_path / "fa").iterdir()), sorted((tmp_path / "fb").iterdir())
     assert len(first) == len(again) == 5
@@ -93,9 +95,17 @@ def test_seconds_snap_and_say_so(tiny_model_dir, tmp_path, capsys):
     (["t2v", "--out", "x.avi"], "--out .*a .mp4, .gif or .png"),
     (["t2v", "--sampler", "ddim"], "invalid choice: 'ddim'"),
     (["t2v", "--seconds", "1", "--frames", "9"], "--frames or --seconds, not both"),
+    (["t2v", "--seconds", "0"], "--seconds 0 is not valid"),
+    (["restyle", "--video", "{clip}", "--frames", "0"], "--frames 0 is not valid"),
+    (["image", "--frames", "0"], "image makes one frame"),
+    (["t2v", "--device", "cuda:x"], "--device 'cuda:x' is not valid"),
+    (["t2v", "--device", "tpu"], "--device 'tpu' is not valid"),
+    (["reproduce", "--request", "{bad_json}"], "request keys .*a request needs prompt"),
 ])
 def test_bad_invocations_fail_with_one_line(tiny_model_dir, tmp_path, capsys, args, message):
     clip = tmp_path / "clip.mp4"
+    (tmp_path / "bad.json").write_text('{"request": {"width": 32}}')
+    args = [a.replace("{bad_json}", str(tmp_path / "bad.json")) for a in args]
     if any("{clip}" in a for a in args):
         assert generate(tiny_model_dir, "t2v", clip, "--frames", "9") == 0
         capsys.readouterr()

@@ -80,3 +80,14 @@ def test_a_clip_without_latents_or_with_stale_latents_is_re_encoded(wan21, tmp_p
     out.write_bytes(out.read_bytes() + b"\0")  # the clip was edited after its latents were saved
     stale = wan21.generate(extend(str(out), "a ball", new_frames=4, context_frames=5, **SETTINGS))
     assert any("changed" in note for note in stale.notes)
+
+
+def test_a_clip_held_inside_the_window_does_not_extend_the_timeline(wan21, tmp_path):
+    from pipelines import ConditioningItem, GenerationRequest
+
+    _, out = generate_clip(wan21, tmp_path, frames=13)
+    item = ConditioningItem(str(out), frame_index=4, source_start=0, source_count=5, output="source")
+    settings = {k: v for k, v in SETTINGS.items()}
+    result = wan21.generate(GenerationRequest(prompt="a ball", num_frames=17, conditioning=(item,), **settings))
+    timeline = result.timeline
+    assert timeline.last_frame <= timeline.num_frames - 1 == len(result.frames) - 1

@@ -169,3 +169,31 @@ def test_a_ti2v_folder_loads_with_per_token_conditioning(ti2v_components, tmp_pa
     Image.fromarray(still).save(tmp_path / "still.png")
     result = pipe.generate(animate(str(tmp_path / "still.png"), "a ball", num_frames=5, width=64, height=64, steps=2))
     assert result.held.strategy == "per_token" and result.frames.shape == (5, 64, 64, 3)
+
+
+@pytest.mark.parametrize("strategy", ["per_token", "replace"])
+def test_partial_strength_lets_the_model_depart_from_the_still(wan21, tmp_path, strategy):
+    still = np.random.default_rng(1).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    Image.fromarray(still).save(tmp_path / "still.png")
+    clean = wan21.encode(still[None])[0, :, 0]
+    firm = wan21.generate(animate(str(tmp_path / "still.png"), "a ball", num_frames=5, strength=1.0,
+                                  conditioning_strategy=strategy, **SETTINGS))
+    loose = wan21.generate(animate(str(tmp_path / "still.png"), "a ball", num_frames=5, strength=0.5,
+                                   conditioning_strategy=strategy, **SETTINGS))
+    assert torch.equal(firm.latents[:, 0], clean)
+    assert not torch.equal(loose.latents[:, 0], clean)
+
+
+def test_source_and_omit_items_must_join_the_window(wan21, png_clip):
+    from pipelines import ConditioningItem
+
+    path, _ = png_clip(13)
+    middle = ConditioningItem(path, frame_index=0, source_start=4, source_count=5, output="source")
+    with pytest.raises(ValueError, match="must select the clip's last frames.*source_start = 8"):
+        wan21.generate(GenerationRequest(prompt="a ball", num_frames=9, conditioning=(middle,), **SETTINGS))
+    late = ConditioningItem(path, frame_index=4, source_start=4, source_count=5, output="source")
+    with pytest.raises(ValueError, match="must select the clip's first frames"):
+        wan21.generate(GenerationRequest(prompt="a ball", num_frames=9, conditioning=(late,), **SETTINGS))
+    omitted = ConditioningItem(path, frame_index=0, source_count=5, output="omit")
+    with pytest.raises(ValueError, match="output='omit' must end the window"):
+        wan21.generate(GenerationRequest(prompt="a ball", num_frames=9, conditioning=(omitted,), **SETTINGS))

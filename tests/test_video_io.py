@@ -92,3 +92,12 @@ def test_output_size_follows_the_inputs_aspect_ratio(tmp_path):
     assert size_for(str(tmp_path / "phone.png"), 832, 480, 16) == (480, 848)
     Image.new("RGB", (1000, 1000)).save(tmp_path / "square.png")
     assert size_for(str(tmp_path / "square.png"), 832, 480, 32) == (640, 640)
+
+
+@pytest.mark.parametrize("fps", [8, 16, 24, 29.97])
+def test_frame_counts_survive_rounded_timestamps(tmp_path, fps):
+    clip = moving_square(9)
+    write_gif(tmp_path / "c.gif", clip, fps=fps)
+    assert read_video(tmp_path / "c.gif", fps=fps).shape[0] == 9
+    write_mp4(tmp_path / "c.mp4", moving_square(30), fps=fps)
+    assert read_video(tmp_path / "c.mp4", fps=fps).shape[0] == 30
