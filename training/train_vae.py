@@ -22,6 +22,7 @@ from training.components import new_vae
 from training.world import clip
 
 SIZES = ((128, 128), (160, 96), (96, 160))
+CURRICULUM = ((1, 8), (9, 4), (1, 8), (17, 2))  # (frames, batch) in turn
 
 
 def random_batch(rng: np.random.Generator, frames: int, batch: int, crop: int) -> torch.Tensor:
@@ -74,8 +75,10 @@ def main(argv: list[str] | None = None) -> None:
         lr = args.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         for group in optimiser.param_groups:
             group["lr"] = lr
-        # Alternate stills (one-frame clips) and 9-frame clips.
-        x = random_batch(rng, 1, 8, 64) if step % 2 == 0 else random_batch(rng, 9, 4, 64)
+        # Cycle stills (one-frame clips), 9-frame and 17-frame clips: the causal decoder must stay stable
+        # over as many latent frames as the studio decodes (a VAE trained on 9 frames alone degrades past 3).
+        frames, batch = CURRICULUM[step % len(CURRICULUM)]
+        x = random_batch(rng, frames, batch, 64)
         posterior = vae.encode(x).latent_dist
         z = posterior.sample(generator)
         reconstruction = vae.decode(z).sample
