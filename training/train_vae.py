@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.components import new_vae
+from training.components import TRAIN_SIZES as SIZES, new_vae
 from training.world import clip
 
-SIZES = ((128, 128), (160, 96), (96, 160))
 CURRICULUM = ((1, 8), (9, 4), (1, 8), (17, 2))  # (frames, batch) in turn
 
 
