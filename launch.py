@@ -11,13 +11,9 @@ def main(argv: list[str] | None = None) -> int:
         from studio.cli import main as generate
 
         return generate(argv[1:])
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        print("Run `python launch.py generate --help` for the headless options.")
-        return 0
-    print("The browser studio is not built yet; generate headless with `python launch.py generate MODE ...` "
-          "(see `python launch.py generate --help`).", file=sys.stderr)
-    return 2
+    from studio.serve import main as serve
+
+    return serve(argv)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Extend, loop and connect copy the source clips through untouched (`output="sourc
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pipelines.request import ConditioningItem, GenerationRequest, nearest_valid
@@ -25,6 +26,13 @@ def clip_length(path: str, fps: float) -> int:
 def new_frame_counts(mode: str, temporal: int = 4) -> tuple[int, int]:
     """(first valid count, step) of generated frames for extend, loop and connect."""
     return (temporal, temporal) if mode == "extend" else (temporal - 1, temporal)
+
+
+def frames_for_seconds(seconds: float, fps: float, kind: str, temporal: int = 4) -> int:
+    """The valid frame count nearest to `seconds` at `fps` (halves go up): 4k+1 for a whole clip
+    (kind "window"), else the new frames of extend, loop or connect."""
+    first, step = (1, temporal) if kind == "window" else new_frame_counts(kind, temporal)
+    return max(first, first + math.floor((seconds * fps - first) / step + 0.5) * step)
 
 
 def check_new_frames(mode: str, frames: int, temporal: int = 4) -> None:

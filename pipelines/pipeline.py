@@ -17,13 +17,29 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from pipelines.latents import LatentTimeline, load_timeline
-from pipelines.loading import ModelDefaults, load_components, read_defaults, resolve_model
-from pipelines.request import ConditioningItem, GenerationRequest, check_grid, nearest_valid
+from pipelines.loading import (
+    ModelDefaults,
+    load_components,
+    read_defaults,
+    resolve_model,
+)
+from pipelines.preview import LatentPreviewer
+from pipelines.request import (
+    ConditioningItem,
+    GenerationRequest,
+    check_grid,
+    nearest_valid,
+)
 from pipelines.samplers import make_scheduler
-from pipelines.sampling import GenerationCancelled, GuidedDenoiser, HeldLatents, StepCallback, sample
+from pipelines.sampling import (
+    GenerationCancelled,
+    GuidedDenoiser,
+    HeldLatents,
+    StepCallback,
+    sample,
+)
 from pipelines.text import PromptEncoder
 from pipelines.video_io import fit_frames, read_media
-
 
 # Saved latents decoded before a chained window: enough for the causal decoder's state to settle (its
 # temporal receptive field is a few latents), bounded so that long chains do not decode their whole past.
@@ -87,6 +103,7 @@ class VideoPipeline:
         # Low-VRAM: every model waits on the CPU and visits the GPU only for its own stage; the VAE works in
         # tiles and guidance runs its two branches one after the other.
         self.low_vram = low_vram and self.device.type == "cuda"
+        self._previewer: LatentPreviewer | None = None
         if self.low_vram:
             self.vae.enable_tiling()
         for module in (self.text_encoder, self.transformer, self.vae):
@@ -143,6 +160,12 @@ class VideoPipeline:
             video = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
         video = (video[0].float() / 2 + 0.5).clamp(0, 1)
         return (video.permute(1, 2, 3, 0).cpu().numpy() * 255).round().astype(np.uint8)  # (F, H, W, 3)
+
+    def preview(self, latents: torch.Tensor, frame: int = -1) -> np.ndarray:
+        """(H, W, 3) uint8 glimpse of one latent frame for progress displays, without a VAE decode."""
+        if self._previewer is None:  # fitted on first use: one small VAE encode per pipeline
+            self._previewer = LatentPreviewer.fit(self.encode, 8 * self.grid, 8 * self.grid)
+        return self._previewer(latents, frame=frame, scale=self.spatial)
 
     # ---- the generation ------------------------------------------------------------------------------
     def generate(self, request: GenerationRequest, callback: StepCallback | None = None) -> GenerationResult:

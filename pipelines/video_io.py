@@ -149,8 +149,10 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, audio_from: str 
         # Every stream must exist before the first packet is written.
         audio_in = source.streams.audio[0] if source is not None and source.streams.audio else None
         audio_out = out.add_stream("aac", rate=audio_in.codec_context.sample_rate or 48000) if audio_in else None
-        for frame in frames:
-            out.mux(video.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        for index, frame in enumerate(frames):
+            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            picture.pts = index  # explicit timestamps: without them the encoder's output varied run to run
+            out.mux(video.encode(picture))
         out.mux(video.encode())
         if audio_in is not None:
             _copy_audio(source, audio_in, out, audio_out, duration=len(frames) / fps)

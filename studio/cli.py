@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -90,12 +89,11 @@ def _require_file(path: str | None, flag: str, mode: str) -> str:
 
 def _frames(args: argparse.Namespace, mode_kind: str, fps: float, temporal: int, default: int) -> int:
     """Frame count from --frames (checked) or --seconds (snapped, with a note)."""
-    from pipelines.modes import check_new_frames, new_frame_counts
+    from pipelines.modes import check_new_frames, frames_for_seconds
     from pipelines.request import nearest_valid
 
     if args.frames is not None and args.seconds is not None:
         raise UsageError("give --frames or --seconds, not both")
-    first, step = (1, temporal) if mode_kind == "window" else new_frame_counts(mode_kind, temporal)
     if args.frames is not None:
         if mode_kind == "window":
             if args.frames < 1 or (args.frames - 1) % temporal:
@@ -112,14 +110,9 @@ def _frames(args: argparse.Namespace, mode_kind: str, fps: float, temporal: int,
         return default
     if args.seconds <= 0:
         raise UsageError(f"--seconds {args.seconds:g} is not valid: a positive number")
-    snapped = _snap(args.seconds * fps, first, step)
+    snapped = frames_for_seconds(args.seconds, fps, mode_kind, temporal)
     print(f"note: --seconds {args.seconds:g} at {fps:g} fps snapped to {snapped} frames ({snapped / fps:.2f} s)")
     return snapped
-
-
-def _snap(frames: float, first: int, step: int) -> int:
-    """The valid count (first + k * step) nearest to `frames`; halves go up."""
-    return max(first, first + int(math.floor((frames - first) / step + 0.5)) * step)
 
 
 def build_request(args: argparse.Namespace, defaults: Any, temporal: int, grid: int):
@@ -164,17 +157,17 @@ def build_request(args: argparse.Namespace, defaults: Any, temporal: int, grid: 
                              num_frames=frames, temporal=temporal, fps=fps, **settings)
     if mode == "extend":
         video = _require_file(args.video, "--video", mode)
-        new = _frames(args, "extend", fps, temporal, _snap_default(2.0, fps, "extend", temporal))
+        new = _frames(args, "extend", fps, temporal, modes.frames_for_seconds(2.0, fps, "extend", temporal))
         return modes.extend(video, prompt, new, direction=args.direction, context_frames=args.context_frames,
                             temporal=temporal, fps=fps, **settings)
     if mode == "connect":
         a = _require_file(args.video, "--video", mode)
         b = _require_file(args.video_b, "--video-b", mode)
-        new = _frames(args, "connect", fps, temporal, _snap_default(1.0, fps, "connect", temporal))
+        new = _frames(args, "connect", fps, temporal, modes.frames_for_seconds(1.0, fps, "connect", temporal))
         return modes.connect(a, b, prompt, new, context_frames=args.context_frames, temporal=temporal, fps=fps,
                              **settings)
     if mode == "loop":
-        new = _frames(args, "loop", fps, temporal, _snap_default(1.0, fps, "loop", temporal))
+        new = _frames(args, "loop", fps, temporal, modes.frames_for_seconds(1.0, fps, "loop", temporal))
         video = args.video and _require_file(args.video, "--video", mode)
         return LoopPlan(video, prompt, new, fps, settings)
     raise UsageError(f"unknown mode {mode!r}")
@@ -210,56 +203,7 @@ def _check_device(device: str | None) -> None:
         raise UsageError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
-def _snap_default(seconds: float, fps: float, kind: str, temporal: int) -> int:
-    from pipelines.modes import new_frame_counts
-
-    return _snap(seconds * fps, *new_frame_counts(kind, temporal))
-
-
 # ---- running and writing ---------------------------------------------------------------------------------
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    names = ("torch", "diffusers", "transformers", "accelerate", "av", "numpy", "safetensors")
-    found = {}
-    for name in names:
-        try:
-            found[name] = md.version(name)
-        except md.PackageNotFoundError:
-            continue
-    return {"python": sys.version.split()[0], **found}
-
-
-def write_result(result: Any, out: Path, frames_out: str | None = None) -> dict[str, Any]:
-    """Video, JSON sidecar, latent sidecar and optional PNG frames of one result."""
-    from pipelines.latents import save_timeline
-    from pipelines.video_io import atomic_path, write_frames, write_output
-
-    sidecar = {
-        "request": result.request.to_dict(),
-        "model": result.model_id,
-        "frames": int(len(result.frames)),
-        "width": int(result.frames.shape[2]),
-        "height": int(result.frames.shape[1]),
-        "fps": result.fps,
-        "parents": result.parents,
-        "timings": result.timings,
-        "versions": _versions(),
-        "notes": result.notes,
-        "created": datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
-    write_output(out, result.frames, result.fps, audio_from=result.audio_source,
-                 comment=json.dumps({"request": sidecar["request"], "model": result.model_id}))
-    if result.timeline is not None and out.suffix.lower() == ".mp4":
-        sidecar["latents"] = save_timeline(out, result.timeline).name
-    if frames_out:
-        write_frames(frames_out, result.frames)
-        sidecar["frames_out"] = str(frames_out)
-    with atomic_path(out.with_suffix(out.suffix + ".json")) as tmp:
-        tmp.write_text(json.dumps(sidecar, indent=2))
-    return sidecar
-
-
 def _progress(quiet: bool):
     if quiet:
         return None, lambda: None
@@ -345,6 +289,8 @@ def _generate_and_write(pipe: Any, request: Any, out: Path, frames_out: str | No
         close()
     for note in result.notes:
         print(f"note: {note}")
+    from studio.outputs import write_result
+
     return write_result(result, out, frames_out)
 
 

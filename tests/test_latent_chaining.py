@@ -9,7 +9,7 @@ import torch
 
 from pipelines import connect, extend, text_to_video
 from pipelines.latents import load_timeline, sidecar_path
-from studio.cli import write_result
+from studio.outputs import write_result
 
 SETTINGS = dict(width=32, height=32, steps=2, guidance_scale=4.0, seed=3, fps=8.0, conditioning_strategy="per_token")
 

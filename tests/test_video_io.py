@@ -68,7 +68,7 @@ def _clip_with_audio(path, frames, fps, seconds):
 
 def test_restyle_keeps_the_audio_track(wan21, tmp_path):
     from pipelines import restyle
-    from studio.cli import write_result
+    from studio.outputs import write_result
 
     _clip_with_audio(tmp_path / "talk.mp4", moving_square(9), fps=8, seconds=1.5)
     request = restyle(str(tmp_path / "talk.mp4"), "a blue square", strength=0.5, width=32, height=32, fps=8.0,

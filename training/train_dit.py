@@ -106,7 +106,7 @@ def sample_mask(rng: np.random.Generator, frames: int) -> np.ndarray:
     return held
 
 
-def train(run: Path, steps: int, batch: int, lr: float, seed: int) -> None:
+def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | None = None) -> None:
     data = torch.load(run / "cache.pt", weights_only=False)
     mean = torch.tensor(data["stats"]["latents_mean"]).view(1, LATENT_CHANNELS, 1, 1, 1)
     inv_std = 1.0 / torch.tensor(data["stats"]["latents_std"]).view(1, LATENT_CHANNELS, 1, 1, 1)
@@ -125,6 +125,11 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int) -> None:
         optimiser.load_state_dict(state["optimiser"])
         step = state["step"]
         print(f"resumed at step {step}")
+    elif init is not None:  # warm start, e.g. after the VAE was fine-tuned: weights only, a fresh schedule
+        state = torch.load(init, weights_only=False)
+        model.load_state_dict(state["ema"])
+        ema.load_state_dict(state["ema"])
+        print(f"initialised from {init} (trained {state['step']} steps)")
     rng = np.random.default_rng(seed + step)
     log = open(run / "dit_log.jsonl", "a")
     started, recent = time.time(), []
@@ -200,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     fit.add_argument("--steps", type=int, default=3000)
     fit.add_argument("--batch", type=int, default=8)
     fit.add_argument("--lr", type=float, default=4e-4)
+    fit.add_argument("--init", type=Path, help="start from this dit.pt's EMA weights (a new run, not a resume)")
     ex = sub.add_parser("export")
     ex.add_argument("--out", type=Path, default=Path("assets/embedded-model"))
     args = parser.parse_args(argv)
@@ -207,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "cache":
         build_cache(args.run, args.clips, args.seed)
     elif args.stage == "train":
-        train(args.run, args.steps, args.batch, args.lr, args.seed)
+        train(args.run, args.steps, args.batch, args.lr, args.seed, args.init)
     else:
         export(args.run, args.out)
 

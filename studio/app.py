@@ -1,0 +1,546 @@
+"""The browser studio: a tab per mode on the one shared pipeline, a shared result panel with "send to"
+buttons, and a history with lineage and Reproduce.
+
+Handlers are thin: widgets become a `GenerationRequest` (through `pipelines.modes`), the engine runs it,
+the handler streams progress. Nothing here touches tensors.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from pipelines import modes
+from pipelines.request import GenerationRequest
+from pipelines.samplers import SAMPLERS
+from studio.engine import Engine, Job
+from studio.outputs import Entry
+
+log = logging.getLogger("studio.app")
+
+MATCH_INPUT = "match the input"
+RATIOS = (("16:9", 16 / 9), ("1:1", 1.0), ("9:16", 9 / 16), ("4:3", 4 / 3), ("3:4", 3 / 4))
+TABS = {"t2v": "Text to Video", "animate": "Animate Image", "extend": "Extend & Loop", "restyle": "Restyle",
+        "connect": "Connect", "history": "History"}
+TAB_OF_MODE = {"t2v": "t2v", "image": "t2v", "animate": "animate", "extend": "extend", "loop": "extend",
+               "restyle": "restyle", "connect": "connect"}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the UI needs to know about the loaded model to offer only valid settings."""
+
+    model_id: str
+    width: int
+    height: int
+    num_frames: int
+    fps: float
+    steps: int
+    guidance_scale: float
+    grid: int
+    temporal: int
+
+    @classmethod
+    def of(cls, pipe: Any) -> ModelInfo:
+        d = pipe.defaults
+        return cls(pipe.model_id, d.width, d.height, d.num_frames, d.fps, d.steps, d.guidance_scale, pipe.grid,
+                   pipe.temporal)
+
+
+# ---- sizes and lengths -----------------------------------------------------------------------------------
+def size_presets(info: ModelInfo) -> dict[str, tuple[int, int]]:
+    """Aspect ratios at the model's default area and at 1.5x its sides, every size on the model's grid."""
+    presets: dict[str, tuple[int, int]] = {}
+    for label, scale in (("", 1.0), (" large", 1.5)):
+        area = info.width * info.height * scale**2
+        for name, ratio in RATIOS:
+            if abs(info.width / info.height - ratio) < 0.02:
+                width, height = round(info.width * scale / info.grid) * info.grid, round(info.height * scale / info.grid) * info.grid
+            else:
+                width = max(info.grid, round((area * ratio) ** 0.5 / info.grid) * info.grid)
+                height = max(info.grid, round((area / ratio) ** 0.5 / info.grid) * info.grid)
+            presets[f"{name}{label} · {width}x{height}"] = (width, height)
+    return presets
+
+
+def default_preset(info: ModelInfo) -> str:
+    return next(k for k, v in size_presets(info).items() if v == (info.width, info.height))
+
+
+def parse_size(label: str) -> tuple[int, int] | None:
+    """(width, height) of a preset label, or None for "match the input"."""
+    found = re.search(r"(\d+)x(\d+)$", label or "")
+    if not found:
+        if label == MATCH_INPUT:
+            return None
+        raise gr.Error(f"unknown size {label!r}: pick one of the presets")
+    return int(found.group(1)), int(found.group(2))
+
+
+def _size_for(label: str, media: str | None, info: ModelInfo) -> tuple[int, int]:
+    size = parse_size(label)
+    if size is not None:
+        return size
+    if not media:
+        return info.width, info.height
+    return modes.size_for(media, info.width, info.height, info.grid)
+
+
+def length_text(seconds: float, fps: float, kind: str, info: ModelInfo) -> str:
+    """What a duration becomes: the valid frame count nearest to it."""
+    if not fps or fps <= 0 or not seconds or seconds <= 0:
+        return "Pick a positive duration and frame rate."
+    frames = modes.frames_for_seconds(seconds, fps, kind, info.temporal)
+    noun = "new frames" if kind != "window" else "frames"
+    return f"{frames} {noun} = {frames / fps:.2f} s at {fps:g} fps"
+
+
+# ---- widgets -> request ----------------------------------------------------------------------------------
+@dataclass
+class Controls:
+    """The settings every tab shares (each tab has its own copies of the widgets)."""
+
+    prompt: gr.Textbox
+    negative: gr.Textbox
+    seed: gr.Number
+    steps: gr.Slider
+    guidance: gr.Slider
+    sampler: gr.Dropdown
+    size: gr.Dropdown
+    seconds: gr.Slider | None
+    fps: gr.Number
+
+    def inputs(self) -> list[gr.components.Component]:
+        found = [self.prompt, self.negative, self.seed, self.steps, self.guidance, self.sampler, self.size]
+        return found + ([self.seconds] if self.seconds is not None else []) + [self.fps]
+
+
+def _settings(negative: str, seed: float | None, steps: float, guidance: float, sampler: str,
+              size: tuple[int, int]) -> dict[str, Any]:
+    if seed is None or seed < 0:
+        seed = secrets.randbelow(2**31)
+    if seed != int(seed):
+        raise gr.Error(f"seed {seed} is not valid: a whole number (or -1 for a random one)")
+    return dict(negative_prompt=negative or "", seed=int(seed), steps=int(steps), guidance_scale=float(guidance),
+                sampler=sampler, width=size[0], height=size[1])
+
+
+def _media(value: Any, what: str) -> str:
+    """A path from an upload widget's value, or a clear error when nothing was given."""
+    if isinstance(value, dict):  # gradio_client sends {"path": ...} or {"video": {...}}
+        value = value.get("video", value)
+        value = value.get("path") if isinstance(value, dict) else value
+    if not value:
+        raise gr.Error(f"Add {what} first.")
+    return str(value)
+
+
+# ---- the app ---------------------------------------------------------------------------------------------
+class StudioApp:
+    def __init__(self, engine: Engine, info: ModelInfo):
+        self.engine = engine
+        self.info = info
+        self.history = engine.history
+        self.presets = size_presets(info)
+
+    # requests, one builder per tab ----------------------------------------------------------------------
+    def _keep(self, value: Any, what: str) -> str:
+        return str(self.history.keep_upload(_media(value, what)))
+
+    def request_t2v(self, prompt, negative, seed, steps, guidance, sampler, size, seconds, fps, one_frame):
+        settings = _settings(negative, seed, steps, guidance, sampler, _size_for(size, None, self.info))
+        if one_frame:
+            return modes.text_to_image(prompt, fps=float(fps), **settings)
+        frames = modes.frames_for_seconds(float(seconds), float(fps), "window", self.info.temporal)
+        return modes.text_to_video(prompt, num_frames=frames, fps=float(fps), **settings)
+
+    def request_animate(self, image, prompt, negative, seed, steps, guidance, sampler, size, seconds, fps):
+        image = self._keep(image, "an image to animate")
+        settings = _settings(negative, seed, steps, guidance, sampler, _size_for(size, image, self.info))
+        frames = modes.frames_for_seconds(float(seconds), float(fps), "window", self.info.temporal)
+        return modes.animate(image, prompt, num_frames=frames, fps=float(fps), **settings)
+
+    def request_extend(self, video, direction, context, make_loop, prompt, negative, seed, steps, guidance, sampler,
+                       size, seconds, fps):
+        video = self._keep(video, "a clip to extend")
+        settings = _settings(negative, seed, steps, guidance, sampler, _size_for(size, video, self.info))
+        kind = "loop" if make_loop else "extend"
+        new = modes.frames_for_seconds(float(seconds), float(fps), kind, self.info.temporal)
+        common = dict(context_frames=int(context), temporal=self.info.temporal, fps=float(fps), **settings)
+        if make_loop:
+            return modes.loop(video, prompt, new, **common)
+        return modes.extend(video, prompt, new, direction=direction, **common)
+
+    def request_restyle(self, video, strength, prompt, negative, seed, steps, guidance, sampler, size, fps):
+        video = self._keep(video, "a clip to restyle")
+        settings = _settings(negative, seed, steps, guidance, sampler, _size_for(size, video, self.info))
+        return modes.restyle(video, prompt, strength=float(strength), temporal=self.info.temporal, fps=float(fps),
+                             **settings)
+
+    def request_connect(self, clip_a, clip_b, context, prompt, negative, seed, steps, guidance, sampler, size,
+                        seconds, fps):
+        clip_a, clip_b = self._keep(clip_a, "clip A"), self._keep(clip_b, "clip B")
+        settings = _settings(negative, seed, steps, guidance, sampler, _size_for(size, clip_a, self.info))
+        new = modes.frames_for_seconds(float(seconds), float(fps), "connect", self.info.temporal)
+        return modes.connect(clip_a, clip_b, prompt, new, context_frames=int(context), temporal=self.info.temporal,
+                             fps=float(fps), **settings)
+
+    # running -------------------------------------------------------------------------------------------
+    def stream(self, build, args: tuple, request: gr.Request | None) -> Iterator[tuple]:
+        """Build the request (errors become a message), run it, and yield
+        (status, preview, video, downloads, result, last output, last seed) as it goes."""
+        try:
+            built: GenerationRequest = build(*args)
+            self.engine.pipe.check_request(built)
+        except ValueError as error:
+            raise gr.Error(str(error)) from None
+        session = request.session_hash if request is not None else ""
+        job = self.engine.submit(built, session or "")
+        try:
+            for state in self.engine.follow(job):
+                if not state.finished:
+                    yield (_status_html(state), state.preview, gr.skip(), gr.skip(), gr.skip(), gr.skip(),
+                           built.seed)
+        finally:
+            if not job.finished:  # the browser went away or Gradio cancelled the event
+                self.engine.cancel(job_id=job.id)
+        if job.status == "failed":
+            raise gr.Error(job.message)
+        if job.status == "cancelled":
+            yield (_status_html(job), job.preview, gr.skip(), gr.skip(), {"status": "cancelled", "step": job.step,
+                                                                           "total": job.total}, gr.skip(), built.seed)
+            return
+        entry = job.entry
+        downloads = [str(entry.media)] + ([str(entry.media.with_suffix(".gif"))] if entry.sidecar.get("gif") else [])
+        result = {"status": "done", "output": str(entry.media), "sidecar": entry.sidecar}
+        video = str(entry.media) if entry.media.suffix == ".mp4" else None
+        yield (_status_html(job), str(entry.media) if video is None else job.preview, video, downloads, result,
+               str(entry.media), built.seed)
+
+    def cancel(self, request: gr.Request | None = None) -> str:
+        asked = self.engine.cancel(session=request.session_hash if request is not None else None)
+        return "Cancelling after the current step..." if asked else "Nothing is running."
+
+    # send to -------------------------------------------------------------------------------------------
+    def last_frame(self, output: str | None) -> str:
+        from pipelines.video_io import read_media, write_png
+
+        if not output:
+            raise gr.Error("Generate a clip first.")
+        frames = read_media(output, self.info.fps)
+        target = self.history.uploads / f"{Path(output).stem}.last.png"
+        write_png(target, frames[-1])
+        return str(target)
+
+    def fitted(self, media: Any, size: str) -> tuple[Any, str]:
+        """The input as the model will see it: cover-scaled and centre-cropped to the chosen size."""
+        from pipelines.video_io import fit_frames, is_image, read_image, read_video
+
+        if not media:
+            return None, ""
+        path = _media(media, "a file")
+        try:
+            width, height = _size_for(size, path, self.info)
+            first = read_image(path) if is_image(path) else read_video(path, self.info.fps, max_frames=1)
+            frame = fit_frames(first[:1], width, height)[0]
+        except (ValueError, OSError) as error:
+            return None, f"Cannot read this file: {error}"
+        return frame, f"The model sees it at {width}x{height} (scaled to cover, centre cropped)."
+
+    # history -------------------------------------------------------------------------------------------
+    def history_rows(self) -> tuple[list[list[Any]], Any]:
+        entries = self.history.entries()
+        rows = [[e.media.name, e.mode, e.prompt[:80], e.sidecar.get("frames"), e.sidecar["request"].get("seed"),
+                 ", ".join(Path(p).name for p in e.parents)] for e in entries]
+        names = [e.media.name for e in entries]
+        return rows, gr.update(choices=names, value=names[0] if names else None)
+
+    def show_entry(self, name: str | None) -> tuple[Any, Any, str, dict]:
+        if not name:
+            return None, None, "", {}
+        entry = self.history.read(self.history.folder / Path(name).name)
+        if entry is None:
+            raise gr.Error(f"{name} is not in the history")
+        video = str(entry.media) if entry.media.suffix == ".mp4" else None
+        image = str(entry.media) if video is None else None
+        return video, image, _lineage_markdown(self.history.lineage(entry.media), self.history.children(entry.media)), \
+            entry.sidecar
+
+    def reproduce_values(self, name: str | None) -> dict[str, Any]:
+        """The settings of an output as values for its tab's widgets (by widget name)."""
+        if not name:
+            raise gr.Error("Pick an output in the history first.")
+        entry = self.history.read(self.history.folder / Path(name).name)
+        if entry is None:
+            raise gr.Error(f"{name} is not in the history")
+        r = GenerationRequest.from_dict(entry.sidecar["request"])
+        tab = TAB_OF_MODE[r.mode]
+        size = f"{r.width}x{r.height}"
+        label = next((k for k, v in self.presets.items() if v == (r.width, r.height)), f"custom · {size}")
+        values: dict[str, Any] = dict(tab=tab, prompt=r.prompt, negative=r.negative_prompt, seed=r.seed,
+                                      steps=r.steps, guidance=r.guidance_scale, sampler=r.sampler, size=label,
+                                      fps=r.fps)
+        items = r.conditioning
+        if r.mode in ("t2v", "image"):
+            values.update(one_frame=r.mode == "image", seconds=r.num_frames / r.fps if r.mode == "t2v" else None)
+        elif r.mode == "animate":
+            values.update(image=items[0].source, seconds=r.num_frames / r.fps)
+        elif r.mode in ("extend", "loop"):
+            item = items[0]
+            new = r.num_frames - sum(i.source_count or 0 for i in items)
+            values.update(video=item.source, context=item.source_count, seconds=new / r.fps, loop=r.mode == "loop",
+                          direction="forward" if item.frame_index == 0 else "backward")
+        elif r.mode == "restyle":
+            values.update(video=r.init_video, strength=r.init_strength)
+        elif r.mode == "connect":
+            new = r.num_frames - sum(i.source_count or 0 for i in items)
+            values.update(clip_a=items[0].source, clip_b=items[1].source, context=items[0].source_count,
+                          seconds=new / r.fps)
+        return values
+
+
+def _status_html(job: Job) -> str:
+    if job.status == "waiting":
+        return "<div class='studio-status'>Waiting for the device...</div>"
+    if job.status in ("cancelled", "failed", "done"):
+        return f"<div class='studio-status studio-{job.status}'>{html.escape(job.message)}</div>"
+    total = max(job.total, 1)
+    eta = job.eta
+    rate = job.seconds_per_step
+    detail = f"step {job.step}/{job.total or '?'}"
+    if rate is not None:
+        detail += f" · {rate:.2f} s/step · about {eta:.0f} s left"
+    return (f"<div class='studio-status'><progress value='{job.step}' max='{total}'></progress> "
+            f"<span>{detail}</span></div>")
+
+
+def _lineage_markdown(levels: list[list[Any]], children: list[Entry]) -> str:
+    if not levels:
+        return ""
+    lines = []
+    for depth, level in enumerate(levels):
+        for node in level:
+            if isinstance(node, Entry):
+                text = f"**{node.media.name}** ({node.mode}: {node.prompt[:60]})"
+            else:
+                text = f"{Path(node).name} (upload)"
+            lines.append(f"{'  ' * depth}- {'' if depth == 0 else 'made from '}{text}")
+    if children:
+        lines.append("")
+        lines.append("Used by: " + ", ".join(c.media.name for c in children))
+    return "\n".join(lines)
+
+
+CSS = """
+.studio-status progress { width: 60%; vertical-align: middle; }
+.studio-cancelled { color: #b45309; } .studio-failed { color: #b91c1c; }
+"""
+
+
+def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
+    app = StudioApp(engine, info)
+    presets = list(app.presets)
+    size_choices = presets + [MATCH_INPUT]
+    seconds_default = round((info.num_frames - 1) / info.fps, 2)
+
+    with gr.Blocks(title="Video Studio") as demo:
+        last_output = gr.State(None)
+        last_seed = gr.State(None)
+        gr.Markdown(f"## Video Studio\nModel: `{info.model_id}` · default {info.width}x{info.height}, "
+                    f"{info.num_frames} frames at {info.fps:g} fps")
+        controls: dict[str, Controls] = {}
+        extra: dict[str, dict[str, Any]] = {}
+        fitted_views = []
+
+        def shared(tab: str, media_input: bool, seconds: float | None, seconds_label: str = "Duration (s)",
+                   kind: str = "window") -> Controls:
+            prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red ball bounces on a floor",
+                                elem_id=f"{tab}-prompt")
+            with gr.Row():
+                size = gr.Dropdown(size_choices if media_input else presets, label="Aspect ratio and size",
+                                   value=MATCH_INPUT if media_input else default_preset(info), allow_custom_value=True)
+                seconds_w = None
+                if seconds is not None:
+                    seconds_w = gr.Slider(0.25, 10.0, value=seconds, step=0.25, label=seconds_label)
+                fps = gr.Number(value=info.fps, label="Frames per second", minimum=1, maximum=60)
+            if seconds_w is not None:
+                frames_note = gr.Markdown(length_text(seconds, info.fps, kind, info))
+                for w in (seconds_w, fps):
+                    w.change(lambda s, f: length_text(s, f, kind, info), [seconds_w, fps], frames_note, queue=False,
+                             api_visibility="private")
+            with gr.Row():
+                seed = gr.Number(value=-1, label="Seed (-1: random)", precision=0, elem_id=f"{tab}-seed")
+                gr.Button("🎲 Random", size="sm", scale=0).click(lambda: -1, None, seed, queue=False,
+                                                                             api_visibility="private")
+                gr.Button("♻ Reuse last", size="sm", scale=0).click(
+                    lambda last: -1 if last is None else last, last_seed, seed, queue=False, api_visibility="private")
+            with gr.Accordion("Advanced", open=False):
+                negative = gr.Textbox(label="Negative prompt", placeholder="what to steer away from")
+                steps = gr.Slider(1, 100, value=info.steps, step=1, label="Steps")
+                guidance = gr.Slider(0.0, 15.0, value=info.guidance_scale, step=0.5,
+                                     label="Guidance (classifier-free; <= 1 turns it off)")
+                sampler = gr.Dropdown(list(SAMPLERS), value="default", label="Sampler")
+            found = Controls(prompt, negative, seed, steps, guidance, sampler, size, seconds_w, fps)
+            controls[tab] = found
+            return found
+
+        def fitted_view(media: gr.components.Component, size: gr.Dropdown) -> None:
+            view = gr.Image(label="As the model sees it", interactive=False, height=160)
+            note = gr.Markdown()
+            for trigger in (media.change, size.change):
+                trigger(app.fitted, [media, size], [view, note], queue=False, api_visibility="private")
+            fitted_views.append(view)
+
+        with gr.Row():
+            with gr.Column(scale=3):
+                with gr.Tabs() as tabs:
+                    with gr.Tab(TABS["t2v"], id="t2v"):
+                        c = shared("t2v", False, seconds_default)
+                        one_frame = gr.Checkbox(label="One frame (an image)")
+                        extra["t2v"] = {"one_frame": one_frame}
+                        t2v_go = gr.Button("Generate", variant="primary", elem_id="t2v-generate")
+                    with gr.Tab(TABS["animate"], id="animate"):
+                        image = gr.Image(label="Still (becomes the first frame)", type="filepath", height=200)
+                        c = shared("animate", True, seconds_default)
+                        fitted_view(image, c.size)
+                        extra["animate"] = {"image": image}
+                        animate_go = gr.Button("Animate", variant="primary", elem_id="animate-generate")
+                    with gr.Tab(TABS["extend"], id="extend"):
+                        ext_video = gr.Video(label="Clip", format=None, height=200)
+                        with gr.Row():
+                            direction = gr.Radio(["forward", "backward"], value="forward", label="Direction")
+                            context = gr.Dropdown([1, 5, 9, 13, 17], value=9, label="Context frames the model sees")
+                            make_loop = gr.Checkbox(label="Make it loop (bridge the end back to the start)")
+                        c = shared("extend", True, 2.0, "Seconds to add", "extend")
+                        fitted_view(ext_video, c.size)
+                        extra["extend"] = {"video": ext_video, "direction": direction, "context": context,
+                                           "loop": make_loop}
+                        extend_go = gr.Button("Extend", variant="primary", elem_id="extend-generate")
+                    with gr.Tab(TABS["restyle"], id="restyle"):
+                        rs_video = gr.Video(label="Footage", format=None, height=200)
+                        strength = gr.Slider(0.05, 1.0, value=0.7, step=0.05,
+                                             label="Strength (how far the footage is noised before repainting)")
+                        c = shared("restyle", True, None)
+                        fitted_view(rs_video, c.size)
+                        extra["restyle"] = {"video": rs_video, "strength": strength}
+                        restyle_go = gr.Button("Restyle", variant="primary", elem_id="restyle-generate")
+                    with gr.Tab(TABS["connect"], id="connect"):
+                        with gr.Row():
+                            clip_a = gr.Video(label="Clip A (before)", format=None, height=180)
+                            clip_b = gr.Video(label="Clip B (after)", format=None, height=180)
+                        cn_context = gr.Dropdown([5, 9, 13, 17], value=9, label="Context frames of each clip")
+                        c = shared("connect", True, 1.0, "Transition length (s)", "connect")
+                        fitted_view(clip_a, c.size)
+                        extra["connect"] = {"clip_a": clip_a, "clip_b": clip_b, "context": cn_context}
+                        connect_go = gr.Button("Connect", variant="primary", elem_id="connect-generate")
+                    with gr.Tab(TABS["history"], id="history"):
+                        refresh = gr.Button("Refresh", size="sm")
+                        table = gr.Dataframe(headers=["file", "mode", "prompt", "frames", "seed", "made from"],
+                                             interactive=False, wrap=True)
+                        picked = gr.Dropdown([], label="Output", allow_custom_value=False)
+                        with gr.Row():
+                            hist_video = gr.Video(label="Clip", interactive=False, format=None, height=220)
+                            hist_image = gr.Image(label="Image", interactive=False, height=220)
+                        lineage = gr.Markdown()
+                        reproduce = gr.Button("Reproduce (load its settings into its tab)")
+                        with gr.Accordion("Sidecar", open=False):
+                            sidecar = gr.JSON()
+            with gr.Column(scale=2):
+                queue_info = gr.Markdown("", elem_id="queue-info")
+                status = gr.HTML("<div class='studio-status'>Ready.</div>", elem_id="status")
+                preview = gr.Image(label="Preview", interactive=False, height=220, elem_id="preview")
+                video = gr.Video(label="Result", interactive=False, format=None, autoplay=True, loop=True,
+                                 elem_id="result-video")
+                downloads = gr.File(label="Download (MP4, GIF)", file_count="multiple", interactive=False)
+                cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
+                with gr.Row():
+                    send_extend = gr.Button("→ Extend", size="sm")
+                    send_restyle = gr.Button("→ Restyle", size="sm")
+                    send_a = gr.Button("→ Connect A", size="sm")
+                    send_b = gr.Button("→ Connect B", size="sm")
+                    send_animate = gr.Button("→ Animate last frame", size="sm")
+                result = gr.JSON(label="Result", visible=False)
+
+        outputs = [status, preview, video, downloads, result, last_output, last_seed]
+        run_args = dict(outputs=outputs, concurrency_id="device", concurrency_limit=1, show_progress="full",
+                        show_progress_on=[queue_info])
+
+        def handler(build_request, n_inputs: int):
+            def run(request: gr.Request, *values):  # Gradio passes the request first (by its type)
+                yield from app.stream(build_request, values[:n_inputs], request)
+
+            return run
+
+        t, a, e, r, k = (controls[n] for n in ("t2v", "animate", "extend", "restyle", "connect"))
+        events = [
+            t2v_go.click(handler(app.request_t2v, 10), t.inputs() + [one_frame], api_name="t2v", **run_args),
+            animate_go.click(handler(app.request_animate, 10), [image] + a.inputs(), api_name="animate", **run_args),
+            extend_go.click(handler(app.request_extend, 13), [ext_video, direction, context, make_loop] + e.inputs(),
+                            api_name="extend", **run_args),
+            restyle_go.click(handler(app.request_restyle, 10), [rs_video, strength] + r.inputs(), api_name="restyle",
+                             **run_args),
+            connect_go.click(handler(app.request_connect, 12), [clip_a, clip_b, cn_context] + k.inputs(),
+                             api_name="connect", **run_args),
+        ]
+        for event in events:
+            event.then(app.history_rows, None, [table, picked], queue=False, api_visibility="private")
+        # Queued (for the session id) but outside the device's concurrency group, so it never waits on a job.
+        cancel.click(app.cancel, None, queue_info, api_name="cancel", concurrency_limit=None, concurrency_id="control",
+                     show_progress="hidden")
+
+        # send to: the result moves into another tab's input, and that tab opens
+        def sender(tab: str):
+            def send(output: str | None):
+                if not output:
+                    raise gr.Error("Generate a clip first.")
+                return gr.Tabs(selected=tab), output
+            return send
+
+        send_extend.click(sender("extend"), last_output, [tabs, ext_video], queue=False, api_name="send_to_extend")
+        send_restyle.click(sender("restyle"), last_output, [tabs, rs_video], queue=False, api_name="send_to_restyle")
+        send_a.click(sender("connect"), last_output, [tabs, clip_a], queue=False, api_name="send_to_connect_a")
+        send_b.click(sender("connect"), last_output, [tabs, clip_b], queue=False, api_name="send_to_connect_b")
+        send_animate.click(lambda out: (gr.Tabs(selected="animate"), app.last_frame(out)), last_output,
+                           [tabs, image], queue=False, api_name="send_to_animate")
+
+        # history
+        demo.load(app.history_rows, None, [table, picked], queue=False, api_visibility="private")
+        refresh.click(app.history_rows, None, [table, picked], queue=False, api_name="history")
+        picked.change(app.show_entry, picked, [hist_video, hist_image, lineage, sidecar], queue=False,
+                      api_name="show_entry")
+
+        widget_names = {  # reproduce_values key -> widget, per tab
+            tab: {"prompt": c.prompt, "negative": c.negative, "seed": c.seed, "steps": c.steps, "guidance": c.guidance,
+                  "sampler": c.sampler, "size": c.size, "fps": c.fps,
+                  **({"seconds": c.seconds} if c.seconds is not None else {}), **extra[tab]}
+            for tab, c in controls.items()
+        }
+        every_widget = [w for names in widget_names.values() for w in names.values()]
+
+        def load_settings(name: str | None):
+            values = app.reproduce_values(name)
+            tab = values.pop("tab")
+            updates: dict[Any, Any] = {tabs: gr.Tabs(selected=tab)}
+            for key, value in values.items():
+                widget = widget_names[tab].get(key)
+                if widget is None or value is None:
+                    continue
+                if key == "size" and value not in widget.choices:
+                    updates[widget] = gr.update(choices=[*size_choices, value], value=value)
+                else:
+                    updates[widget] = value
+            return updates
+
+        reproduce.click(load_settings, picked, [tabs, *every_widget], queue=False, api_visibility="private")
+        # The same, as plain values for API clients.
+        gr.api(app.reproduce_values, api_name="reproduce")
+    demo.queue(default_concurrency_limit=1)
+    return demo

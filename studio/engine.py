@@ -1,0 +1,183 @@
+"""The studio's one worker: it owns the shared pipeline, runs one generation at a time on the device, streams
+progress (step, ETA, a latent preview) and cancels cooperatively between denoising steps.
+
+Gradio's queue orders the browser's requests; the lock here keeps the device to one job even for callers
+that bypass that queue.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from studio.outputs import Entry, History, write_result
+
+log = logging.getLogger("studio.engine")
+
+PREVIEW_INTERVAL_S = 0.5  # a preview costs a small matmul; no need for one every step of a fast model
+
+
+@dataclass
+class Job:
+    """One generation, as its handler and the Cancel button see it."""
+
+    id: int
+    session: str
+    request: Any  # GenerationRequest
+    out: Path
+    status: str = "waiting"  # waiting | running | done | cancelled | failed
+    step: int = 0
+    total: int = 0
+    started: float | None = None
+    step_times: list[float] = field(default_factory=list)
+    preview: np.ndarray | None = None
+    entry: Entry | None = None
+    message: str = ""
+    cancel: threading.Event = field(default_factory=threading.Event)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("done", "cancelled", "failed")
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        recent = self.step_times[-5:]
+        return (recent[-1] - recent[0]) / (len(recent) - 1) if len(recent) > 1 else None
+
+    @property
+    def eta(self) -> float | None:
+        rate = self.seconds_per_step
+        return None if rate is None else rate * (self.total - self.step)
+
+    def _notify(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
+
+
+class Engine:
+    def __init__(self, pipe: Any, history: History, preview_interval: float = PREVIEW_INTERVAL_S):
+        self.pipe = pipe
+        self.history = history
+        self.preview_interval = preview_interval
+        self._device = threading.Lock()
+        self._jobs: dict[int, Job] = {}
+        self._ids = itertools.count(1)
+        self._registry = threading.Lock()
+
+    # ---- submitting and following ----------------------------------------------------------------------
+    def submit(self, request: Any, session: str = "") -> Job:
+        """Start a job on a worker thread; it waits for the device if another job holds it."""
+        with self._registry:
+            job = Job(next(self._ids), session, request, self.history.new_path(request.mode, request.seed))
+            self._jobs[job.id] = job
+        threading.Thread(target=self._run, args=(job,), name=f"generation-{job.id}", daemon=True).start()
+        return job
+
+    def follow(self, job: Job, interval: float = 0.25) -> Iterator[Job]:
+        """Yield the job whenever it changes (or every `interval` s) until it has finished, then once more."""
+        while not job.finished:
+            with job.changed:
+                job.changed.wait(interval)
+            yield job
+        yield job
+
+    def cancel(self, session: str | None = None, job_id: int | None = None) -> int:
+        """Ask the session's (or one) unfinished jobs to stop; they stop after the current step. Returns how
+        many were asked."""
+        with self._registry:
+            chosen = [j for j in self._jobs.values() if not j.finished and
+                      (job_id is None or j.id == job_id) and (session is None or j.session == session)]
+        for job in chosen:
+            job.cancel.set()
+            job._notify()
+        return len(chosen)
+
+    def run(self, request: Any, session: str = "") -> Job:
+        """Submit and wait: the blocking form for scripts and tests."""
+        job = self.submit(request, session)
+        for _ in self.follow(job):
+            pass
+        return job
+
+    # ---- the worker ------------------------------------------------------------------------------------
+    def _run(self, job: Job) -> None:
+        try:
+            with self._device:
+                if job.cancel.is_set():  # cancelled while waiting for the device
+                    job.status, job.message = "cancelled", "Cancelled before it started."
+                    return
+                job.status, job.started = "running", time.perf_counter()
+                job._notify()
+                self._generate(job)
+        finally:
+            with self._registry:
+                self._jobs.pop(job.id, None)
+            job._notify()
+
+    def _generate(self, job: Job) -> None:
+        from pipelines.sampling import GenerationCancelled
+
+        last_preview = [0.0]
+
+        def on_step(step: int, total: int, latents: Any) -> None:
+            now = time.perf_counter()
+            job.step, job.total = step, total
+            job.step_times.append(now)
+            if now - last_preview[0] >= self.preview_interval or step == total:
+                job.preview = self.pipe.preview(latents)
+                last_preview[0] = now
+            job._notify()
+            if job.cancel.is_set():
+                raise GenerationCancelled(f"cancelled at step {step} of {total}")
+
+        try:
+            result = self.pipe.generate(job.request, callback=on_step)
+            if job.cancel.is_set():  # pressed during the decode: the clip exists, keep it
+                log.info("job %d: cancel arrived after sampling; keeping the clip", job.id)
+            write_result(result, job.out, gif=True)
+            job.entry = self.history.read(job.out)
+            job.status = "done"
+            seconds = time.perf_counter() - (job.started or time.perf_counter())
+            job.message = f"Done in {seconds:.1f} s: {len(result.frames)} frames at {result.fps:g} fps."
+            if result.notes:
+                job.message += " " + " ".join(f"Note: {n}" for n in result.notes)
+        except GenerationCancelled as stop:
+            job.status, job.message = "cancelled", f"Cancelled ({stop})."
+        except ValueError as error:  # a request this model cannot take: the message says what is valid
+            log.info("job %d refused: %s", job.id, error)
+            job.status, job.message = "failed", f"Cannot generate this: {error}"
+        except Exception as error:  # noqa: BLE001 - the studio must keep serving; the log has the traceback
+            log.exception("job %d failed", job.id)
+            job.status, job.message = "failed", _plain(error)
+        finally:
+            _free_memory()
+
+
+def _plain(error: Exception) -> str:
+    """One sentence for the user; the traceback goes to the log."""
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError):
+        return ("The device ran out of memory. Lower the resolution or the number of frames, or restart the "
+                "studio with --low-vram.")
+    if isinstance(error, OSError):
+        return f"A file could not be read or written: {error}"
+    return f"Generation failed ({type(error).__name__}: {error}). The log has the details."
+
+
+def _free_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,88 @@
+"""`python launch.py [options]`: load the model once and serve the studio on 127.0.0.1:7860."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("studio.serve")
+
+DEFAULT_QUEUE_SIZE = 8
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipelines.loading import MODELS
+
+    p = argparse.ArgumentParser(prog="launch.py", description="Start the video studio in the browser.",
+                                epilog="Headless generation: python launch.py generate --help")
+    p.add_argument("--model", default="embedded",
+                   help=f"a registry name ({', '.join(MODELS)}), a local diffusers folder or a hub id")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; anything but 127.0.0.1/localhost needs --listen-anywhere")
+    p.add_argument("--listen-anywhere", action="store_true",
+                   help="allow a non-local --host (anyone who can reach this machine can then use the studio)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--outputs", type=Path, default=Path("outputs"), help="where outputs and history live")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--low-vram", action="store_true", help="offload models between stages and tile the VAE")
+    p.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE,
+                   help="generations that may wait for the device; more are turned away")
+    p.add_argument("--auth", help="user:password required to open the studio")
+    p.add_argument("--max-upload", default="500MB", help="largest file a browser may upload")
+    return p
+
+
+def create(model: str, outputs: Path, device: str | None = None, low_vram: bool = False,
+           queue_size: int = DEFAULT_QUEUE_SIZE):
+    """The Gradio app with its pipeline loaded (tests call this with a tiny model)."""
+    from pipelines import VideoPipeline
+    from studio.app import ModelInfo, build
+    from studio.engine import Engine
+    from studio.outputs import History
+
+    history = History(outputs)
+    history.sweep()
+    started = time.perf_counter()
+    pipe = VideoPipeline.from_pretrained(model, device=device, low_vram=low_vram)
+    log.info("loaded %s on %s in %.1f s", pipe.model_id, pipe.device, time.perf_counter() - started)
+    demo = build(Engine(pipe, history), ModelInfo.of(pipe))
+    demo.queue(max_size=queue_size, default_concurrency_limit=1)
+    return demo, history
+
+
+def launch_kwargs(args: argparse.Namespace, history) -> dict:
+    auth = None
+    if args.auth:
+        user, _, password = args.auth.partition(":")
+        if not user or not password:
+            raise SystemExit("error: --auth must be user:password")
+        auth = (user, password)
+    return dict(server_name=args.host, server_port=args.port, allowed_paths=[str(history.folder)],
+                max_file_size=args.max_upload, auth=auth, show_error=True, footer_links=["api"])
+
+
+def main(argv: list[str]) -> int:
+    from pipelines.loading import ModelNotAvailable
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.listen_anywhere:
+        print(f"error: --host {args.host} would let other machines use the studio; add --listen-anywhere "
+              "(and consider --auth) if that is what you want", file=sys.stderr)
+        return 2
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: anyone who can reach this machine can generate and read outputs%s",
+                    args.host, "" if args.auth else " (no --auth given)")
+    if args.queue_size < 1:
+        print(f"error: --queue-size {args.queue_size} is not valid: at least 1", file=sys.stderr)
+        return 2
+    try:
+        demo, history = create(args.model, args.outputs, args.device, args.low_vram, args.queue_size)
+    except ModelNotAvailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    demo.launch(**launch_kwargs(args, history))
+    return 0
