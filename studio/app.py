@@ -21,7 +21,7 @@ import gradio as gr
 from pipelines import modes
 from pipelines.request import GenerationRequest
 from pipelines.samplers import SAMPLERS
-from studio.engine import Engine, Job
+from studio.engine import Engine, Job, QueueFull
 from studio.outputs import Entry
 
 log = logging.getLogger("studio.app")
@@ -203,11 +203,14 @@ class StudioApp:
         except ValueError as error:
             raise gr.Error(str(error)) from None
         session = request.session_hash if request is not None else ""
-        job = self.engine.submit(built, session or "")
+        try:
+            job = self.engine.submit(built, session or "")
+        except QueueFull as full:
+            raise gr.Error(str(full)) from None
         try:
             for state in self.engine.follow(job):
                 if not state.finished:
-                    yield (_status_html(state), state.preview, gr.skip(), gr.skip(), gr.skip(), gr.skip(),
+                    yield (_status_html(state, self.engine.ahead_of(state)), state.preview, gr.skip(), gr.skip(), gr.skip(), gr.skip(),
                            built.seed)
         finally:
             if not job.finished:  # the browser went away or Gradio cancelled the event
@@ -307,9 +310,9 @@ class StudioApp:
         return values
 
 
-def _status_html(job: Job) -> str:
+def _status_html(job: Job, ahead: int = 0) -> str:
     if job.status == "waiting":
-        return "<div class='studio-status'>Waiting for the device...</div>"
+        return f"<div class='studio-status'>In the queue: {ahead} generation{'s' * (ahead != 1)} before this one.</div>"
     if job.status in ("cancelled", "failed", "done"):
         return f"<div class='studio-status studio-{job.status}'>{html.escape(job.message)}</div>"
     total = max(job.total, 1)
@@ -382,9 +385,9 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                                                                              api_visibility="private")
                 gr.Button("♻ Reuse last", size="sm", scale=0).click(
                     lambda last: -1 if last is None else last, last_seed, seed, queue=False, api_visibility="private")
-            with gr.Accordion("Advanced", open=False):
+            with gr.Accordion("Advanced", open=False, elem_id=f"{tab}-advanced"):
                 negative = gr.Textbox(label="Negative prompt", placeholder="what to steer away from")
-                steps = gr.Slider(1, 100, value=info.steps, step=1, label="Steps")
+                steps = gr.Slider(1, 100, value=info.steps, step=1, label="Steps", elem_id=f"{tab}-steps")
                 guidance = gr.Slider(0.0, 15.0, value=info.guidance_scale, step=0.5,
                                      label="Guidance (classifier-free; <= 1 turns it off)")
                 sampler = gr.Dropdown(list(SAMPLERS), value="default", label="Sampler")
@@ -470,8 +473,8 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                 result = gr.JSON(label="Result", visible=False)
 
         outputs = [status, preview, video, downloads, result, last_output, last_seed]
-        run_args = dict(outputs=outputs, concurrency_id="device", concurrency_limit=1, show_progress="full",
-                        show_progress_on=[queue_info])
+        # The engine queues and orders generations (one on the device at a time); Gradio only streams them.
+        run_args = dict(outputs=outputs, concurrency_limit=None, show_progress="minimal", show_progress_on=[queue_info])
 
         def handler(build_request, n_inputs: int):
             def run(request: gr.Request, *values):  # Gradio passes the request first (by its type)
@@ -492,9 +495,8 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
         ]
         for event in events:
             event.then(app.history_rows, None, [table, picked], queue=False, api_visibility="private")
-        # Queued (for the session id) but outside the device's concurrency group, so it never waits on a job.
-        cancel.click(app.cancel, None, queue_info, api_name="cancel", concurrency_limit=None, concurrency_id="control",
-                     show_progress="hidden")
+        # Not queued: a cancel must get through when the queue is full.
+        cancel.click(app.cancel, None, queue_info, api_name="cancel", queue=False, show_progress="hidden")
 
         # send to: the result moves into another tab's input, and that tab opens
         def sender(tab: str):
@@ -542,5 +544,5 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
         reproduce.click(load_settings, picked, [tabs, *every_widget], queue=False, api_visibility="private")
         # The same, as plain values for API clients.
         gr.api(app.reproduce_values, api_name="reproduce")
-    demo.queue(default_concurrency_limit=1)
+    demo.queue(default_concurrency_limit=None)
     return demo

@@ -1,8 +1,9 @@
-"""The studio's one worker: it owns the shared pipeline, runs one generation at a time on the device, streams
-progress (step, ETA, a latent preview) and cancels cooperatively between denoising steps.
+"""The studio's one worker: it owns the shared pipeline, runs one generation at a time on the device in the
+order they came, turns requests away when the queue is full, streams progress (step, ETA, a latent preview)
+and cancels cooperatively between denoising steps.
 
-Gradio's queue orders the browser's requests; the lock here keeps the device to one job even for callers
-that bypass that queue.
+The queue lives here rather than in Gradio's so that the browser, the API and scripts share one bound and
+one order, and so that control calls (Cancel) are never refused by a full queue.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from studio.outputs import Entry, History, write_result
 log = logging.getLogger("studio.engine")
 
 PREVIEW_INTERVAL_S = 0.5  # a preview costs a small matmul; no need for one every step of a fast model
+
+
+class QueueFull(Exception):
+    """More generations are waiting than the studio was started to hold."""
 
 
 @dataclass
@@ -65,19 +70,24 @@ class Job:
 
 
 class Engine:
-    def __init__(self, pipe: Any, history: History, preview_interval: float = PREVIEW_INTERVAL_S):
+    def __init__(self, pipe: Any, history: History, max_waiting: int = 8,
+                 preview_interval: float = PREVIEW_INTERVAL_S):
         self.pipe = pipe
         self.history = history
+        self.max_waiting = max_waiting
         self.preview_interval = preview_interval
-        self._device = threading.Lock()
-        self._jobs: dict[int, Job] = {}
+        self._jobs: dict[int, Job] = {}  # unfinished jobs, in arrival order
         self._ids = itertools.count(1)
-        self._registry = threading.Lock()
+        self._registry = threading.Condition()  # guards _jobs; notified when the device frees up
 
     # ---- submitting and following ----------------------------------------------------------------------
     def submit(self, request: Any, session: str = "") -> Job:
-        """Start a job on a worker thread; it waits for the device if another job holds it."""
+        """Start a job on a worker thread; it waits its turn for the device. Raises QueueFull."""
         with self._registry:
+            waiting = sum(j.status == "waiting" for j in self._jobs.values())
+            if waiting >= self.max_waiting:
+                raise QueueFull(f"The queue is full: {waiting} generations are already waiting for the device. "
+                                "Try again when one has finished.")
             job = Job(next(self._ids), session, request, self.history.new_path(request.mode, request.seed))
             self._jobs[job.id] = job
         threading.Thread(target=self._run, args=(job,), name=f"generation-{job.id}", daemon=True).start()
@@ -91,6 +101,11 @@ class Engine:
             yield job
         yield job
 
+    def ahead_of(self, job: Job) -> int:
+        """How many jobs will use the device before this one (the running one included)."""
+        with self._registry:
+            return sum(other < job.id for other in self._jobs)
+
     def cancel(self, session: str | None = None, job_id: int | None = None) -> int:
         """Ask the session's (or one) unfinished jobs to stop; they stop after the current step. Returns how
         many were asked."""
@@ -100,6 +115,8 @@ class Engine:
         for job in chosen:
             job.cancel.set()
             job._notify()
+        with self._registry:
+            self._registry.notify_all()  # a waiting job that was cancelled leaves the queue at once
         return len(chosen)
 
     def run(self, request: Any, session: str = "") -> Job:
@@ -112,16 +129,19 @@ class Engine:
     # ---- the worker ------------------------------------------------------------------------------------
     def _run(self, job: Job) -> None:
         try:
-            with self._device:
-                if job.cancel.is_set():  # cancelled while waiting for the device
-                    job.status, job.message = "cancelled", "Cancelled before it started."
-                    return
-                job.status, job.started = "running", time.perf_counter()
-                job._notify()
-                self._generate(job)
+            with self._registry:  # first come, first served: wait until every earlier job has finished
+                while min(self._jobs) != job.id and not job.cancel.is_set():
+                    self._registry.wait(1.0)
+            if job.cancel.is_set():
+                job.status, job.message = "cancelled", "Cancelled before it started."
+                return
+            job.status, job.started = "running", time.perf_counter()
+            job._notify()
+            self._generate(job)
         finally:
             with self._registry:
                 self._jobs.pop(job.id, None)
+                self._registry.notify_all()
             job._notify()
 
     def _generate(self, job: Job) -> None:

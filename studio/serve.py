@@ -48,8 +48,7 @@ def create(model: str, outputs: Path, device: str | None = None, low_vram: bool 
     started = time.perf_counter()
     pipe = VideoPipeline.from_pretrained(model, device=device, low_vram=low_vram)
     log.info("loaded %s on %s in %.1f s", pipe.model_id, pipe.device, time.perf_counter() - started)
-    demo = build(Engine(pipe, history), ModelInfo.of(pipe))
-    demo.queue(max_size=queue_size, default_concurrency_limit=1)
+    demo = build(Engine(pipe, history, max_waiting=queue_size), ModelInfo.of(pipe))
     return demo, history
 
 

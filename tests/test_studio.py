@@ -198,3 +198,27 @@ def test_history_lists_whole_outputs_and_survives_a_restart(server, client, base
         assert [e.media for e in lineage[1]] == [Path(base_clip["output"])]
     finally:
         demo.close()
+
+
+def test_a_full_queue_turns_requests_away_and_the_rest_complete(tiny_model_dir, tmp_path):
+    demo, history = create(str(tiny_model_dir), tmp_path / "out", device="cpu", queue_size=1)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), allowed_paths=[str(history.folder)],
+                            quiet=True)
+    try:
+        clients = [Client(url, verbose=False) for _ in range(3)]
+        long_run = ("busy", "", 1, 100, 4.0, "default", "1:1 · 64x64", 4.0, 8, False)
+        running = clients[0].submit(*long_run, api_name="/t2v")
+        deadline = time.time() + 60
+        while time.time() < deadline and not any("step" in str(o[0]) for o in running.outputs()):
+            time.sleep(0.05)
+        waiting = clients[1].submit("next", *SETTINGS, 1.0, 8, False, api_name="/t2v")
+        while time.time() < deadline and not any("1 generation before" in str(o[0]) for o in waiting.outputs()):
+            time.sleep(0.05)
+        assert any("In the queue: 1 generation before this one" in str(o[0]) for o in waiting.outputs())
+        with pytest.raises(Exception, match="(?i)queue is full"):
+            clients[2].predict("one too many", *SETTINGS, 1.0, 8, False, api_name="/t2v")
+        clients[0].predict(api_name="/cancel")
+        assert running.result(timeout=60)[4]["status"] == "cancelled"
+        assert waiting.result(timeout=60)[4]["status"] == "done"
+    finally:
+        demo.close()

@@ -1,0 +1,107 @@
+"""The studio in a real browser: Debian's Chromium driven by Selenium. Generate from the UI, see a playable
+video, cancel a second run, save a screenshot.
+
+Skipped when Chromium or its driver is missing, unless STUDIO_REQUIRE_BROWSER=1 (set by .ci/run, which
+installs them), where a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+selenium = pytest.importorskip("selenium")
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from studio.serve import create  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--window-size=1400,1000")
+
+if not (CHROMIUM and DRIVER):
+    if os.environ.get("STUDIO_REQUIRE_BROWSER") == "1":
+        raise RuntimeError("chromium and chromium-driver are required (apt-get install chromium chromium-driver)")
+    pytest.skip("chromium / chromium-driver not installed", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def studio_url(tiny_model_dir, tmp_path_factory):
+    demo, history = create(str(tiny_model_dir), tmp_path_factory.mktemp("browser-outputs"), device="cpu")
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), allowed_paths=[str(history.folder)],
+                            quiet=True)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def status_text(driver) -> str:
+    return driver.find_element(By.CSS_SELECTOR, "#status").text
+
+
+def test_generate_play_cancel_and_screenshot(browser, studio_url):
+    wait = WebDriverWait(browser, 120)
+    browser.get(studio_url)
+    prompt = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#t2v-prompt textarea")))
+    prompt.send_keys("a red ball bounces on a floor")
+    browser.find_element(By.CSS_SELECTOR, "#t2v-generate").click()
+
+    # A finished generation shows a video element whose source the browser can load and play.
+    wait.until(lambda d: "Done in" in status_text(d))
+    video = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#result-video video")))
+    wait.until(lambda d: d.execute_script("return arguments[0].readyState >= 1 && arguments[0].duration > 0;", video))
+    source = video.get_attribute("src")
+    assert source and source.startswith("http")
+    duration = browser.execute_script("return arguments[0].duration;", video)
+    assert 1.0 <= duration <= 1.3  # 9 frames at 8 fps
+    assert browser.execute_script("return arguments[0].videoWidth;", video) == 32
+
+    screenshots = Path(os.environ.get("STUDIO_SCREENSHOTS", ROOT / "outputs" / "screenshots"))
+    screenshots.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(screenshots / "studio.png"))
+    assert (screenshots / "studio.png").stat().st_size > 10_000
+
+    # A long second run (100 steps, 10 s of frames), cancelled from the UI mid-way.
+    browser.find_element(By.CSS_SELECTOR, "#t2v-advanced button").click()
+    steps = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#t2v-steps input[type=number]")))
+    steps.send_keys(Keys.CONTROL, "a")
+    steps.send_keys("100", Keys.TAB)
+    seconds = browser.find_elements(By.CSS_SELECTOR, "input[type=number][aria-label*='Duration']")
+    if seconds:
+        seconds[0].send_keys(Keys.CONTROL, "a")
+        seconds[0].send_keys("10", Keys.TAB)
+    browser.find_element(By.CSS_SELECTOR, "#t2v-generate").click()
+    wait.until(lambda d: "step" in status_text(d) and "/100" in status_text(d))
+    browser.find_element(By.CSS_SELECTOR, "#cancel").click()
+    wait.until(lambda d: "Cancelled" in status_text(d))
+    text = status_text(browser)
+    step = int(text.split("cancelled at step ")[1].split(" ")[0])
+    assert step < 100
+    browser.save_screenshot(str(screenshots / "studio-cancelled.png"))
