@@ -63,7 +63,8 @@ def size_presets(info: ModelInfo) -> dict[str, tuple[int, int]]:
         area = info.width * info.height * scale**2
         for name, ratio in RATIOS:
             if abs(info.width / info.height - ratio) < 0.02:
-                width, height = round(info.width * scale / info.grid) * info.grid, round(info.height * scale / info.grid) * info.grid
+                width = round(info.width * scale / info.grid) * info.grid
+                height = round(info.height * scale / info.grid) * info.grid
             else:
                 width = max(info.grid, round((area * ratio) ** 0.5 / info.grid) * info.grid)
                 height = max(info.grid, round((area / ratio) ** 0.5 / info.grid) * info.grid)
@@ -210,7 +211,8 @@ class StudioApp:
         try:
             for state in self.engine.follow(job):
                 if not state.finished:
-                    yield (_status_html(state, self.engine.ahead_of(state)), state.preview, gr.skip(), gr.skip(), gr.skip(), gr.skip(),
+                    yield (_status_html(state, self.engine.ahead_of(state)), state.preview, gr.skip(), gr.skip(),
+                           gr.skip(), gr.skip(),
                            built.seed)
         finally:
             if not job.finished:  # the browser went away or Gradio cancelled the event
