@@ -151,7 +151,7 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, audio_from: str 
         audio_out = out.add_stream("aac", rate=audio_in.codec_context.sample_rate or 48000) if audio_in else None
         for index, frame in enumerate(frames):
             picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            picture.pts = index  # explicit timestamps: without them the encoder's output varied run to run
+            picture.pts = index  # explicit timestamps: without them x264's output varied from run to run
             out.mux(video.encode(picture))
         out.mux(video.encode())
         if audio_in is not None:

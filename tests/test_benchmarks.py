@@ -1,0 +1,22 @@
+"""The benchmark scripts run end to end (tiny settings; the figures themselves come from real runs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cpu_benchmark_compares_ours_with_diffusers(tiny_model_dir, tmp_path):
+    out = tmp_path / "cpu.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.cpu_vs_diffusers", "--model", str(tiny_model_dir),
+                           "--steps", "2", "--width", "32", "--height", "32", "--frames", "5", "--repeats", "1",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["ours"]["step_s"] > 0 and result["diffusers"]["step_s"] > 0
+    assert result["psnr_ours_vs_diffusers_db"] > 40  # the same computation, so nearly the same frames
+    assert "| ours / diffusers |" in done.stdout
