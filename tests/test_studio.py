@@ -17,7 +17,6 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
 from pipelines.video_io import read_media, write_mp4  # noqa: E402
-from studio.outputs import History  # noqa: E402
 from studio.serve import create  # noqa: E402
 
 SIZE = "1:1 · 32x32"
