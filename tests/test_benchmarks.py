@@ -20,3 +20,13 @@ def test_cpu_benchmark_compares_ours_with_diffusers(tiny_model_dir, tmp_path):
     assert result["ours"]["step_s"] > 0 and result["diffusers"]["step_s"] > 0
     assert result["psnr_ours_vs_diffusers_db"] > 40  # the same computation, so nearly the same frames
     assert "| ours / diffusers |" in done.stdout
+
+
+def test_startup_benchmark_times_the_page_and_two_clips(tiny_model_dir, tmp_path):
+    out = tmp_path / "startup.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.startup", "--model", str(tiny_model_dir), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
+    result = json.loads(out.read_text())
+    assert 0 < result["page_s"] and 0 < result["first_step_after_page_s"] <= result["first_clip_after_page_s"]
+    assert 0 < result["second_step_s"] <= result["second_clip_s"]
