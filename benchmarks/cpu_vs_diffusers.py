@@ -1,7 +1,8 @@
 """CPU: the studio's pipeline against diffusers' `WanPipeline` on the same weights, size, steps and seed.
 
 Each side runs in its own process (so peak RSS is its own), loads once, warms up with a one-step run, then
-times `--repeats` full generations. Printed last: seconds per step, total seconds, peak RSS, the ratio
+times `--repeats` full generations; `--rounds` such processes per side alternate and the median counts.
+Printed last: seconds per step, total seconds, peak RSS, the ratio
 ours/theirs, and the PSNR of our decoded frames against theirs (the same computation, so it should be high).
 
     python -m benchmarks.cpu_vs_diffusers                       # the embedded model, or its architecture
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=17)
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per process (the best counts)")
+    parser.add_argument("--rounds", type=int, default=3, help="processes per side, alternating (the median counts)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "cpu_vs_diffusers.json")
     parser.add_argument("--worker", choices=("ours", "diffusers"), help=argparse.SUPPRESS)
@@ -121,24 +123,28 @@ def main(argv: list[str] | None = None) -> None:
                 model, label = str(shipped), "embedded"
             else:
                 model, label = str(random_embedded_model(tmp / "model")), "embedded architecture, random weights"
-        rows = {}
-        for impl in ("diffusers", "ours"):
-            command = [sys.executable, "-m", "benchmarks.cpu_vs_diffusers", "--worker", impl, "--model", model,
-                       "--frames-out", str(tmp / f"{impl}.npy")]
-            for name in ("steps", "width", "height", "frames", "guidance", "seed", "repeats", "threads"):
-                command += [f"--{name}", str(getattr(args, name))]
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                sys.exit(f"{impl} run failed:\n{done.stderr[-3000:]}")
-            rows[impl] = json.loads(done.stdout.strip().splitlines()[-1])
+        # Rounds alternate the two sides so that a slow spell of the machine does not land on one of them.
+        runs: dict[str, list[dict]] = {"diffusers": [], "ours": []}
+        for _ in range(args.rounds):
+            for impl in runs:
+                command = [sys.executable, "-m", "benchmarks.cpu_vs_diffusers", "--worker", impl, "--model", model,
+                           "--frames-out", str(tmp / f"{impl}.npy")]
+                for name in ("steps", "width", "height", "frames", "guidance", "seed", "repeats", "threads"):
+                    command += [f"--{name}", str(getattr(args, name))]
+                done = subprocess.run(command, capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    sys.exit(f"{impl} run failed:\n{done.stderr[-3000:]}")
+                runs[impl].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        rows = {impl: {key: float(np.median([r[key] for r in found])) if key != "impl" else impl
+                       for key in found[0]} for impl, found in runs.items()}
         fidelity = psnr(np.load(tmp / "ours.npy"), np.load(tmp / "diffusers.npy"))
 
     ours, theirs = rows["ours"], rows["diffusers"]
     result = {
         "model": label, "settings": {k: getattr(args, k) for k in ("steps", "width", "height", "frames", "guidance",
-                                                                      "seed", "repeats", "threads")},
+                                                                      "seed", "repeats", "rounds", "threads")},
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
-        "diffusers": theirs, "ours": ours,
+        "diffusers": theirs, "ours": ours, "runs": runs,
         "ratio_total": ours["total_s"] / theirs["total_s"], "ratio_step": ours["step_s"] / theirs["step_s"],
         "psnr_ours_vs_diffusers_db": fidelity,
     }

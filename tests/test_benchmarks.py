@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_cpu_benchmark_compares_ours_with_diffusers(tiny_model_dir, tmp_path):
     out = tmp_path / "cpu.json"
     done = subprocess.run([sys.executable, "-m", "benchmarks.cpu_vs_diffusers", "--model", str(tiny_model_dir),
-                           "--steps", "2", "--width", "32", "--height", "32", "--frames", "5", "--repeats", "1",
+                           "--steps", "2", "--width", "32", "--height", "32", "--frames", "5", "--repeats", "1", "--rounds", "1",
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
