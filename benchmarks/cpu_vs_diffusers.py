@@ -55,9 +55,14 @@ def worker(impl: str, model: str, args: argparse.Namespace, frames_out: Path) ->
                                     steps=steps, guidance_scale=args.guidance, seed=args.seed)
             return ours.generate(request, callback=lambda *_: stamps.append(time.perf_counter())).frames
     else:
-        from diffusers import WanPipeline
+        from diffusers import AutoencoderKLWan, WanPipeline
 
-        theirs = WanPipeline(tokenizer=ours.prompts.tokenizer, text_encoder=ours.text_encoder, vae=ours.vae,
+        from pipelines.loading import component_path, resolve_model
+
+        # Their own VAE object: ours has its Conv3d layers routed through oneDNN (pipelines/cpu_kernels.py).
+        vae = AutoencoderKLWan.from_pretrained(component_path(resolve_model(model)[0], "vae"),
+                                               torch_dtype=torch.float32).eval()
+        theirs = WanPipeline(tokenizer=ours.prompts.tokenizer, text_encoder=ours.text_encoder, vae=vae,
                              transformer=ours.transformer, scheduler=ours.scheduler,
                              expand_timesteps=ours.defaults.conditioning_strategy == "per_token")
         theirs.set_progress_bar_config(disable=True)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from pipelines.cpu_kernels import use_onednn_conv3d
 from pipelines.latents import LatentTimeline, load_timeline
 from pipelines.loading import (
     ModelDefaults,
@@ -104,6 +105,7 @@ class VideoPipeline:
         # tiles and guidance runs its two branches one after the other.
         self.low_vram = low_vram and self.device.type == "cuda"
         self._previewer: LatentPreviewer | None = None
+        use_onednn_conv3d(self.vae)  # only takes effect while the VAE runs in float32 on the CPU
         if self.low_vram:
             self.vae.enable_tiling()
         for module in (self.text_encoder, self.transformer, self.vae):
