@@ -11,6 +11,7 @@ import html
 import logging
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from studio.outputs import Entry
 log = logging.getLogger("studio.app")
 
 MATCH_INPUT = "match the input"
+UPDATE_INTERVAL_S = 0.3  # progress updates to the page
 RATIOS = (("16:9", 16 / 9), ("1:1", 1.0), ("9:16", 9 / 16), ("4:3", 4 / 3), ("3:4", 3 / 4))
 TABS = {"t2v": "Text to Video", "animate": "Animate Image", "extend": "Extend & Loop", "restyle": "Restyle",
         "connect": "Connect", "history": "History"}
@@ -208,12 +210,17 @@ class StudioApp:
             job = self.engine.submit(built, session or "")
         except QueueFull as full:
             raise gr.Error(str(full)) from None
+        shown = None  # the preview last sent: Gradio encodes an image on every yield, so only new ones go out
+        sent = 0.0
         try:
             for state in self.engine.follow(job):
-                if not state.finished:
-                    yield (_status_html(state, self.engine.ahead_of(state)), state.preview, gr.skip(), gr.skip(),
-                           gr.skip(), gr.skip(),
-                           built.seed)
+                # Updates at most every UPDATE_INTERVAL_S: each one costs the generation CPU time in Gradio.
+                if not state.finished and time.monotonic() - sent >= UPDATE_INTERVAL_S:
+                    sent = time.monotonic()
+                    preview = state.preview if state.preview is not shown else gr.skip()
+                    shown = state.preview
+                    yield (_status_html(state, self.engine.ahead_of(state)), preview, gr.skip(), gr.skip(),
+                           gr.skip(), gr.skip(), built.seed)
         finally:
             if not job.finished:  # the browser went away or Gradio cancelled the event
                 self.engine.cancel(job_id=job.id)
