@@ -30,14 +30,18 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def random_embedded_model(folder: Path) -> Path:
-    """The embedded model's architecture with random weights, saved the way the trained one is."""
+def default_model(scratch: Path) -> tuple[str, str]:
+    """(folder, label): the shipped embedded model, else its architecture with random weights (same shapes,
+    so the same speed) saved under `scratch` the way the trained one is."""
     import torch
 
     from training.components import new_transformer, new_vae, save_model
 
+    shipped = Path(__file__).resolve().parents[1] / "assets" / "embedded-model"
+    if (shipped / "model_index.json").is_file():
+        return str(shipped), "embedded"
     torch.manual_seed(0)
-    return save_model(folder, new_vae(), new_transformer())
+    return str(save_model(scratch / "model", new_vae(), new_transformer())), "embedded architecture, random weights"
 
 
 def worker(impl: str, model: str, args: argparse.Namespace, frames_out: Path) -> dict:
@@ -120,14 +124,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = args.model
-        label = model
-        if model is None:
-            shipped = Path(__file__).resolve().parents[1] / "assets" / "embedded-model"
-            if (shipped / "model_index.json").is_file():
-                model, label = str(shipped), "embedded"
-            else:
-                model, label = str(random_embedded_model(tmp / "model")), "embedded architecture, random weights"
+        model, label = (args.model, args.model) if args.model else default_model(tmp)
         # Rounds alternate the two sides so that a slow spell of the machine does not land on one of them.
         runs: dict[str, list[dict]] = {"diffusers": [], "ours": []}
         for _ in range(args.rounds):

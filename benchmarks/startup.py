@@ -18,6 +18,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from benchmarks.cpu_vs_diffusers import default_model
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -68,16 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     from gradio_client import Client
 
     with tempfile.TemporaryDirectory() as tmp:
-        model, label = args.model, args.model
-        if model is None:
-            shipped = ROOT / "assets" / "embedded-model"
-            if (shipped / "model_index.json").is_file():
-                model, label = str(shipped), "embedded"
-            else:
-                from benchmarks.cpu_vs_diffusers import random_embedded_model
-
-                model = str(random_embedded_model(Path(tmp) / "model"))
-                label = "embedded architecture, random weights"
+        model, label = (args.model, args.model) if args.model else default_model(Path(tmp))
         port = free_port()
         url = f"http://127.0.0.1:{port}/"
         begin = time.perf_counter()

@@ -485,21 +485,21 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
         # The engine queues and orders generations (one on the device at a time); Gradio only streams them.
         run_args = dict(outputs=outputs, concurrency_limit=None, show_progress="minimal", show_progress_on=[queue_info])
 
-        def handler(build_request, n_inputs: int):
+        def handler(build_request):
             def run(request: gr.Request, *values):  # Gradio passes the request first (by its type)
-                yield from app.stream(build_request, values[:n_inputs], request)
+                yield from app.stream(build_request, values, request)
 
             return run
 
         t, a, e, r, k = (controls[n] for n in ("t2v", "animate", "extend", "restyle", "connect"))
         events = [
-            t2v_go.click(handler(app.request_t2v, 10), t.inputs() + [one_frame], api_name="t2v", **run_args),
-            animate_go.click(handler(app.request_animate, 10), [image] + a.inputs(), api_name="animate", **run_args),
-            extend_go.click(handler(app.request_extend, 13), [ext_video, direction, context, make_loop] + e.inputs(),
+            t2v_go.click(handler(app.request_t2v), t.inputs() + [one_frame], api_name="t2v", **run_args),
+            animate_go.click(handler(app.request_animate), [image] + a.inputs(), api_name="animate", **run_args),
+            extend_go.click(handler(app.request_extend), [ext_video, direction, context, make_loop] + e.inputs(),
                             api_name="extend", **run_args),
-            restyle_go.click(handler(app.request_restyle, 10), [rs_video, strength] + r.inputs(), api_name="restyle",
+            restyle_go.click(handler(app.request_restyle), [rs_video, strength] + r.inputs(), api_name="restyle",
                              **run_args),
-            connect_go.click(handler(app.request_connect, 12), [clip_a, clip_b, cn_context] + k.inputs(),
+            connect_go.click(handler(app.request_connect), [clip_a, clip_b, cn_context] + k.inputs(),
                              api_name="connect", **run_args),
         ]
         for event in events:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -76,3 +77,25 @@ def png_clip(tmp_path):
         write_frames(folder, clip)
         return str(folder), clip
     return write
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def launched_studio(model_dir: Path, outputs: Path, **options):
+    """The studio on a free local port, as `python launch.py` serves it: yields (url, history)."""
+    from studio.serve import create
+
+    demo, history = create(str(model_dir), outputs, device="cpu", **options)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), allowed_paths=[str(history.folder)],
+                            quiet=True)
+    try:
+        yield url, history
+    finally:
+        demo.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from studio.serve import create  # noqa: E402
+from conftest import launched_studio  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -36,19 +35,10 @@ if not (CHROMIUM and DRIVER):
     pytest.skip("chromium / chromium-driver not installed", allow_module_level=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def studio_url(tiny_model_dir, tmp_path_factory):
-    demo, history = create(str(tiny_model_dir), tmp_path_factory.mktemp("browser-outputs"), device="cpu")
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), allowed_paths=[str(history.folder)],
-                            quiet=True)
-    yield url
-    demo.close()
+    with launched_studio(tiny_model_dir, tmp_path_factory.mktemp("browser-outputs")) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -17,16 +16,11 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
 from pipelines.video_io import read_media, write_mp4  # noqa: E402
+from conftest import launched_studio  # noqa: E402
 from studio.serve import create  # noqa: E402
 
 SIZE = "1:1 · 32x32"
 SETTINGS = ("", 7, 2, 4.0, "default", SIZE)  # negative, seed, steps, guidance, sampler, size
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +30,8 @@ def outputs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, outputs):
-    demo, history = create(str(tiny_model_dir), outputs, device="cpu", queue_size=4)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), allowed_paths=[str(history.folder)],
-                            quiet=True)
-    yield url, history
-    demo.close()
+    with launched_studio(tiny_model_dir, outputs, queue_size=4) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -207,10 +198,7 @@ def test_history_lists_whole_outputs_and_survives_a_restart(server, client, base
 
 
 def test_a_full_queue_turns_requests_away_and_the_rest_complete(tiny_model_dir, tmp_path):
-    demo, history = create(str(tiny_model_dir), tmp_path / "out", device="cpu", queue_size=1)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), allowed_paths=[str(history.folder)],
-                            quiet=True)
-    try:
+    with launched_studio(tiny_model_dir, tmp_path / "out", queue_size=1) as (url, _):
         clients = [Client(url, verbose=False) for _ in range(3)]
         long_run = ("busy", "", 1, 100, 4.0, "default", "1:1 · 64x64", 4.0, 8, False)
         running = clients[0].submit(*long_run, api_name="/t2v")
@@ -226,5 +214,3 @@ def test_a_full_queue_turns_requests_away_and_the_rest_complete(tiny_model_dir, 
         clients[0].predict(api_name="/cancel")
         assert running.result(timeout=60)[4]["status"] == "cancelled"
         assert waiting.result(timeout=60)[4]["status"] == "done"
-    finally:
-        demo.close()
