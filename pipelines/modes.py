@@ -13,14 +13,15 @@ import math
 from typing import Any
 
 from pipelines.request import ConditioningItem, GenerationRequest, nearest_valid
-from pipelines.video_io import read_media
+from pipelines.video_io import count_frames
 
 DEFAULT_CONTEXT_FRAMES = 9
+MAX_ASPECT = 4.0  # widest (and tallest) output shape size_for picks from an input: 4:1
 
 
 def clip_length(path: str, fps: float) -> int:
     """Frames of a clip (or 1 for an image) as the pipeline will read it at `fps`."""
-    return len(read_media(path, fps))
+    return count_frames(path, fps)
 
 
 def new_frame_counts(mode: str, temporal: int = 4) -> tuple[int, int]:
@@ -66,7 +67,7 @@ def size_for(media: str, default_width: int, default_height: int, grid: int) -> 
     area = default_width * default_height
     if width % grid == 0 and height % grid == 0 and area / 2 <= width * height <= area * 2:
         return width, height
-    aspect = width / height
+    aspect = min(max(width / height, 1 / MAX_ASPECT), MAX_ASPECT)  # a 10000x1 strip is cropped, not followed
     snapped_w = max(grid, round((area * aspect) ** 0.5 / grid) * grid)
     snapped_h = max(grid, round((area / aspect) ** 0.5 / grid) * grid)
     return snapped_w, snapped_h

@@ -257,7 +257,7 @@ class VideoPipeline:
     def _read_init_video(self, request: GenerationRequest) -> np.ndarray | None:
         if request.init_video is None:
             return None
-        frames = fit_frames(read_media(request.init_video, request.fps), request.width, request.height)
+        frames = read_media(request.init_video, request.fps, size=(request.width, request.height))
         if len(frames) < request.num_frames:
             longest = len(frames) - (len(frames) - 1) % self.temporal
             raise ValueError(f"num_frames = {request.num_frames} is more than init_video has at {request.fps:g} fps "
@@ -266,7 +266,7 @@ class VideoPipeline:
 
     def _place(self, item: ConditioningItem, request: GenerationRequest, sources: dict[str, np.ndarray]) -> PlacedItem:
         if item.source not in sources:
-            sources[item.source] = fit_frames(read_media(item.source, request.fps), request.width, request.height)
+            sources[item.source] = read_media(item.source, request.fps, size=(request.width, request.height))
         frames = sources[item.source]
         available = len(frames) - item.source_start
         count = available if item.source_count is None else item.source_count

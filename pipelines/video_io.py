@@ -15,10 +15,14 @@ from typing import Iterator
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from PIL import Image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".gif")
+from pipelines.media_check import (
+    DEFAULT_LIMITS, IMAGE_SUFFIXES, VIDEO_SUFFIXES, MediaLimits, MediaRejected, decode_image, decode_video,
+    first_target, folder_frames, open_image, video_info,
+)
+
 OUTPUT_SUFFIXES = (".mp4", ".gif", ".png")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -28,42 +32,73 @@ def is_image(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, limits: MediaLimits = DEFAULT_LIMITS) -> np.ndarray:
     """(1, H, W, 3) uint8: an image as a one-frame clip."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"image {str(path)!r} does not exist")
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))[None]
+    return decode_image(path, limits)[None]
 
 
-def read_video(path: str | Path, fps: float, max_frames: int | None = None) -> np.ndarray:
+def read_video(path: str | Path, fps: float, max_frames: int | None = None, size: tuple[int, int] | None = None,
+               limits: MediaLimits = DEFAULT_LIMITS) -> np.ndarray:
     """(F, H, W, 3) uint8 frames sampled at `fps`: each output time k / fps takes the last source frame
-    shown at that time. A folder of PNG frames is read in name order, one frame per output frame."""
+    shown at that time. With `size` (width, height) each kept frame is fitted to it as it is decoded, so a
+    long 4K clip never sits in memory at 4K. A folder of PNG frames is read in name order, one frame per
+    output frame."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png")
-        if not files:
-            raise ValueError(f"frame folder {str(path)!r} holds no PNG frames")
-        files = files[:max_frames] if max_frames else files
-        return np.stack([read_image(p)[0] for p in files])
+        files = folder_frames(path, limits)[:max_frames] if max_frames else folder_frames(path, limits)
+        return np.stack([_fit(read_image(p, limits)[0], size) for p in files])
+    rgb = VideoReformatter()  # one converter for the clip: `to_ndarray(format=...)` builds one per frame (~7 ms)
+    times, kept = _sample(path, fps, max_frames, limits,
+                          keep=lambda frame: _fit(rgb.reformat(frame, format="rgb24").to_ndarray(), size))
+    frames = [kept[i] for i in _picks(times, fps, max_frames)]
+    height, width = frames[0].shape[:2]  # a clip whose resolution changes is fitted to its first frame's
+    return np.stack([f if f.shape[:2] == (height, width) else _fit(f, (width, height)) for f in frames])
+
+
+def count_frames(path: str | Path, fps: float, limits: MediaLimits = DEFAULT_LIMITS) -> int:
+    """How many frames `read_media` gives at `fps`, decoding without keeping any."""
+    path = Path(path)
+    if is_image(path):
+        open_image(path, limits).close()
+        return 1
+    if path.is_dir():
+        return len(folder_frames(path, limits))
+    times, _ = _sample(path, fps, None, limits, keep=None)
+    return len(_picks(times, fps, None))
+
+
+def _sample(path: Path, fps: float, max_frames: int | None, limits: MediaLimits, keep) -> tuple[list[float], dict]:
+    """Decode once: every frame's time, and `keep(frame)` for each frame some output time can land on.
+
+    Output time k takes the last frame shown at k / fps plus a slack of at most a quarter frame (see
+    `_picks`), so frame i is needed only if [t_i, t_i+1) meets some [k / fps, (k + 1/4) / fps]. Holding one
+    frame back until the next one's time is known keeps at most about two frames per output frame."""
     if not path.is_file():
-        raise ValueError(f"video {str(path)!r} does not exist")
+        raise MediaRejected(f"{str(path)!r} does not exist")
     if path.suffix.lower() not in VIDEO_SUFFIXES:
-        raise ValueError(f"video {str(path)!r} has an unsupported type; valid: {', '.join(VIDEO_SUFFIXES)} or a PNG folder")
-    times, frames = [], []
-    with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise ValueError(f"{str(path)!r} has no video stream")
-        stream = container.streams.video[0]
-        for index, frame in enumerate(container.decode(stream)):
-            rate = float(stream.average_rate or stream.guessed_rate or fps)
-            times.append(frame.time if frame.time is not None else index / rate)
-            frames.append(frame.to_ndarray(format="rgb24"))
-    if not frames:
-        raise ValueError(f"video {str(path)!r} has no decodable frames")
-    times_arr = np.asarray(times) - times[0]
+        raise MediaRejected(f"{path.name}: unsupported video type {path.suffix or '(none)'!r}; valid: "
+                            f"{', '.join(VIDEO_SUFFIXES)} or a folder of PNG frames")
+    times: list[float] = []
+    kept: dict[int, np.ndarray] = {}
+    held = None
+    stop_after = None if max_frames is None else (max_frames + 1) / fps
+    for index, (seconds, frame) in enumerate(decode_video(path, limits)):
+        if held is not None and keep is not None and first_target(times[-1], fps) / fps < seconds:
+            kept[index - 1] = keep(held)
+        if stop_after is not None and seconds > stop_after:
+            break
+        times.append(seconds)
+        held = frame
+    else:
+        if held is not None and keep is not None:
+            kept[len(times) - 1] = keep(held)
+    return times, kept
+
+
+def _picks(times: list[float], fps: float, max_frames: int | None) -> list[int]:
+    times_arr = np.asarray(times)
     step = float(np.median(np.diff(times_arr))) if len(times_arr) > 1 else 1.0 / fps
+    step = step if step > 0 else 1.0 / fps
     duration = times_arr[-1] + step
     # Timestamps are rounded (GIF keeps centiseconds, 29.97 fps is 30000/1001): a count within a quarter
     # frame of a whole number is that number, and each output time takes the frame shown a quarter of
@@ -74,42 +109,46 @@ def read_video(path: str | Path, fps: float, max_frames: int | None = None) -> n
         count = min(count, max_frames)
     slack = 0.25 * min(step, 1.0 / fps)
     picks = np.searchsorted(times_arr, np.arange(count) / fps + slack, side="right") - 1
-    return np.stack([frames[i] for i in np.clip(picks, 0, len(frames) - 1)])
+    return np.clip(picks, 0, len(times) - 1).tolist()
 
 
-def read_media(path: str | Path, fps: float, max_frames: int | None = None) -> np.ndarray:
-    return read_image(path) if is_image(path) else read_video(path, fps, max_frames)
+def _fit(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    return frame if size is None else fit_frames(frame[None], *size)[0]
+
+
+def read_media(path: str | Path, fps: float, max_frames: int | None = None, size: tuple[int, int] | None = None,
+               limits: MediaLimits = DEFAULT_LIMITS) -> np.ndarray:
+    if is_image(path):
+        return _fit(read_image(path, limits)[0], size)[None]
+    return read_video(path, fps, max_frames, size, limits)
 
 
 def fit_frames(frames: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Scale to cover (width, height) and crop the centre; frames already that size pass through untouched."""
+    """Scale to cover (width, height) and crop the centre; frames already that size pass through untouched.
+
+    The crop is taken in source pixels and only it is resampled, so a 10000x1 strip costs a 10000x1 read,
+    not a 1.3 million pixel wide intermediate."""
     _, h, w, _ = frames.shape
     if (w, h) == (width, height):
         return frames
     scale = max(width / w, height / h)
-    size = (max(width, round(w * scale)), max(height, round(h * scale)))
-    left, top = (size[0] - width) // 2, (size[1] - height) // 2
-    out = [
-        np.asarray(Image.fromarray(f).resize(size, Image.Resampling.LANCZOS).crop((left, top, left + width, top + height)))
-        for f in frames
-    ]
-    return np.stack(out)
+    crop_w, crop_h = min(w, width / scale), min(h, height / scale)
+    left, top = (w - crop_w) / 2, (h - crop_h) / 2
+    box = (left, top, left + crop_w, top + crop_h)
+    return np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.Resampling.LANCZOS, box=box))
+                     for f in frames])
 
 
-def media_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) of an image, a video or a PNG folder, without decoding the whole clip."""
+def media_size(path: str | Path, limits: MediaLimits = DEFAULT_LIMITS) -> tuple[int, int]:
+    """(width, height) of an image, a video or a PNG folder, from headers only."""
     path = Path(path)
     if path.is_dir():
-        first = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png")
-        if not first:
-            raise ValueError(f"frame folder {str(path)!r} holds no PNG frames")
-        path = first[0]
+        path = folder_frames(path, limits)[0]
     if is_image(path):
-        with Image.open(path) as image:
+        with open_image(path, limits) as image:
             return image.size
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        return stream.codec_context.width, stream.codec_context.height
+    info = video_info(path, limits)
+    return info.width, info.height
 
 
 # ---- writing ---------------------------------------------------------------------------------------------
@@ -123,6 +162,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs are ordinary files
+        with open(tmp, "rb") as handle:  # on disk before the rename, so a power cut cannot list an empty file
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

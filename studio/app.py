@@ -20,6 +20,7 @@ from typing import Any
 import gradio as gr
 
 from pipelines import modes
+from pipelines.media_check import check_media
 from pipelines.request import GenerationRequest
 from pipelines.samplers import SAMPLERS
 from studio.engine import Engine, Job, QueueFull
@@ -156,7 +157,10 @@ class StudioApp:
 
     # requests, one builder per tab ----------------------------------------------------------------------
     def _keep(self, value: Any, what: str) -> str:
-        return str(self.history.keep_upload(_media(value, what)))
+        """Check an upload's headers (a rejection is a ValueError with the reason), then keep a copy."""
+        path = _media(value, what)
+        check_media(path)
+        return str(self.history.keep_upload(path))
 
     def request_t2v(self, prompt, negative, seed, steps, guidance, sampler, size, seconds, fps, one_frame):
         settings = _settings(negative, seed, steps, guidance, sampler, _size_for(size, None, self.info))

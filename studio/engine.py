@@ -13,6 +13,7 @@ import itertools
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,10 +85,12 @@ class Engine:
     def submit(self, request: Any, session: str = "") -> Job:
         """Start a job on a worker thread; it waits its turn for the device. Raises QueueFull."""
         with self._registry:
-            waiting = sum(j.status == "waiting" for j in self._jobs.values())
-            if waiting >= self.max_waiting:
-                raise QueueFull(f"The queue is full: {waiting} generations are already waiting for the device. "
-                                "Try again when one has finished.")
+            # Counted from unfinished jobs, not from their threads' progress, so that the bound holds the
+            # same however fast the worker threads start: one on the device plus max_waiting.
+            unfinished = sum(not j.finished for j in self._jobs.values())
+            if unfinished > self.max_waiting:
+                raise QueueFull(f"The queue is full: {unfinished - 1} generations are already waiting for the "
+                                "device. Try again when one has finished.")
             job = Job(next(self._ids), session, request, self.history.new_path(request.mode, request.seed))
             self._jobs[job.id] = job
         threading.Thread(target=self._run, args=(job,), name=f"generation-{job.id}", daemon=True).start()
@@ -139,6 +142,8 @@ class Engine:
             job._notify()
             self._generate(job)
         finally:
+            if not job.finished:  # only a BaseException gets here; a follower must still see an end
+                job.status, job.message = "failed", "The generation was interrupted. The log has the details."
             with self._registry:
                 self._jobs.pop(job.id, None)
                 self._registry.notify_all()
@@ -160,27 +165,35 @@ class Engine:
             if job.cancel.is_set():
                 raise GenerationCancelled(f"cancelled at step {step} of {total}")
 
+        status, message = self._attempt(job, on_step)
+        # Published only once the job's tensors are gone (the exception and its frames died with
+        # _attempt's return): whoever sees "failed" or "cancelled" may start the next job at once.
+        _free_memory()
+        job.status, job.message = status, message
+
+    def _attempt(self, job: Job, on_step) -> tuple[str, str]:
+        """(status, message) of one generation; every error is turned into a message here."""
+        from pipelines.sampling import GenerationCancelled
+
         try:
             result = self.pipe.generate(job.request, callback=on_step)
             if job.cancel.is_set():  # pressed during the decode: the clip exists, keep it
                 log.info("job %d: cancel arrived after sampling; keeping the clip", job.id)
             write_result(result, job.out, gif=True)
             job.entry = self.history.read(job.out)
-            job.status = "done"
             seconds = time.perf_counter() - (job.started or time.perf_counter())
-            job.message = f"Done in {seconds:.1f} s: {len(result.frames)} frames at {result.fps:g} fps."
-            if result.notes:
-                job.message += " " + " ".join(f"Note: {n}" for n in result.notes)
+            message = f"Done in {seconds:.1f} s: {len(result.frames)} frames at {result.fps:g} fps."
+            return "done", message + "".join(f" Note: {n}" for n in result.notes)
         except GenerationCancelled as stop:
-            job.status, job.message = "cancelled", f"Cancelled ({stop})."
+            return "cancelled", f"Cancelled ({stop})."
         except ValueError as error:  # a request this model cannot take: the message says what is valid
             log.info("job %d refused: %s", job.id, error)
-            job.status, job.message = "failed", f"Cannot generate this: {error}"
+            return "failed", f"Cannot generate this: {error}"
         except Exception as error:  # noqa: BLE001 - the studio must keep serving; the log has the traceback
-            log.exception("job %d failed", job.id)
-            job.status, job.message = "failed", _plain(error)
-        finally:
-            _free_memory()
+            # The traceback as text: a LogRecord holding exc_info would keep the job's tensors alive in any
+            # handler that retains records.
+            log.error("job %d failed\n%s", job.id, traceback.format_exc())
+            return "failed", _plain(error)
 
 
 def _plain(error: Exception) -> str:
@@ -188,8 +201,11 @@ def _plain(error: Exception) -> str:
     import torch
 
     if isinstance(error, torch.OutOfMemoryError):
-        return ("The device ran out of memory. Lower the resolution or the number of frames, or restart the "
+        return ("The GPU ran out of memory. Lower the resolution or the number of frames, or restart the "
                 "studio with --low-vram.")
+    if isinstance(error, (RuntimeError, MemoryError)) and (isinstance(error, MemoryError) or
+                                                           "can't allocate memory" in str(error)):
+        return "The machine ran out of memory. Lower the resolution or the number of frames."
     if isinstance(error, OSError):
         return f"A file could not be read or written: {error}"
     return f"Generation failed ({type(error).__name__}: {error}). The log has the details."

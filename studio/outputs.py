@@ -68,6 +68,7 @@ def write_result(result: Any, out: Path, frames_out: str | None = None, gif: boo
     if frames_out:
         write_frames(frames_out, result.frames)
         sidecar["frames_out"] = str(frames_out)
+    sidecar["bytes"] = out.stat().st_size  # History lists the output only while the file is this long
     with atomic_path(sidecar_of(out)) as tmp:
         tmp.write_text(json.dumps(sidecar, indent=2))
     return sidecar
@@ -175,6 +176,10 @@ class History:
             log.warning("skipping %s: unreadable sidecar (%s)", media.name, error)
             return None
         if not isinstance(data, dict) or not isinstance(data.get("request"), dict):
+            return None
+        size = media.stat().st_size if media.is_file() else -1
+        if data.get("bytes", size) != size:
+            log.warning("skipping %s: %d bytes on disk, %d written", media.name, size, data["bytes"])
             return None
         return Entry(media.resolve(), data)
 

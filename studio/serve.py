@@ -52,6 +52,21 @@ def create(model: str, outputs: Path, device: str | None = None, low_vram: bool 
     return demo, history
 
 
+def blocked_paths(model: str, outputs: Path) -> list[str]:
+    """Folders Gradio must never serve even if a path slips past `allowed_paths`: the model's, the hub
+    cache and the home folder's secrets. (A blocked folder that holds the outputs would hide them, so one
+    never is.)"""
+    from huggingface_hub import constants
+
+    home = Path.home()
+    candidates = [Path(constants.HF_HUB_CACHE), Path(constants.HF_HOME), home / ".cache", home / ".ssh",
+                  home / ".config", home / ".aws", home / ".netrc", Path(__file__).resolve().parents[1] / "assets"]
+    if Path(model).expanduser().exists():
+        candidates.append(Path(model).expanduser())
+    outputs = outputs.resolve()
+    return sorted({str(p.resolve()) for p in candidates if not outputs.is_relative_to(p.resolve())})
+
+
 def launch_kwargs(args: argparse.Namespace, history) -> dict:
     auth = None
     if args.auth:
@@ -60,7 +75,8 @@ def launch_kwargs(args: argparse.Namespace, history) -> dict:
             raise SystemExit("error: --auth must be user:password")
         auth = (user, password)
     return dict(server_name=args.host, server_port=args.port, allowed_paths=[str(history.folder)],
-                max_file_size=args.max_upload, auth=auth, show_error=True, footer_links=["api"])
+                blocked_paths=blocked_paths(args.model, history.folder), max_file_size=args.max_upload, auth=auth,
+                show_error=True, footer_links=["api"])
 
 
 def main(argv: list[str]) -> int:

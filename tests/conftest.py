@@ -88,13 +88,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def launched_studio(model_dir: Path, outputs: Path, **options):
-    """The studio on a free local port, as `python launch.py` serves it: yields (url, history)."""
-    from studio.serve import create
+def launched_studio(model_dir: Path, outputs: Path, *flags: str, **options):
+    """The studio on a free local port with the settings `python launch.py --model model_dir --outputs
+    outputs *flags` serves it with: yields (url, history)."""
+    from studio.serve import build_parser, create, launch_kwargs
 
-    demo, history = create(str(model_dir), outputs, device="cpu", **options)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), allowed_paths=[str(history.folder)],
-                            quiet=True)
+    args = build_parser().parse_args(["--model", str(model_dir), "--outputs", str(outputs),
+                                      "--port", str(free_port()), *flags])
+    demo, history = create(args.model, args.outputs, device="cpu", **options)
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(args, history))
     try:
         yield url, history
     finally:

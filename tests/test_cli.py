@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.hostile_media import _png
 from pipelines.video_io import read_video
 from studio.cli import main
 
@@ -101,11 +102,16 @@ def test_seconds_snap_and_say_so(tiny_model_dir, tmp_path, capsys):
     (["t2v", "--device", "cuda:x"], "--device 'cuda:x' is not valid"),
     (["t2v", "--device", "tpu"], "--device 'tpu' is not valid"),
     (["reproduce", "--request", "{bad_json}"], "request keys .*a request needs prompt"),
+    (["animate", "--image", "{bomb}"], r"bomb.png: the image is 9000x9000 \(81.0 MP\); the studio takes images up to 50"),
+    (["extend", "--video", "{playlist}"], "list.mp4: this is a playlist"),
 ])
 def test_bad_invocations_fail_with_one_line(tiny_model_dir, tmp_path, capsys, args, message):
     clip = tmp_path / "clip.mp4"
     (tmp_path / "bad.json").write_text('{"request": {"width": 32}}')
-    args = [a.replace("{bad_json}", str(tmp_path / "bad.json")) for a in args]
+    (tmp_path / "bomb.png").write_bytes(_png(9000, 9000, b"\0" * 10))
+    (tmp_path / "list.mp4").write_bytes(b"#EXTM3U\n#EXTINF:10,\nfile:///etc/passwd\n")
+    args = [a.replace("{bad_json}", str(tmp_path / "bad.json")).replace("{bomb}", str(tmp_path / "bomb.png"))
+            .replace("{playlist}", str(tmp_path / "list.mp4")) for a in args]
     if any("{clip}" in a for a in args):
         assert generate(tiny_model_dir, "t2v", clip, "--frames", "9") == 0
         capsys.readouterr()

@@ -44,7 +44,7 @@ def test_unreadable_inputs_say_what_is_wrong(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         read_video(tmp_path / "nope.mp4", fps=8)
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(ValueError, match="unsupported type"):
+    with pytest.raises(ValueError, match="unsupported (video|file) type"):
         read_video(tmp_path / "notes.txt", fps=8)
 
 
