@@ -144,3 +144,17 @@ def test_listening_beyond_this_machine_needs_a_flag(capsys):
     assert serve_main(["--host", "0.0.0.0"]) == 2
     err = capsys.readouterr().err
     assert "--listen-anywhere" in err and "other machines" in err
+
+
+def test_with_auth_nothing_is_served_before_logging_in(tiny_model_dir, tmp_path):
+    with launched_studio(tiny_model_dir, tmp_path / "outputs", "--auth", "maker:s3cret") as (url, history):
+        (history.folder / "control.txt").write_text(CANARY)
+        path = f"/gradio_api/file={history.folder}/control.txt"
+        status, body = fetch(url, path)
+        assert status in (401, 403) and CANARY.encode() not in body
+        login = httpx.post(url + "login", data={"username": "maker", "password": "wrong"})
+        assert login.status_code in (400, 401)
+        with httpx.Client(base_url=url) as session:
+            assert session.post("login", data={"username": "maker", "password": "s3cret"}).status_code == 200
+            served = session.get(path.lstrip("/"))
+            assert served.status_code == 200 and served.text == CANARY
