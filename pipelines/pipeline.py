@@ -111,6 +111,23 @@ class VideoPipeline:
         for module in (self.text_encoder, self.transformer, self.vae):
             module.to("cpu" if self.low_vram else self.device)
 
+    def accelerate(self, attention: str | None = None, compile: bool = False,
+                   step_cache: float | None = None) -> dict[str, str | bool | float | None]:
+        """Turn on speed knobs (see `pipelines.acceleration`); returns what is in effect. Compiling and the
+        flash/cuDNN backends are for CUDA; the step cache changes outputs and is opt-in."""
+        from pipelines import acceleration
+
+        used = {"attention": None, "compile": False, "step_cache": None}
+        if attention:
+            used["attention"] = acceleration.set_attention(self.transformer, attention, self.device)
+        if step_cache:
+            acceleration.enable_step_cache(self.transformer, step_cache)
+            used["step_cache"] = step_cache
+        if compile:
+            acceleration.compile_blocks(self.transformer)
+            used["compile"] = True
+        return used
+
     @contextlib.contextmanager
     def _resident(self, module: torch.nn.Module):
         """Keep `module` on the device for the block (a no-op unless low-VRAM)."""
@@ -230,7 +247,11 @@ class VideoPipeline:
             # 5. Denoise.
             denoiser = GuidedDenoiser(self.transformer, cond, uncond, request.guidance_scale, batched=not self.low_vram)
             with torch.no_grad(), self._resident(self.transformer):
-                latents = sample(denoiser, latents, scheduler, timesteps, sigmas, held, callback)  # (1, C, F, H, W)
+                try:
+                    latents = sample(denoiser, latents, scheduler, timesteps, sigmas, held, callback)  # (1, C, F, H, W)
+                finally:
+                    if denoiser.cached:  # a step cache must not carry one clip's residuals into the next
+                        self.transformer._reset_stateful_cache()
             lap("denoise")
 
             # 6. Decode the window (after saved latents that warm the causal decoder) and assemble the clip.

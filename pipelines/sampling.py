@@ -14,6 +14,7 @@ Known content (an image, the frames of a clip) is held in one of two ways:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -86,17 +87,22 @@ class GuidedDenoiser:
         self.cond, self.uncond = cond, uncond
         self.batched = batched
         self.embeds = torch.cat([cond, uncond]) if self.guided and batched else cond  # (2B or B, L, D)
+        self.cached = bool(getattr(transformer, "is_cache_enabled", False))
 
-    def _forward(self, latents: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-        return self.transformer(
-            hidden_states=latents.to(self.transformer.dtype), timestep=timestep, encoder_hidden_states=embeds,
-            return_dict=False,
-        )[0].float()  # guidance and the scheduler step in float32, whatever the transformer's precision
+    def _forward(self, latents: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor,
+                 branch: str = "guided") -> torch.Tensor:
+        # A step cache keeps one state per branch; diffusers' cache hooks read the branch from this context.
+        context = self.transformer.cache_context(branch) if self.cached else contextlib.nullcontext()
+        with context:
+            return self.transformer(
+                hidden_states=latents.to(self.transformer.dtype), timestep=timestep, encoder_hidden_states=embeds,
+                return_dict=False,
+            )[0].float()  # guidance and the scheduler step in float32, whatever the transformer's precision
 
     def __call__(self, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         if self.guided and not self.batched:  # half the activation memory, for low-VRAM runs
-            cond = self._forward(latents, timestep, self.cond)
-            uncond = self._forward(latents, timestep, self.uncond)
+            cond = self._forward(latents, timestep, self.cond, "cond")
+            uncond = self._forward(latents, timestep, self.uncond, "uncond")
             return uncond + self.scale * (cond - uncond)
         if self.guided:
             latents = torch.cat([latents, latents])  # (2B, C, F, H, W)

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from pipelines import acceleration
 from pipelines.request import MODES
 
 log = logging.getLogger("studio.cli")
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-saved-latents", action="store_true", help="re-encode source clips even when they have latents")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--low-vram", action="store_true", help="offload models to the CPU between uses and tile the VAE")
+    acceleration.add_arguments(p)
     p.add_argument("--out", help="output file: .mp4, .gif, or .png for one frame (default outputs/<time>-<mode>.mp4)")
     p.add_argument("--frames-out", help="also write every frame of the final clip as PNG into this folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -256,6 +258,7 @@ def run(argv: list[str]) -> int:
     _quiet_library_progress()
     started = time.perf_counter()
     pipe = VideoPipeline.from_pretrained(args.model, device=args.device, low_vram=args.low_vram)
+    acceleration.apply_arguments(pipe, args)
     print(f"loaded {pipe.model_id} on {pipe.device} in {time.perf_counter() - started:.1f} s")
     if isinstance(built, LoopPlan):  # from a clip, or from the prompt through a text-to-video base clip
         video = built.video

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from pipelines import acceleration
+
 log = logging.getLogger("studio.serve")
 
 DEFAULT_QUEUE_SIZE = 8
@@ -28,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs", type=Path, default=Path("outputs"), help="where outputs and history live")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--low-vram", action="store_true", help="offload models between stages and tile the VAE")
+    acceleration.add_arguments(p)
     p.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE,
                    help="generations that may wait for the device; more are turned away")
     p.add_argument("--auth", help="user:password required to open the studio")
@@ -36,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def create(model: str, outputs: Path, device: str | None = None, low_vram: bool = False,
-           queue_size: int = DEFAULT_QUEUE_SIZE):
+           queue_size: int = DEFAULT_QUEUE_SIZE, speed: argparse.Namespace | None = None):
     """The Gradio app with its pipeline loaded (tests call this with a tiny model)."""
     from pipelines import VideoPipeline
     from studio.app import ModelInfo, build
@@ -48,6 +51,8 @@ def create(model: str, outputs: Path, device: str | None = None, low_vram: bool 
     started = time.perf_counter()
     pipe = VideoPipeline.from_pretrained(model, device=device, low_vram=low_vram)
     log.info("loaded %s on %s in %.1f s", pipe.model_id, pipe.device, time.perf_counter() - started)
+    if speed is not None:
+        log.info("speed settings: %s", acceleration.apply_arguments(pipe, speed))
     demo = build(Engine(pipe, history, max_waiting=queue_size), ModelInfo.of(pipe))
     return demo, history
 
@@ -95,8 +100,8 @@ def main(argv: list[str]) -> int:
         print(f"error: --queue-size {args.queue_size} is not valid: at least 1", file=sys.stderr)
         return 2
     try:
-        demo, history = create(args.model, args.outputs, args.device, args.low_vram, args.queue_size)
-    except ModelNotAvailable as error:
+        demo, history = create(args.model, args.outputs, args.device, args.low_vram, args.queue_size, speed=args)
+    except (ModelNotAvailable, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     demo.launch(**launch_kwargs(args, history))

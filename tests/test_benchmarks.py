@@ -30,3 +30,22 @@ def test_startup_benchmark_times_the_page_and_two_clips(tiny_model_dir, tmp_path
     result = json.loads(out.read_text())
     assert 0 < result["page_s"] and 0 < result["first_step_after_page_s"] <= result["first_clip_after_page_s"]
     assert 0 < result["second_step_s"] <= result["second_clip_s"]
+
+
+def test_gpu_benchmark_runs_on_a_cpu_with_the_tiny_shape(tmp_path):
+    """The CUDA benchmark's own code path, checked here on the tiny shape (compile variants excepted: they
+    take a minute to compile on a CPU and gain nothing there)."""
+    out = tmp_path / "gpu.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.cuda_wan", "--shape", "tiny", "--device", "cpu",
+                           "--steps", "3", "--variants", "ours,attention,low-vram", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert list(rows) == ["diffusers", "ours", "attention", "low-vram"]
+    assert result["dit_flops_per_step"] > 0 and result["matmul_peak_tflops"] > 0
+    for name, row in rows.items():
+        assert row["step_s"] > 0 and row["total_s"] > 0 and row["dit_tflops"] > 0, name
+        assert row["psnr_db"] > 40, name  # batching, the backend and offloading do not change the output
+    assert rows["attention"]["knobs"]["attention"] == "native"  # the only backend a CPU has
+    assert "| fast" not in done.stdout and "| low-vram |" in done.stdout

@@ -7,19 +7,13 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
-WORDS = ("a red ball moves left right up down blue green square star sky night over the bounces spins "
-         "slowly fast big small sunset floor yellow purple cat dog negative blurry").split()
+from benchmarks.random_wan import word_tokenizer
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    return word_tokenizer()
 
 
 def tiny_text_encoder() -> T5EncoderModel:
