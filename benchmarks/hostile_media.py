@@ -90,9 +90,11 @@ def _video(path: Path, frames: list[np.ndarray] | int, rate: Fraction | int = 8,
             out.mux(sound.encode())
 
 
-def _mjpeg_mkv(path: Path, sizes: list[tuple[int, int]]) -> None:
+def _mjpeg_mkv(path: Path, sizes: list[tuple[int, int]], title: str | None = None) -> None:
     """MJPEG in Matroska with a frame size that changes: each packet is a whole JPEG, so it may."""
     with av.open(str(path), "w", format="matroska") as out:
+        if title:
+            out.metadata["title"] = title
         stream = out.add_stream("mjpeg", rate=8)
         stream.width, stream.height, stream.pix_fmt = sizes[0][0], sizes[0][1], "yuvj420p"
         for index, (width, height) in enumerate(sizes):
@@ -232,6 +234,12 @@ def build_corpus(folder: Path) -> list[Path]:
     _gif(folder / "screen_65535.gif", 2, screen=(65_535, 65_535))
     _mjpeg_mkv(folder / "changing_resolution.mkv", [(64, 48)] * 3 + [(32, 32)] * 3 + [(96, 40)] * 3)
     _mjpeg_mkv(folder / "grows_to_8k.mkv", [(64, 48)] * 2 + [(7680, 4320)])
+    _mjpeg_mkv(folder / "latin1_title.mkv", [(32, 32)] * 3, title="cafX")
+    data = (folder / "latin1_title.mkv").read_bytes()
+    (folder / "latin1_title.mkv").write_bytes(data.replace(b"cafX", b"caf\xe9"))  # not UTF-8, as old tools wrote
+    _mjpeg_mkv(folder / "unknown_codec.mkv", [(32, 32)] * 3)
+    data = (folder / "unknown_codec.mkv").read_bytes()
+    (folder / "unknown_codec.mkv").write_bytes(data.replace(b"V_MJPEG", b"V_XXXXX"))
     (folder / "a_folder.mp4").mkdir(exist_ok=True)
     os.symlink("/etc/passwd", folder / "symlink_to_passwd.png") if not (folder / "symlink_to_passwd.png").exists() else None
     return sorted(folder.iterdir())

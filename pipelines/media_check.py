@@ -193,7 +193,7 @@ def open_video(path: str | Path, limits: MediaLimits = DEFAULT_LIMITS) -> tuple[
     try:
         # protocol_whitelist: a demuxer may not open anything else (an HLS or dref reference) on its own
         container = av.open(str(path), format=_DEMUXERS[suffix], options={"protocol_whitelist": "file"},
-                            timeout=10.0)
+                            timeout=10.0, metadata_errors="replace")  # a Latin-1 title is not a broken clip
     except av.FFmpegError as error:
         hint = "; the file may be cut short or still uploading" if "moov" in str(error) else ""
         raise MediaRejected(f"{name}: not a readable {suffix[1:].upper()} file ({_ffmpeg(error)}){hint}") from None
@@ -210,6 +210,9 @@ def _check_header(container: av.container.InputContainer, name: str, limits: Med
         what = "only audio" if container.streams.audio else "no video stream"
         raise MediaRejected(f"{name}: the file holds {what}; the studio needs a clip with video")
     stream = container.streams.video[0]
+    if stream.codec_context is None:
+        raise MediaRejected(f"{name}: its video codec has no decoder here; "
+                            "re-encode it as H.264, VP9 or AV1")
     width, height = stream.codec_context.width, stream.codec_context.height
     if width < 1 or height < 1:
         raise MediaRejected(f"{name}: the video stream gives no frame size; the file is damaged")
@@ -250,22 +253,29 @@ def video_info(path: str | Path, limits: MediaLimits = DEFAULT_LIMITS) -> VideoI
 
 def decode_video(path: str | Path, limits: MediaLimits = DEFAULT_LIMITS) -> Iterator[tuple[float, av.VideoFrame]]:
     """(seconds since the first frame, frame) in presentation order, every frame held to the limits: the
-    frame size, the clip length, a frame cap and a wall-clock budget. Timestamps never go backwards."""
+    frame size, the clip length, a frame cap and a budget of decoding time (the caller's own work on the
+    frames between two yields does not count). Timestamps never go backwards."""
     container, info = open_video(path, limits)
     name = Path(path).name
-    started = time.monotonic()
+    spent = 0.0
     first = previous = None
     count = 0
     with container:
         stream = container.streams.video[0]
         rate = info.fps or 25.0
+        frames = container.decode(stream)
         try:
-            for frame in container.decode(stream):
+            while True:
+                began = time.monotonic()
+                frame = next(frames, None)
+                spent += time.monotonic() - began
+                if frame is None:
+                    break
                 count += 1
                 if count > limits.max_frames:
                     raise MediaRejected(f"{name}: the video has more than {limits.max_frames:,} frames; the studio "
                                         f"takes {limits.describe_video()}")
-                if time.monotonic() - started > limits.decode_budget_s:
+                if spent > limits.decode_budget_s:
                     raise MediaRejected(f"{name}: decoding took longer than {limits.decode_budget_s:g} s (stopped at "
                                         f"frame {count}); re-encode the clip shorter or smaller")
                 _check_frame_size(frame.width, frame.height, name, limits, at=f" at frame {count}")

@@ -7,6 +7,7 @@ temporary name in the destination folder and are renamed into place, so a reader
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from fractions import Fraction
@@ -20,7 +21,7 @@ from PIL import Image
 
 from pipelines.media_check import (
     DEFAULT_LIMITS, IMAGE_SUFFIXES, VIDEO_SUFFIXES, MediaLimits, MediaRejected, decode_image, decode_video,
-    first_target, folder_frames, open_image, video_info,
+    first_target, folder_frames, open_image, open_video, video_info,
 )
 
 OUTPUT_SUFFIXES = (".mp4", ".gif", ".png")
@@ -78,21 +79,28 @@ def _sample(path: Path, fps: float, max_frames: int | None, limits: MediaLimits,
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         raise MediaRejected(f"{path.name}: unsupported video type {path.suffix or '(none)'!r}; valid: "
                             f"{', '.join(VIDEO_SUFFIXES)} or a folder of PNG frames")
+    if not fps > 0:
+        raise ValueError(f"fps = {fps!r} is not valid: above 0")
     times: list[float] = []
     kept: dict[int, np.ndarray] = {}
     held = None
-    stop_after = None if max_frames is None else (max_frames + 1) / fps
+    # Every timestamp is collected (the clip's length and frame step come from all of them, as `_picks`
+    # needs); with `max_frames`, frames only later outputs could land on are not kept.
+    wanted = max_frames if max_frames else None
     for index, (seconds, frame) in enumerate(decode_video(path, limits)):
-        if held is not None and keep is not None and first_target(times[-1], fps) / fps < seconds:
+        if held is not None and keep is not None and _needed(times[-1], seconds, fps, wanted):
             kept[index - 1] = keep(held)
-        if stop_after is not None and seconds > stop_after:
-            break
         times.append(seconds)
         held = frame
-    else:
-        if held is not None and keep is not None:
-            kept[len(times) - 1] = keep(held)
+    if held is not None and keep is not None and _needed(times[-1], math.inf, fps, wanted):
+        kept[len(times) - 1] = keep(held)
     return times, kept
+
+
+def _needed(start: float, end: float, fps: float, max_frames: int | None) -> bool:
+    """Whether a frame shown from `start` until `end` can be some output frame's pick."""
+    first = first_target(start, fps)
+    return first / fps < end and (max_frames is None or first < max_frames)
 
 
 def _picks(times: list[float], fps: float, max_frames: int | None) -> list[int]:
@@ -165,6 +173,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb") as handle:  # on disk before the rename, so a power cut cannot list an empty file
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        if hasattr(os, "O_DIRECTORY"):  # and the rename itself (POSIX)
+            folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -179,7 +193,8 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, audio_from: str 
     """H.264 (yuv420p, CRF 17) MP4; copies the audio of `audio_from`, trimmed to the clip, when it has one."""
     _, height, width, _ = frames.shape
     with contextlib.ExitStack() as stack:
-        source = stack.enter_context(av.open(str(audio_from))) if audio_from is not None else None
+        # The audio comes from an input clip: opened through the same gate as its frames.
+        source = stack.enter_context(open_video(audio_from)[0]) if audio_from is not None else None
         tmp = stack.enter_context(atomic_path(path))
         out = stack.enter_context(av.open(str(tmp), mode="w", format="mp4"))
         if comment:
@@ -204,6 +219,8 @@ def _copy_audio(source, in_stream, out, audio, duration: float) -> None:
     resampler = av.AudioResampler(format="fltp", layout="stereo", rate=rate)
     limit, written = int(duration * rate), 0
     for frame in source.decode(in_stream):
+        if written >= limit:  # the clip's length is reached: the rest of the track is never decoded
+            break
         for chunk in resampler.resample(frame):
             keep = min(chunk.samples, limit - written)
             if keep <= 0:

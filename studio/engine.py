@@ -187,7 +187,7 @@ class Engine:
         except GenerationCancelled as stop:
             return "cancelled", f"Cancelled ({stop})."
         except ValueError as error:  # a request this model cannot take: the message says what is valid
-            log.info("job %d refused: %s", job.id, error)
+            log.info("job %d refused: %s", job.id, str(error))  # the text only: a record must not hold frames
             return "failed", f"Cannot generate this: {error}"
         except Exception as error:  # noqa: BLE001 - the studio must keep serving; the log has the traceback
             # The traceback as text: a LogRecord holding exc_info would keep the job's tensors alive in any
@@ -216,4 +216,7 @@ def _free_memory() -> None:
 
     gc.collect()
     if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        try:
+            torch.cuda.empty_cache()
+        except RuntimeError:  # a device in a failed state: the job's own message matters more
+            log.error("could not empty the CUDA cache\n%s", traceback.format_exc())

@@ -59,8 +59,8 @@ def create(model: str, outputs: Path, device: str | None = None, low_vram: bool 
 
 def blocked_paths(model: str, outputs: Path) -> list[str]:
     """Folders Gradio must never serve even if a path slips past `allowed_paths`: the model's, the hub
-    cache and the home folder's secrets. (A blocked folder that holds the outputs would hide them, so one
-    never is.)"""
+    cache and the home folder's secrets. (A blocked folder that holds the outputs or Gradio's upload folder
+    would hide them, so one never is.)"""
     from huggingface_hub import constants
 
     home = Path.home()
@@ -68,8 +68,11 @@ def blocked_paths(model: str, outputs: Path) -> list[str]:
                   home / ".config", home / ".aws", home / ".netrc", Path(__file__).resolve().parents[1] / "assets"]
     if Path(model).expanduser().exists():
         candidates.append(Path(model).expanduser())
-    outputs = outputs.resolve()
-    return sorted({str(p.resolve()) for p in candidates if not outputs.is_relative_to(p.resolve())})
+    from gradio.utils import get_upload_folder
+
+    served = [outputs.resolve(), Path(get_upload_folder()).resolve()]  # outputs, and where uploads land
+    return sorted({str(p.resolve()) for p in candidates
+                   if not any(folder.is_relative_to(p.resolve()) for folder in served)})
 
 
 def launch_kwargs(args: argparse.Namespace, history) -> dict:
