@@ -266,7 +266,7 @@ class VideoPipeline:
                 torch.cuda.empty_cache()
             raise
 
-        notes = [f"{p.item.source}: {p.timeline_note}" for p in placed if p.timeline_note]
+        notes = [f"{Path(p.item.source).name}: {p.timeline_note}" for p in placed if p.timeline_note]
         parents = [p.item.source for p in placed] + ([request.init_video] if request.init_video else [])
         return GenerationResult(
             frames=frames, fps=request.fps, request=request, model_id=self.model_id,

@@ -394,9 +394,9 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                              api_visibility="private")
             with gr.Row():
                 seed = gr.Number(value=-1, label="Seed (-1: random)", precision=0, elem_id=f"{tab}-seed")
-                gr.Button("🎲 Random", size="sm", scale=0).click(lambda: -1, None, seed, queue=False,
+                gr.Button("Random", size="sm", scale=0).click(lambda: -1, None, seed, queue=False,
                                                                              api_visibility="private")
-                gr.Button("♻ Reuse last", size="sm", scale=0).click(
+                gr.Button("Reuse last", size="sm", scale=0).click(
                     lambda last: -1 if last is None else last, last_seed, seed, queue=False, api_visibility="private")
             with gr.Accordion("Advanced", open=False, elem_id=f"{tab}-advanced"):
                 negative = gr.Textbox(label="Negative prompt", placeholder="what to steer away from")
