@@ -1,6 +1,6 @@
 """Real Wan checkpoint shapes with random weights: the same shapes run at the same speed, and nothing is
-downloaded. The text encoder is a one-layer T5 at the checkpoint's width (4096 for UMT5-XXL); it runs once
-per clip, so its depth does not matter for step timings.
+downloaded. The text encoder is UMT5-XXL's encoder with random weights (it runs once per clip, so it does
+not matter for step timings, but its 5.7B parameters do for memory).
 
 Shapes are from the published configs (../shared/guide/anchors.md has the list):
 - wan2.1-t2v-1.3b: 12 heads x 128, 30 layers, ffn 8960, latent 16; VAE defaults; 832x480x81 at 16 fps
@@ -67,13 +67,18 @@ def word_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
-def text_encoder(width: int, layers: int = 1):
-    from transformers import T5Config, T5EncoderModel
+# UMT5-XXL's encoder, the text encoder of every Wan checkpoint: its size matters for memory, not for steps.
+UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, dropout_rate=0.0)
 
-    heads = max(1, width // 64)
-    config = T5Config(vocab_size=64, d_model=width, d_kv=width // heads, d_ff=max(37, width * 5 // 2),
-                      num_layers=layers, num_heads=heads, relative_attention_num_buckets=8, dropout_rate=0.0)
-    return T5EncoderModel(config).eval()
+
+def text_encoder(width: int):
+    """UMT5-XXL's encoder at the real width; a 2-layer miniature for the tiny shape."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    config = UMT5_XXL if width == 4096 else dict(vocab_size=64, d_model=width, d_kv=8, d_ff=37, num_layers=2,
+                                                  num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0)
+    return UMT5EncoderModel(UMT5Config(**config)).eval()
 
 
 def components(name: str, device: torch.device | str, dtype: torch.dtype, seed: int = 0) -> dict:

@@ -101,8 +101,8 @@ class VideoPipeline:
         self._latent_mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, z, 1, 1, 1)
         self._latent_inv_std = 1.0 / torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, z, 1, 1, 1)
         self.device = torch.device(device)
-        # Low-VRAM: every model waits on the CPU and visits the GPU only for its own stage; the VAE works in
-        # tiles and guidance runs its two branches one after the other.
+        # Low-VRAM: the DiT and the VAE wait on the CPU and visit the GPU only for their own stage, the text
+        # encoder never leaves the CPU; the VAE works in tiles and guidance runs its branches one after the other.
         self.low_vram = low_vram and self.device.type == "cuda"
         self._previewer: LatentPreviewer | None = None
         use_onednn_conv3d(self.vae)  # only takes effect while the VAE runs in float32 on the CPU
@@ -210,9 +210,10 @@ class VideoPipeline:
             # 2. Encode text.
             dtype = self.transformer.dtype
             guided = request.guidance_scale > 1.0
-            with self._resident(self.text_encoder):
-                cond = self.prompts(request.prompt).to(self.device, dtype)  # (1, L, D)
-                uncond = self.prompts(request.negative_prompt).to(self.device, dtype) if guided else None
+            # Low-VRAM encodes text on the CPU, as Wan's own --t5_cpu does: UMT5-XXL alone is ~11 GB in bf16,
+            # more than the whole budget, and it runs once per prompt (the embeddings are cached).
+            cond = self.prompts(request.prompt).to(self.device, dtype)  # (1, L, D)
+            uncond = self.prompts(request.negative_prompt).to(self.device, dtype) if guided else None
             lap("encode_text")
 
             # 3. Encode conditioning: the init video (SDEdit) and the known frames of every item.
