@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.cpu_vs_diffusers import psnr
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("diffusers", "ours", "attention", "compile", "fast", "fast+cache", "low-vram")
@@ -171,11 +172,6 @@ def worker(args: argparse.Namespace) -> dict:
                                                         device, dtype, shape.per_token)
     np.save(args.frames_out, video)
     return info
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def main(argv: list[str] | None = None) -> int:

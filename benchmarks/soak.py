@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.startup import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = "1:1 · 32x32"
 
@@ -37,14 +39,8 @@ def _rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(model: str, outputs: Path, log_path: Path, timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     log = open(log_path, "w")
     process = subprocess.Popen([sys.executable, "launch.py", "--model", model, "--outputs", str(outputs),
                                 "--port", str(port), "--device", "cpu"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
