@@ -370,7 +370,8 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
     with gr.Blocks(title="Video Studio") as demo:
         last_output = gr.State(None)
         last_seed = gr.State(None)
-        gr.Markdown(f"## Video Studio\nModel: `{info.model_id}` · default {info.width}x{info.height}, "
+        shown = Path(info.model_id).name if Path(info.model_id).is_absolute() else info.model_id  # a folder: its name
+        gr.Markdown(f"## Video Studio\nModel: `{shown}` · default {info.width}x{info.height}, "
                     f"{info.num_frames} frames at {info.fps:g} fps")
         controls: dict[str, Controls] = {}
         extra: dict[str, dict[str, Any]] = {}
