@@ -14,11 +14,7 @@ transformer's repeated blocks, and step caching. Each can be measured on its own
 
 from __future__ import annotations
 
-import logging
-
 import torch
-
-log = logging.getLogger("pipelines.acceleration")
 
 # Fastest first; each needs its kernels (flash-attn 3 or 2, cuDNN >= 9 through PyTorch, plain SDPA).
 CUDA_ATTENTION_PREFERENCE = ("_flash_3", "flash", "_native_cudnn", "native")

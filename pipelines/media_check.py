@@ -11,7 +11,6 @@ and what the studio takes, e.g. "clip.mp4: the video is 1 h 0 min long; the stud
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,10 +26,10 @@ IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")  # Pillow decoders the studio let
 
 # What a file's first bytes say it is -> the suffixes that may carry it and the demuxer that must read it.
 # Forcing the demuxer by suffix means a playlist or concat list renamed to .mp4 is never parsed as one.
-# Pillow reads an image by its content, so an image may carry any image suffix.
+# Pillow reads an image by its content, so an image may carry any image suffix (its own listed first).
+_IMAGE_KINDS = {"PNG image": ".png", "JPEG image": ".jpg", "WebP image": ".webp", "BMP image": ".bmp"}
 _KINDS = {
-    "PNG image": (".png", ".jpg", ".jpeg", ".webp", ".bmp"), "JPEG image": (".jpg", ".jpeg", ".png", ".webp", ".bmp"),
-    "WebP image": (".webp", ".png", ".jpg", ".jpeg", ".bmp"), "BMP image": (".bmp", ".png", ".jpg", ".jpeg", ".webp"),
+    **{kind: (own, *(s for s in IMAGE_SUFFIXES if s != own)) for kind, own in _IMAGE_KINDS.items()},
     "GIF": (".gif",), "MP4/MOV video": (".mp4", ".mov"), "WebM/MKV video": (".webm", ".mkv"),
 }
 _DEMUXERS = {".mp4": "mov", ".mov": "mov", ".webm": "matroska", ".mkv": "matroska", ".gif": "gif"}
@@ -190,6 +189,8 @@ def open_video(path: str | Path, limits: MediaLimits = DEFAULT_LIMITS) -> tuple[
     passed the limits. The caller closes it."""
     path, suffix = check_file(path, limits)
     name = path.name
+    if suffix not in VIDEO_SUFFIXES:
+        raise MediaRejected(f"{name}: unsupported video type {suffix!r}; valid: {', '.join(VIDEO_SUFFIXES)}")
     try:
         # protocol_whitelist: a demuxer may not open anything else (an HLS or dref reference) on its own
         container = av.open(str(path), format=_DEMUXERS[suffix], options={"protocol_whitelist": "file"},
@@ -312,8 +313,3 @@ def folder_frames(path: Path, limits: MediaLimits = DEFAULT_LIMITS) -> list[Path
                             f"to {limits.max_folder_frames:,}")
     return files
 
-
-def first_target(seconds: float, fps: float) -> int:
-    """The first output frame index whose sampling time (k / fps plus at most a quarter frame) can fall
-    at or after `seconds`."""
-    return max(0, math.ceil(seconds * fps - 0.25 - 1e-9))

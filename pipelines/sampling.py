@@ -20,6 +20,8 @@ from typing import Callable
 
 import torch
 
+from pipelines.acceleration import caching
+
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
 
@@ -87,7 +89,7 @@ class GuidedDenoiser:
         self.cond, self.uncond = cond, uncond
         self.batched = batched
         self.embeds = torch.cat([cond, uncond]) if self.guided and batched else cond  # (2B or B, L, D)
-        self.cached = bool(getattr(transformer, "is_cache_enabled", False))
+        self.cached = caching(transformer)
 
     def _forward(self, latents: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor,
                  branch: str = "guided") -> torch.Tensor:

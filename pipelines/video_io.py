@@ -20,8 +20,8 @@ from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 from pipelines.media_check import (
-    DEFAULT_LIMITS, IMAGE_SUFFIXES, VIDEO_SUFFIXES, MediaLimits, MediaRejected, decode_image, decode_video,
-    first_target, folder_frames, open_image, open_video, video_info,
+    DEFAULT_LIMITS, IMAGE_SUFFIXES, MediaLimits, decode_image, decode_video,
+    folder_frames, open_image, open_video, video_info,
 )
 
 OUTPUT_SUFFIXES = (".mp4", ".gif", ".png")
@@ -46,7 +46,7 @@ def read_video(path: str | Path, fps: float, max_frames: int | None = None, size
     output frame."""
     path = Path(path)
     if path.is_dir():
-        files = folder_frames(path, limits)[:max_frames] if max_frames else folder_frames(path, limits)
+        files = folder_frames(path, limits)[:max_frames or None]
         return np.stack([_fit(read_image(p, limits)[0], size) for p in files])
     rgb = VideoReformatter()  # one converter for the clip: `to_ndarray(format=...)` builds one per frame (~7 ms)
     times, kept = _sample(path, fps, max_frames, limits,
@@ -74,11 +74,6 @@ def _sample(path: Path, fps: float, max_frames: int | None, limits: MediaLimits,
     Output time k takes the last frame shown at k / fps plus a slack of at most a quarter frame (see
     `_picks`), so frame i is needed only if [t_i, t_i+1) meets some [k / fps, (k + 1/4) / fps]. Holding one
     frame back until the next one's time is known keeps at most about two frames per output frame."""
-    if not path.is_file():
-        raise MediaRejected(f"{str(path)!r} does not exist")
-    if path.suffix.lower() not in VIDEO_SUFFIXES:
-        raise MediaRejected(f"{path.name}: unsupported video type {path.suffix or '(none)'!r}; valid: "
-                            f"{', '.join(VIDEO_SUFFIXES)} or a folder of PNG frames")
     if not fps > 0:
         raise ValueError(f"fps = {fps!r} is not valid: above 0")
     times: list[float] = []
@@ -98,8 +93,9 @@ def _sample(path: Path, fps: float, max_frames: int | None, limits: MediaLimits,
 
 
 def _needed(start: float, end: float, fps: float, max_frames: int | None) -> bool:
-    """Whether a frame shown from `start` until `end` can be some output frame's pick."""
-    first = first_target(start, fps)
+    """Whether a frame shown from `start` until `end` can be some output frame's pick: the first output k
+    whose sampling time (k / fps plus at most a quarter frame) reaches `start` must come before `end`."""
+    first = max(0, math.ceil(start * fps - 0.25 - 1e-9))
     return first / fps < end and (max_frames is None or first < max_frames)
 
 
