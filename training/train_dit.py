@@ -4,8 +4,8 @@ Rectified flow (arXiv 2209.03003): x_sigma = (1 - sigma) x0 + sigma eps, the mod
 latent frames (the conditioning) carry timestep 0 and their clean latents and take no loss, as in Wan 2.2
 TI2V and LTX-Video; the masks cover every mode: none, the first frame, the first or last k frames, both
 ends, a random subset. Windows are also cut from the middle of clips, where the first latent stands for 4
-frames, as when a chain conditions on a clip's saved latents. Captions are dropped 10 % of the time for
-classifier-free guidance.
+frames, as when a chain conditions on a clip's saved latents. Noise levels are shifted like the sampler's
+schedule. Captions are dropped 10 % of the time for classifier-free guidance.
 
 Stages (each resumable; `--run DIR` holds the files):
     python -m training.train_dit --run training/runs/embedded cache --clips 2400     # latents + text states
@@ -25,17 +25,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.components import (LATENT_CHANNELS, TEXT_MAX_TOKENS, load_text_encoder, new_transformer, new_vae,
-                                 save_model)
+from pipelines.cpu_kernels import use_onednn_conv3d
+from training.components import (LATENT_CHANNELS, SCHEDULER_CONFIG, TEXT_MAX_TOKENS, load_text_encoder,
+                                 new_transformer, new_vae, save_model)
 from training.components import TRAIN_SIZES as SIZES
 from training.world import clip
 
 CLIP_FRAMES = 25  # 7 latent frames: windows of 1, 3, 5 or 7 latents are cut from them
+SHIFT = SCHEDULER_CONFIG["flow_shift"]
 
 
 def load_vae(run: Path):
     vae = new_vae()
     vae.load_state_dict(torch.load(run / "vae.pt", weights_only=False)["model"])
+    use_onednn_conv3d(vae)
     return vae.eval()
 
 
@@ -106,6 +109,16 @@ def sample_mask(rng: np.random.Generator, frames: int) -> np.ndarray:
     return held
 
 
+def sample_sigmas(rng: np.random.Generator, batch: int) -> torch.Tensor:
+    """Training noise levels: half logit-normal, half uniform, then shifted as the sampler shifts its schedule
+    (SD3, arXiv 2403.03206, section 5.3.2). Training then sees the high noise levels where sampling spends
+    half its steps and where the prompt decides layout, colours and motion."""
+    normal = torch.sigmoid(torch.from_numpy(rng.standard_normal(batch)).float())
+    uniform = torch.from_numpy(rng.random(batch)).float()
+    u = torch.where(torch.from_numpy(rng.random(batch) < 0.5), normal, uniform)
+    return (SHIFT * u / (1 + (SHIFT - 1) * u)).clamp(1e-3, 1.0)
+
+
 def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | None = None) -> None:
     data = torch.load(run / "cache.pt", weights_only=False)
     mean = torch.tensor(data["stats"]["latents_mean"]).view(1, LATENT_CHANNELS, 1, 1, 1)
@@ -148,10 +161,7 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
         dropped = torch.from_numpy(rng.random(batch) < 0.1)
         text = torch.where(dropped[:, None, None], empty.expand_as(text), text)
         held = torch.from_numpy(np.stack([sample_mask(rng, length) for _ in range(batch)]))  # (B, F)
-        # sigma: half logit-normal, half uniform, over the whole trajectory.
-        normal = torch.sigmoid(torch.from_numpy(rng.standard_normal(batch)).float())
-        uniform = torch.from_numpy(rng.random(batch)).float()
-        sigma = torch.where(torch.from_numpy(rng.random(batch) < 0.5), normal, uniform).clamp(1e-3, 1.0)
+        sigma = sample_sigmas(rng, batch)  # (B,)
         noise = torch.from_numpy(rng.standard_normal(x0.shape)).float()
         token_sigma = sigma[:, None] * (~held).float()  # (B, F): 0 on held frames
         s = token_sigma[:, None, :, None, None]

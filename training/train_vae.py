@@ -1,8 +1,12 @@
 """Train the embedded model's VAE on the procedural world: reconstruction (L1 + MSE) plus a small KL term.
 
-Images count as one-frame clips. Batches are random crops of scenes rendered at the studio's sizes, so the
-VAE sees objects at the scale it will meet them. Resumable: `--run DIR` keeps `vae.pt` (weights, optimiser,
-step) and `vae_log.jsonl`.
+Images count as one-frame clips. Batches are crops of scenes rendered at the studio's sizes, so the VAE sees
+objects at the scale it will meet them. The objects cover about 2 % of the pixels, so an unweighted loss lets
+the VAE trade them for the smooth backgrounds: four frames of a small moving shape share one latent, and a
+VAE trained that way smears them into a ghost of the wrong colour (the judge read 52 % of colours correctly
+from such reconstructions). Pixels where an object is drawn therefore weigh FOREGROUND_WEIGHT times more,
+and most crops are centred on an object. Resumable: `--run DIR` keeps `vae.pt` (weights, optimiser, step)
+and `vae_log.jsonl`.
 
     python -m training.train_vae --run training/runs/embedded --steps 1200
 """
@@ -13,27 +17,48 @@ import argparse
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pipelines.cpu_kernels import use_onednn_conv3d
 from training.components import TRAIN_SIZES as SIZES, new_vae
-from training.world import clip
+from training.world import clip, render
 
 CURRICULUM = ((1, 8), (9, 4), (1, 8), (17, 2))  # (frames, batch) in turn
+FOREGROUND_WEIGHT = 10.0
+CENTRED_CROPS = 0.75  # the share of crops centred on the objects
 
 
-def random_batch(rng: np.random.Generator, frames: int, batch: int, crop: int) -> torch.Tensor:
-    """(B, 3, frames, crop, crop) in [-1, 1]: crops of freshly rendered scenes."""
-    out = []
+def foreground(video: np.ndarray, scene) -> np.ndarray:
+    """(F, H, W) bool: where the scene's objects (with their outlines and halos) change the background."""
+    frames, height, width, _ = video.shape
+    empty = render(replace(scene, things=()), width, height, frames, 8.0)
+    return np.abs(video.astype(np.int16) - empty).sum(-1) > 24
+
+
+def random_batch(rng: np.random.Generator, frames: int, batch: int, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crops of freshly rendered scenes, (B, 3, frames, crop, crop) in [-1, 1], and their foreground masks
+    (B, 1, frames, crop, crop)."""
+    out, masks = [], []
     for _ in range(batch):
         width, height = SIZES[rng.integers(len(SIZES))]
-        video, _, _ = clip(int(rng.integers(2**31)), width, height, frames=frames, fps=8.0)
-        top, left = rng.integers(0, height - crop + 1), rng.integers(0, width - crop + 1)
+        video, _, scene = clip(int(rng.integers(2**31)), width, height, frames=frames, fps=8.0)
+        mask = foreground(video, scene)
+        ys, xs = np.nonzero(mask.any(0))
+        if len(ys) and rng.random() < CENTRED_CROPS:
+            cy, cx = ys.mean() + rng.integers(-crop // 4, crop // 4 + 1), xs.mean() + rng.integers(-crop // 4, crop // 4 + 1)
+            top = int(np.clip(cy - crop // 2, 0, height - crop))
+            left = int(np.clip(cx - crop // 2, 0, width - crop))
+        else:
+            top, left = int(rng.integers(0, height - crop + 1)), int(rng.integers(0, width - crop + 1))
         out.append(video[:, top:top + crop, left:left + crop])
+        masks.append(mask[:, top:top + crop, left:left + crop])
     pixels = torch.from_numpy(np.stack(out)).float() / 127.5 - 1.0  # (B, F, H, W, 3)
-    return pixels.permute(0, 4, 1, 2, 3).contiguous()  # (B, 3, F, H, W)
+    masks = torch.from_numpy(np.stack(masks)).float()[:, None]  # (B, 1, F, H, W)
+    return pixels.permute(0, 4, 1, 2, 3).contiguous(), masks  # (B, 3, F, H, W)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -56,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(args.seed)
     vae = new_vae().train()
+    use_onednn_conv3d(vae)  # its backward works too: 1.2x faster training steps on this CPU
     optimiser = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     step = 0
     if checkpoint.is_file():
@@ -77,11 +103,13 @@ def main(argv: list[str] | None = None) -> None:
         # Cycle stills (one-frame clips), 9-frame and 17-frame clips: the causal decoder must stay stable
         # over as many latent frames as the studio decodes (a VAE trained on 9 frames alone degrades past 3).
         frames, batch = CURRICULUM[step % len(CURRICULUM)]
-        x = random_batch(rng, frames, batch, 64)
+        x, mask = random_batch(rng, frames, batch, 64)
         posterior = vae.encode(x).latent_dist
         z = posterior.sample(generator)
         reconstruction = vae.decode(z).sample
-        rec = (reconstruction - x).abs().mean() + (reconstruction - x).pow(2).mean()
+        error = reconstruction - x  # (B, 3, F, H, W)
+        weight = 1 + FOREGROUND_WEIGHT * mask  # (B, 1, F, H, W)
+        rec = ((error.abs() + error.pow(2)) * weight).mean() / weight.mean()
         kl = posterior.kl().mean()
         loss = rec + args.kl * kl
         optimiser.zero_grad(set_to_none=True)
@@ -90,8 +118,11 @@ def main(argv: list[str] | None = None) -> None:
         optimiser.step()
         step += 1
         if step % 20 == 0 or step == args.steps:
+            fg = mask.expand_as(x).bool()
             record = {"step": step, "loss": round(loss.item(), 5), "kl": round(kl.item(), 2), "lr": lr,
-                      "psnr": round(psnr(reconstruction.detach(), x), 2), "frames": x.shape[2],
+                      "psnr": round(psnr(reconstruction.detach(), x), 2),
+                      "foreground_psnr": round(psnr(reconstruction.detach()[fg], x[fg]), 2) if fg.any() else None,
+                      "frames": x.shape[2],
                       "elapsed_s": round(time.time() - started, 1)}
             print(json.dumps(record), flush=True)
             log.write(json.dumps(record) + "\n")
