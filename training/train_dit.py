@@ -130,19 +130,20 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
     model = new_transformer().train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
-    step = 0
+    step, earlier_steps = 0, 0  # earlier_steps: what the runs this one was initialised from trained
     if checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimiser.load_state_dict(state["optimiser"])
-        step = state["step"]
+        step, earlier_steps = state["step"], state.get("earlier_steps", 0)
         print(f"resumed at step {step}")
     elif init is not None:  # warm start, e.g. after the VAE was fine-tuned: weights only, a fresh schedule
         state = torch.load(init, weights_only=False)
         model.load_state_dict(state["ema"])
         ema.load_state_dict(state["ema"])
-        print(f"initialised from {init} (trained {state['step']} steps)")
+        earlier_steps = state.get("earlier_steps", 0) + state["step"]
+        print(f"initialised from {init} (trained {earlier_steps} steps)")
     rng = np.random.default_rng(seed + step)
     log = open(run / "dit_log.jsonl", "a")
     started, recent = time.time(), []
@@ -190,7 +191,7 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
             log.flush()
         if step % 250 == 0 or step == steps:
             torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimiser": optimiser.state_dict(),
-                        "step": step}, checkpoint)
+                        "step": step, "earlier_steps": earlier_steps}, checkpoint)
 
 
 def export(run: Path, out: Path) -> None:
