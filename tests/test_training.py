@@ -7,17 +7,17 @@ import pytest
 import torch
 
 from training import train_dit, train_vae
-from training.world import Scene, Thing, render
+from training.world import Scene, Thing, foreground, render
 
 
 def test_the_foreground_mask_is_the_objects_and_nothing_else():
     thing = Thing("square", "red", "right", True, (0.5, 0.5))
     scene = Scene((thing,), "night", look="glowing", pan=0.1)  # stars pan: the mask must not follow them
     video = render(scene, 96, 96, 9, 8.0)
-    mask = train_vae.foreground(video, scene)
+    mask = foreground(video, scene)
     assert mask.shape == video.shape[:3]
     empty = Scene((), "night", pan=0.1)
-    assert not train_vae.foreground(render(empty, 96, 96, 9, 8.0), empty).any()
+    assert not foreground(render(empty, 96, 96, 9, 8.0), empty).any()
     # A large square covers about 8 % of the frame and its glow as much again twice over; each frame's mask
     # is one blob around the object's centre, which moves right.
     centres = [np.nonzero(frame)[1].mean() for frame in mask]
@@ -74,3 +74,40 @@ def test_dit_noise_levels_follow_the_samplers_shifted_schedule():
     # u has median 1/2; shift 3 maps it to 3/4, where the studio's 20-step schedule also has its median.
     assert abs(sigmas.median().item() - 0.75) < 0.02
     assert (sigmas > 0.9).float().mean().item() > 0.15  # unshifted, about 0.06 would be
+
+
+def test_latent_masks_mark_the_cells_the_vae_maps_object_pixels_into():
+    mask = np.zeros((9, 64, 64), bool)
+    mask[0, 3, 3] = True  # frame 0 has a latent frame of its own
+    mask[5, 20, 45] = True  # frames 5-8 share latent frame 2
+    cells = train_dit.latent_mask(mask)
+    assert cells.shape == (3, 8, 8)
+    assert cells.nonzero().tolist() == [[0, 0, 0], [2, 2, 5]]
+    scene = Scene((Thing("ball", "red", "right", False, (0.3, 0.5)),), "day")
+    video = render(scene, 128, 96, 25, 8.0)
+    cells = train_dit.latent_mask(foreground(video, scene))  # (7, 12, 16)
+    assert cells.shape == (7, 12, 16)
+    assert all(0 < frame.float().mean() < 0.15 for frame in cells)  # a small ball: a few cells, in every frame
+    columns = [frame.nonzero()[:, 1].float().mean().item() for frame in cells]
+    assert columns[-1] > columns[0]  # and they follow it to the right
+
+
+def test_dit_caches_object_masks_and_training_resumes(tmp_path, capsys, keep_threads):
+    from training.components import new_vae
+
+    torch.save({"model": new_vae().state_dict()}, tmp_path / "vae.pt")
+    train_dit.main(["--run", str(tmp_path), "--threads", "1", "cache", "--clips", "8"])
+    cache = torch.load(tmp_path / "cache.pt", weights_only=False)
+    (group,) = cache["groups"].values()
+    assert group["objects"].shape == (8, 7, *group["latents"].shape[-2:]) and group["objects"].dtype == torch.bool
+    assert group["objects"].any()
+    assert group["text"].shape[0] == len(group["captions"]) == 8
+    train_dit.main(["--run", str(tmp_path), "--threads", "1", "train", "--steps", "2", "--batch", "2"])
+    first = torch.load(tmp_path / "dit.pt", weights_only=False)
+    train_dit.main(["--run", str(tmp_path), "--threads", "1", "train", "--steps", "3", "--batch", "2"])
+    assert "resumed at step 2" in capsys.readouterr().out
+    second = torch.load(tmp_path / "dit.pt", weights_only=False)
+    assert (first["step"], second["step"]) == (2, 3)
+    assert any(not torch.equal(first["model"][k], second["model"][k]) for k in first["model"])
+    records = [json.loads(line) for line in (tmp_path / "dit_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 3] and all(np.isfinite(r["loss"]) for r in records)

@@ -7,6 +7,12 @@ ends, a random subset. Windows are also cut from the middle of clips, where the 
 frames, as when a chain conditions on a clip's saved latents. Noise levels are shifted like the sampler's
 schedule. Captions are dropped 10 % of the time for classifier-free guidance.
 
+The objects cover a few percent of the latent grid, yet they carry what the prompt asks for (colour, shape,
+motion), so latent tokens an object touches weigh FOREGROUND_WEIGHT times more in the loss. A fixed weight per
+token leaves each token's optimum, the conditional mean of eps - x0, where it was; it only spends more of the
+model's capacity and gradient on the objects. Forward and backward run under bf16 autocast (fp32 weights and
+optimiser), 1.25x faster per step on a 2-core Zen 4 CPU with AVX512-BF16 (`--fp32` turns it off).
+
 Stages (each resumable; `--run DIR` holds the files):
     python -m training.train_dit --run training/runs/embedded cache --clips 2400     # latents + text states
     python -m training.train_dit --run training/runs/embedded train --steps 3000
@@ -29,9 +35,10 @@ from pipelines.cpu_kernels import use_onednn_conv3d
 from training.components import (LATENT_CHANNELS, SCHEDULER_CONFIG, TEXT_MAX_TOKENS, load_text_encoder,
                                  new_transformer, new_vae, save_model)
 from training.components import TRAIN_SIZES as SIZES
-from training.world import clip
+from training.world import clip, foreground
 
 CLIP_FRAMES = 25  # 7 latent frames: windows of 1, 3, 5 or 7 latents are cut from them
+FOREGROUND_WEIGHT = 4.0
 SHIFT = SCHEDULER_CONFIG["flow_shift"]
 
 
@@ -53,6 +60,15 @@ def encode_text(tokenizer, encoder, captions: list[str]) -> torch.Tensor:
     return hidden * tokens.attention_mask[..., None]
 
 
+def latent_mask(mask: np.ndarray) -> torch.Tensor:
+    """(F, H, W) pixel mask -> (1 + (F - 1) // 4, H // 8, W // 8) bool: the latent cells the causal VAE's
+    4x temporal, 8x spatial compression maps any masked pixel into (frame 0 alone, then groups of four)."""
+    frames, height, width = mask.shape
+    m = torch.from_numpy(mask).float()  # (F, H, W)
+    groups = torch.cat([m[:1], m[1:].view((frames - 1) // 4, 4, height, width).amax(1)])  # (f, H, W)
+    return torch.nn.functional.max_pool2d(groups[:, None], 8)[:, 0].bool()  # (f, h, w)
+
+
 @torch.no_grad()
 def build_cache(run: Path, clips: int, seed: int) -> None:
     """Encode `clips` rendered clips (grouped by size) and their captions; set the VAE's latent statistics."""
@@ -64,21 +80,23 @@ def build_cache(run: Path, clips: int, seed: int) -> None:
     per_batch = 8
     for index in range(0, clips, per_batch):
         width, height = SIZES[(index // per_batch) % len(SIZES)]
-        videos, captions = [], []
+        videos, captions, masks = [], [], []
         for _ in range(per_batch):
-            video, caption, _ = clip(int(rng.integers(2**31)), width, height, frames=CLIP_FRAMES, fps=8.0)
+            video, caption, scene = clip(int(rng.integers(2**31)), width, height, frames=CLIP_FRAMES, fps=8.0)
             videos.append(video)
             captions.append(caption)
+            masks.append(latent_mask(foreground(video, scene)))
         pixels = torch.from_numpy(np.stack(videos)).float().div(127.5).sub(1).permute(0, 4, 1, 2, 3)
         latents = vae.encode(pixels).latent_dist.mode()  # (B, C, 7, h, w), before normalisation
-        group = groups.setdefault(f"{width}x{height}", {"latents": [], "text": [], "captions": []})
+        group = groups.setdefault(f"{width}x{height}", {"latents": [], "text": [], "captions": [], "objects": []})
         group["latents"].append(latents.half())
+        group["objects"].append(torch.stack(masks))  # (B, 7, h, w)
         group["text"].append(encode_text(tokenizer, text_encoder, captions).half())
         group["captions"].extend(captions)
         if index % 200 == 0:
             print(f"cached {index + per_batch}/{clips} clips in {time.time() - started:.0f} s", flush=True)
-    cache = {k: {"latents": torch.cat(v["latents"]), "text": torch.cat(v["text"]), "captions": v["captions"]}
-             for k, v in groups.items()}
+    cache = {k: {"latents": torch.cat(v["latents"]), "text": torch.cat(v["text"]), "captions": v["captions"],
+                 "objects": torch.cat(v["objects"])} for k, v in groups.items()}
     every = torch.cat([g["latents"].float().transpose(0, 1).flatten(1) for g in cache.values()], dim=1)  # (C, N)
     stats = {"latents_mean": every.mean(1).tolist(), "latents_std": every.std(1).tolist()}
     empty = encode_text(tokenizer, text_encoder, [""]).half()
@@ -119,7 +137,8 @@ def sample_sigmas(rng: np.random.Generator, batch: int) -> torch.Tensor:
     return (SHIFT * u / (1 + (SHIFT - 1) * u)).clamp(1e-3, 1.0)
 
 
-def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | None = None) -> None:
+def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | None = None,
+          bf16: bool = True) -> None:
     data = torch.load(run / "cache.pt", weights_only=False)
     mean = torch.tensor(data["stats"]["latents_mean"]).view(1, LATENT_CHANNELS, 1, 1, 1)
     inv_std = 1.0 / torch.tensor(data["stats"]["latents_std"]).view(1, LATENT_CHANNELS, 1, 1, 1)
@@ -158,6 +177,7 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
         # Most windows start at the clip's first frame; some are cut later (a chain's saved latents).
         offset = 0 if length == 7 or rng.random() < 0.8 else int(rng.integers(1, 7 - length + 1))
         x0 = (group["latents"][picks, :, offset:offset + length].float() - mean) * inv_std  # (B, C, F, h, w)
+        objects = group["objects"][picks, offset:offset + length].float()  # (B, F, h, w)
         text = group["text"][picks].float()  # (B, L, 384)
         dropped = torch.from_numpy(rng.random(batch) < 0.1)
         text = torch.where(dropped[:, None, None], empty.expand_as(text), text)
@@ -169,9 +189,12 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
         xt = (1 - s) * x0 + s * noise
         h, w = x0.shape[-2:]
         timestep = (token_sigma * 1000)[:, :, None].expand(-1, -1, (h // 2) * (w // 2)).reshape(batch, -1)
-        prediction = model(hidden_states=xt, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
-        weight = (~held).float()[:, None, :, None, None]  # no loss on held frames
-        loss = ((prediction - (noise - x0)).pow(2) * weight).sum() / (weight.sum() * LATENT_CHANNELS * h * w)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            prediction = model(hidden_states=xt, timestep=timestep, encoder_hidden_states=text,
+                               return_dict=False)[0]
+        # No loss on held frames; the objects' tokens weigh more.
+        weight = ((~held).float()[:, :, None, None] * (1 + FOREGROUND_WEIGHT * objects))[:, None]  # (B, 1, F, h, w)
+        loss = ((prediction.float() - (noise - x0)).pow(2) * weight).sum() / (weight.sum() * LATENT_CHANNELS)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -217,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     fit.add_argument("--batch", type=int, default=8)
     fit.add_argument("--lr", type=float, default=4e-4)
     fit.add_argument("--init", type=Path, help="start from this dit.pt's EMA weights (a new run, not a resume)")
+    fit.add_argument("--fp32", action="store_true", help="train in fp32 instead of under bf16 autocast")
     ex = sub.add_parser("export")
     ex.add_argument("--out", type=Path, default=Path("assets/embedded-model"))
     args = parser.parse_args(argv)
@@ -224,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "cache":
         build_cache(args.run, args.clips, args.seed)
     elif args.stage == "train":
-        train(args.run, args.steps, args.batch, args.lr, args.seed, args.init)
+        train(args.run, args.steps, args.batch, args.lr, args.seed, args.init, bf16=not args.fp32)
     else:
         export(args.run, args.out)
 

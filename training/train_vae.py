@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,18 +24,11 @@ import torch
 
 from pipelines.cpu_kernels import use_onednn_conv3d
 from training.components import TRAIN_SIZES as SIZES, new_vae
-from training.world import clip, render
+from training.world import clip, foreground
 
 CURRICULUM = ((1, 8), (9, 4), (1, 8), (17, 2))  # (frames, batch) in turn
 FOREGROUND_WEIGHT = 10.0
 CENTRED_CROPS = 0.75  # the share of crops centred on the objects
-
-
-def foreground(video: np.ndarray, scene) -> np.ndarray:
-    """(F, H, W) bool: where the scene's objects (with their outlines and halos) change the background."""
-    frames, height, width, _ = video.shape
-    empty = render(replace(scene, things=()), width, height, frames, 8.0)
-    return np.abs(video.astype(np.int16) - empty).sum(-1) > 24
 
 
 def random_batch(rng: np.random.Generator, frames: int, batch: int, crop: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -286,6 +286,14 @@ def render(scene: Scene, width: int, height: int, frames: int, fps: float) -> np
     return out
 
 
+def foreground(video: np.ndarray, scene: Scene, fps: float = 8.0) -> np.ndarray:
+    """(F, H, W) bool: where the scene's objects (with their outlines and halos) change the background of
+    `video`, the scene rendered at `fps`."""
+    frames, height, width, _ = video.shape
+    empty = render(replace(scene, things=()), width, height, frames, fps)
+    return np.abs(video.astype(np.int16) - empty).sum(-1) > 24
+
+
 def clip(seed: int, width: int = 128, height: int = 128, frames: int = 17, fps: float = 8.0,
          split: str = "train") -> tuple[np.ndarray, str, Scene]:
     """A rendered clip, its caption and its scene."""
