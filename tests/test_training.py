@@ -95,7 +95,7 @@ def test_latent_masks_mark_the_cells_the_vae_maps_object_pixels_into():
 def test_dit_caches_object_masks_and_training_resumes(tmp_path, capsys, keep_threads):
     from training.components import new_vae
 
-    torch.save({"model": new_vae().state_dict()}, tmp_path / "vae.pt")
+    torch.save({"model": new_vae().state_dict(), "step": 5}, tmp_path / "vae.pt")  # as train_vae saves
     train_dit.main(["--run", str(tmp_path), "--threads", "1", "cache", "--clips", "8"])
     cache = torch.load(tmp_path / "cache.pt", weights_only=False)
     (group,) = cache["groups"].values()
@@ -111,3 +111,15 @@ def test_dit_caches_object_masks_and_training_resumes(tmp_path, capsys, keep_thr
     assert any(not torch.equal(first["model"][k], second["model"][k]) for k in first["model"])
     records = [json.loads(line) for line in (tmp_path / "dit_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 3] and all(np.isfinite(r["loss"]) for r in records)
+    # The exported model records its steps, and new runs start from it: how a session goes on from the shipped one.
+    train_dit.main(["--run", str(tmp_path), "export", "--out", str(tmp_path / "model")])
+    assert json.loads((tmp_path / "model" / "training.json").read_text()) == {"vae_steps": 5, "transformer_steps": 3}
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "cache.pt").symlink_to(tmp_path / "cache.pt")
+    train_dit.main(["--run", str(again), "--threads", "1", "train", "--steps", "1", "--batch", "2",
+                    "--init", str(tmp_path / "model")])
+    assert "trained 3 steps" in capsys.readouterr().out
+    assert torch.load(again / "dit.pt", weights_only=False)["earlier_steps"] == 3
+    train_vae.main(["--run", str(again), "--steps", "1", "--threads", "1", "--init", str(tmp_path / "model")])
+    assert torch.load(again / "vae.pt", weights_only=False)["earlier_steps"] == 5

@@ -60,8 +60,23 @@ def new_transformer() -> WanTransformer3DModel:
     return WanTransformer3DModel(**DIT_CONFIG)
 
 
-def save_model(folder: Path, vae: AutoencoderKLWan, transformer: WanTransformer3DModel) -> Path:
-    """Write the model in diffusers layout (fp16 safetensors), the text encoder named by package."""
+def exported_weights(folder: Path, part: str) -> tuple[dict[str, torch.Tensor], int]:
+    """A saved model's `part` ("vae" or "transformer") as fp32 weights to train on from, and the steps it was
+    trained (from training.json), so that a new session can go on from the shipped model."""
+    folder = Path(folder)
+    if not (folder / part / "config.json").is_file():
+        raise FileNotFoundError(f"{str(folder)!r} is not a model folder in diffusers layout with a {part}/ folder")
+    cls = AutoencoderKLWan if part == "vae" else WanTransformer3DModel
+    weights = cls.from_pretrained(folder / part, torch_dtype=torch.float32).state_dict()
+    steps_file = folder / "training.json"
+    steps = json.loads(steps_file.read_text()).get(f"{part}_steps", 0) if steps_file.is_file() else 0
+    return weights, steps
+
+
+def save_model(folder: Path, vae: AutoencoderKLWan, transformer: WanTransformer3DModel,
+               steps: dict[str, int] | None = None) -> Path:
+    """Write the model in diffusers layout (fp16 safetensors), the text encoder named by package, and how many
+    steps each part was trained (training.json)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vae.to(torch.float16).save_pretrained(folder / "vae")
@@ -83,4 +98,6 @@ def save_model(folder: Path, vae: AutoencoderKLWan, transformer: WanTransformer3
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     (folder / "studio.json").write_text(json.dumps(STUDIO_DEFAULTS, indent=2))
+    if steps is not None:
+        (folder / "training.json").write_text(json.dumps(steps, indent=2))
     return folder

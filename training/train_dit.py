@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from pipelines.cpu_kernels import use_onednn_conv3d
-from training.components import (LATENT_CHANNELS, SCHEDULER_CONFIG, TEXT_MAX_TOKENS, load_text_encoder,
-                                 new_transformer, new_vae, save_model)
+from training.components import (LATENT_CHANNELS, SCHEDULER_CONFIG, TEXT_MAX_TOKENS, exported_weights,
+                                 load_text_encoder, new_transformer, new_vae, save_model)
 from training.components import TRAIN_SIZES as SIZES
 from training.world import clip, foreground
 
@@ -158,10 +158,13 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
         step, earlier_steps = state["step"], state.get("earlier_steps", 0)
         print(f"resumed at step {step}")
     elif init is not None:  # warm start, e.g. after the VAE was fine-tuned: weights only, a fresh schedule
-        state = torch.load(init, weights_only=False)
-        model.load_state_dict(state["ema"])
-        ema.load_state_dict(state["ema"])
-        earlier_steps = state.get("earlier_steps", 0) + state["step"]
+        if init.is_dir():  # a saved model, e.g. the shipped one
+            weights, earlier_steps = exported_weights(init, "transformer")
+        else:  # another run's dit.pt
+            state = torch.load(init, weights_only=False)
+            weights, earlier_steps = state["ema"], state.get("earlier_steps", 0) + state["step"]
+        model.load_state_dict(weights)
+        ema.load_state_dict(weights)
         print(f"initialised from {init} (trained {earlier_steps} steps)")
     rng = np.random.default_rng(seed + step)
     log = open(run / "dit_log.jsonl", "a")
@@ -222,8 +225,12 @@ def export(run: Path, out: Path) -> None:
     vae = load_vae(run)
     vae.register_to_config(**data["stats"])
     transformer = new_transformer()
-    transformer.load_state_dict(torch.load(run / "dit.pt", weights_only=False)["ema"])
-    save_model(out, vae, transformer)
+    dit = torch.load(run / "dit.pt", weights_only=False)
+    transformer.load_state_dict(dit["ema"])
+    vae_state = torch.load(run / "vae.pt", weights_only=False)
+    steps = {"vae_steps": vae_state["step"] + vae_state.get("earlier_steps", 0),
+             "transformer_steps": dit["step"] + dit.get("earlier_steps", 0)}
+    save_model(out, vae, transformer, steps)
     print(f"wrote {out}")
 
 
@@ -239,7 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     fit.add_argument("--steps", type=int, default=3000)
     fit.add_argument("--batch", type=int, default=8)
     fit.add_argument("--lr", type=float, default=4e-4)
-    fit.add_argument("--init", type=Path, help="start from this dit.pt's EMA weights (a new run, not a resume)")
+    fit.add_argument("--init", type=Path, help="a new run (not a resume) from this dit.pt's EMA weights or this "
+                                              "model folder's transformer, e.g. the shipped model's")
     fit.add_argument("--fp32", action="store_true", help="train in fp32 instead of under bf16 autocast")
     ex = sub.add_parser("export")
     ex.add_argument("--out", type=Path, default=Path("assets/embedded-model"))
