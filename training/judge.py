@@ -123,13 +123,14 @@ def vae_ceiling(pipe, clips: int, width: int, height: int, num_frames: int, fps:
     return {k: round(v / clips, 3) for k, v in hits.items()}
 
 
-def evaluate(model: str, prompts: int, steps: int | None, seed: int) -> dict:
+def evaluate(model: str, prompts: int, steps: int | None, seed: int, guidance: float | None = None) -> dict:
     from pipelines import VideoPipeline, animate, connect, extend, loop, text_to_video
     from pipelines.video_io import write_frames
 
     pipe = VideoPipeline.from_pretrained(model, device="cpu")
     d = pipe.defaults
-    settings = dict(width=d.width, height=d.height, fps=d.fps, steps=steps or d.steps, guidance_scale=d.guidance_scale)
+    settings = dict(width=d.width, height=d.height, fps=d.fps, steps=steps or d.steps,
+                    guidance_scale=d.guidance_scale if guidance is None else guidance)
     results: dict = {"model": model, "settings": settings, "adherence": {}, "fidelity": {}}
 
     hits = {"colour": 0, "motion": 0, "background": 0}
@@ -213,9 +214,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", type=int, default=108)
     parser.add_argument("--steps", type=int, help="sampling steps (the model's default when omitted)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--guidance", type=float, help="guidance scale (the model's default when omitted)")
     parser.add_argument("--out", type=Path, default=Path("judge.json"))
     args = parser.parse_args(argv)
-    results = evaluate(args.model, args.prompts, args.steps, args.seed)
+    results = evaluate(args.model, args.prompts, args.steps, args.seed, args.guidance)
     args.out.write_text(json.dumps(results, indent=2))
     print(table(results))
 
