@@ -72,7 +72,7 @@ Colour-motion-background combinations picked by `training.world.held_out` never 
 | stage | steps | final figures | wall time |
 |---|---|---|---|
 | VAE (L1 + MSE + 1e-6 KL, object pixels weighted 10x; 64x64 crops of 1-, 9- and 17-frame clips, most centred on an object) | {vae_last.get('step')} | PSNR {vae_last.get('psnr')} dB, on the objects {vae_last.get('foreground_psnr')} dB (last batch) | {_total_seconds(vae_log) / 60:.0f} min |
-| DiT (flow matching, noise levels shifted like the sampler's, per-token timesteps, random conditioning masks, 10 % caption dropout, EMA) | {dit_steps} | loss {dit_last.get('loss')} | {_total_seconds(dit_log) / 60:.0f} min |
+| DiT (flow matching, noise levels shifted like the sampler's, per-token timesteps, random conditioning masks, object tokens weighted 4x, 10 % caption dropout, EMA, bf16 autocast) | {dit_steps} | loss {dit_last.get('loss')} | {_total_seconds(dit_log) / 60:.0f} min |
 
 Data: {clips} clips of 25 frames at 8 fps in three sizes (128x128, 160x96, 96x160), encoded once;
 training windows of 1, 3, 5 or 7 latent frames, mostly from a clip's start and sometimes from its middle.
