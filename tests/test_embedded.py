@@ -6,15 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.loading import ASSETS
 from pipelines import VideoPipeline, animate, connect, extend, loop, restyle, text_to_image, text_to_video
 from pipelines.video_io import write_frames
 from training.judge import read_clip
 from training.world import Scene, Thing, render
 
 FAST = dict(steps=4, seed=0)
-pytestmark = pytest.mark.skipif(not (ASSETS / "embedded-model" / "model_index.json").is_file(),
-                                reason="the embedded model is not exported yet")  # removed once it ships
 
 
 @pytest.fixture(scope="module")
