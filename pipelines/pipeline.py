@@ -32,6 +32,7 @@ from pipelines.request import (
     nearest_valid,
 )
 from pipelines.samplers import make_scheduler
+from pipelines.seams import Join, carry_residuals, held_residuals
 from pipelines.sampling import (
     GenerationCancelled,
     GuidedDenoiser,
@@ -158,6 +159,20 @@ class VideoPipeline:
     def check_request(self, request: GenerationRequest) -> None:
         """Raise ValueError for what this model cannot take (the request checked the rest)."""
         check_grid(request, self.grid, self.temporal)
+        # Wan's rotary embedding has `rope_max_seq_len` positions per axis (1024 in Wan's checkpoints); past
+        # them diffusers fails with a reshape error that names no setting.
+        positions = getattr(self.transformer.config, "rope_max_seq_len", None)
+        if positions:
+            pt, ph, pw = self.patch_size
+            latent_frames = (request.num_frames - 1) // self.temporal + 1
+            most_frames = (positions * pt - 1) * self.temporal + 1
+            if latent_frames > positions * pt:
+                raise ValueError(f"num_frames = {request.num_frames} is more than this model can place in time: "
+                                 f"at most {most_frames} frames ({most_frames / request.fps:.4g} s at {request.fps:g} fps)")
+            for name, value, patch in (("height", request.height, ph), ("width", request.width, pw)):
+                if value // (self.spatial * patch) > positions:
+                    raise ValueError(f"{name} = {value} is more than this model can place: at most "
+                                     f"{positions * self.spatial * patch} pixels")
 
     # ---- latents <-> pixels ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -259,6 +274,7 @@ class VideoPipeline:
             warmup = prefix[:, :, -DECODER_WARMUP_LATENTS:] if prefix is not None else None
             window_frames = self.decode(torch.cat([warmup, latents], dim=2) if warmup is not None else latents)
             window_frames = window_frames[-request.num_frames:]  # (T, H, W, 3)
+            window_frames = carry_residuals(window_frames, self._joins(window_frames, placed))
             frames, offset = self._assemble(window_frames, placed, request)
             timeline = self._timeline(latents, prefix, suffix, placed, request, offset, len(frames))
             lap("decode")
@@ -388,6 +404,20 @@ class VideoPipeline:
             clean[:, :, first:first + n_latents] = latents
             hold[:, :, first:first + n_latents] = p.item.strength
         return clean, hold, prefix, suffix
+
+    def _joins(self, window: np.ndarray, placed: list[PlacedItem]) -> list[Join]:
+        """Where copied-through clips meet generated frames, with the decode's error on their held frames."""
+        joins = []
+        for p in placed:
+            if p.item.output == "window":
+                continue
+            f, source = p.item.frame_index, p.source_frames[p.start:p.start + p.count]
+            if f == 0:  # the clip's tail opens the window: held window frames 0..count-1
+                joins.append(Join(p.count - 1, +1, held_residuals(source, window[:p.count])))
+            else:  # the clip's head closes the window; frame f itself is not held (see _check_placement)
+                residuals = held_residuals(source[1:], window[f + 1:f + p.count])
+                joins.append(Join(f, -1, residuals[::-1]))
+        return joins
 
     def _assemble(self, window: np.ndarray, placed: list[PlacedItem], request: GenerationRequest
                   ) -> tuple[np.ndarray, int]:

@@ -78,19 +78,26 @@ def test_generate_play_cancel_and_screenshot(browser, studio_url):
     browser.save_screenshot(str(screenshots / "studio.png"))
     assert (screenshots / "studio.png").stat().st_size > 10_000
 
-    # A long second run (100 steps, 10 s of frames), cancelled from the UI mid-way.
+    # A long second run, cancelled from the UI mid-way: 100 steps over 10 s at 12 fps (121 frames, the most the
+    # tiny model's position encoding takes) run for many seconds, so the run cannot finish between seeing a
+    # step and the click landing.
     browser.find_element(By.CSS_SELECTOR, "#t2v-advanced button").click()
     steps = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#t2v-steps input[type=number]")))
     steps.send_keys(Keys.CONTROL, "a")
     steps.send_keys("100", Keys.TAB)
     seconds = browser.find_elements(By.CSS_SELECTOR, "input[type=number][aria-label*='Duration']")
-    if seconds:
-        seconds[0].send_keys(Keys.CONTROL, "a")
-        seconds[0].send_keys("10", Keys.TAB)
+    assert seconds, "the t2v tab has a duration input"
+    seconds[0].send_keys(Keys.CONTROL, "a")
+    seconds[0].send_keys("10", Keys.TAB)
+    fps = browser.find_elements(By.CSS_SELECTOR, "input[type=number][aria-label='Frames per second']")
+    assert fps, "the t2v tab has a frames-per-second input"
+    fps[0].send_keys(Keys.CONTROL, "a")
+    fps[0].send_keys("12", Keys.TAB)
     browser.find_element(By.CSS_SELECTOR, "#t2v-generate").click()
     wait.until(lambda d: "step" in status_text(d) and "/100" in status_text(d))
     browser.find_element(By.CSS_SELECTOR, "#cancel").click()
-    wait.until(lambda d: "Cancelled" in status_text(d))
+    wait.until(lambda d: "Cancelled" in status_text(d) or "Done in" in status_text(d))
+    assert "Cancelled" in status_text(browser), f"the run was not cancelled: {status_text(browser)!r}"
     text = status_text(browser)
     step = int(text.split("cancelled at step ")[1].split(" ")[0])
     assert step < 100

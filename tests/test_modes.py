@@ -126,6 +126,16 @@ def test_model_checks_name_the_nearest_valid_values(wan21):
         wan21.generate(text_to_video("a ball", num_frames=7, **SETTINGS))
 
 
+def test_lengths_and_sizes_past_the_position_encoding_are_refused(wan21):
+    positions = wan21.transformer.config.rope_max_seq_len  # 32 in the tiny model: 125 frames, 512 pixels
+    with pytest.raises(ValueError, match=r"num_frames = 129 is more than this model can place in time: at most 125"):
+        wan21.generate(text_to_video("a ball", num_frames=129, **SETTINGS))
+    with pytest.raises(ValueError, match=rf"width = 528 is more than this model can place: at most {positions * 16}"):
+        wan21.generate(text_to_video("a ball", num_frames=5, **{**SETTINGS, "width": 528}))
+    last = wan21.generate(text_to_video("a ball", num_frames=125, **{**SETTINGS, "steps": 1}))  # the longest fits
+    assert last.frames.shape[0] == 125
+
+
 def test_misaligned_conditioning_is_refused(wan21, png_clip):
     from pipelines import ConditioningItem
 

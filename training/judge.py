@@ -124,8 +124,7 @@ def vae_ceiling(pipe, clips: int, width: int, height: int, num_frames: int, fps:
 
 
 def evaluate(model: str, prompts: int, steps: int | None, seed: int, guidance: float | None = None) -> dict:
-    from pipelines import VideoPipeline, animate, connect, extend, loop, text_to_video
-    from pipelines.video_io import write_frames
+    from pipelines import VideoPipeline, text_to_video
 
     pipe = VideoPipeline.from_pretrained(model, device="cpu")
     d = pipe.defaults
@@ -149,6 +148,18 @@ def evaluate(model: str, prompts: int, steps: int | None, seed: int, guidance: f
     results["seconds_per_clip"] = round(elapsed / len(cases), 2)
     results["vae_ceiling"] = vae_ceiling(pipe, min(prompts, 40), d.width, d.height, d.num_frames, d.fps)
 
+    results["fidelity"] = fidelity(pipe, settings, seed)
+    return results
+
+
+def fidelity(pipe, settings: dict, seed: int) -> dict:
+    """Animate, extend, loop and connect on four in-world clips: first-frame PSNR and the worst seam ratios."""
+    from PIL import Image
+
+    from pipelines import animate, connect, extend, loop
+    from pipelines.video_io import write_frames
+
+    d = pipe.defaults
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         animate_psnr, extend_seams, loop_wraps, connect_seams = [], [], [], []
@@ -160,8 +171,6 @@ def evaluate(model: str, prompts: int, steps: int | None, seed: int, guidance: f
             clip_dir = tmp / f"clip{i}"
             write_frames(clip_dir, source)
             still = tmp / f"still{i}.png"
-            from PIL import Image
-
             Image.fromarray(source[0]).save(still)
             frames = pipe.generate(animate(str(still), prompt, num_frames=d.num_frames, seed=seed, **settings)).frames
             animate_psnr.append(psnr(frames[0], source[0]))
@@ -176,13 +185,12 @@ def evaluate(model: str, prompts: int, steps: int | None, seed: int, guidance: f
             joined = pipe.generate(connect(str(clip_dir), str(other_dir), prompt, new_frames=7, seed=seed,
                                            **settings)).frames
             connect_seams.append(max(seam_ratio(joined, len(source)), seam_ratio(joined, len(source) + 7)))
-        results["fidelity"] = {
+        return {
             "animate_first_frame_psnr_db": round(float(np.mean(animate_psnr)), 2),
             "extend_seam_ratio": round(float(np.max(extend_seams)), 2),
             "loop_seam_ratio": round(float(np.max(loop_wraps)), 2),
             "connect_seam_ratio": round(float(np.max(connect_seams)), 2),
         }
-    return results
 
 
 def table(results: dict) -> str:

@@ -1,0 +1,60 @@
+"""Joins between copied-through clips and generated frames carry the decode's error over (pipelines/seams.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipelines import extend
+from pipelines.seams import EDGE_FRAMES, Join, carry_residuals, held_residuals
+from tests.test_embedded import embedded, source_clip  # noqa: F401  (module fixtures)
+
+
+def _steps(video: np.ndarray) -> np.ndarray:
+    return np.abs(np.diff(video.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
+
+
+def test_a_static_error_is_carried_into_every_generated_frame():
+    rng = np.random.default_rng(0)
+    source = rng.integers(40, 200, (5, 8, 8, 3)).astype(np.uint8)
+    decoded = np.concatenate([source + 12, rng.integers(40, 200, (6, 8, 8, 3)).astype(np.uint8)])  # (11, 8, 8, 3)
+    join = Join(4, +1, held_residuals(source, decoded[:5]))
+    out = carry_residuals(decoded, [join])
+    assert np.array_equal(out[:5], decoded[:5])  # the held side is left alone (the source replaces it)
+    assert np.array_equal(out[5:].astype(int), decoded[5:].astype(int) - 12)
+
+
+def test_an_edge_error_fades_and_two_joins_blend_by_position():
+    height = width = 4
+    window = np.full((12, height, width, 3), 100, np.uint8)
+    held = window[:3]
+    moving = np.zeros((3, height, width, 3), np.float32)
+    moving[-1, 0, 0] = 30.0  # an error on the edge frame only (an object about to leave)
+    a = Join(2, +1, moving)
+    out = carry_residuals(window, [a])
+    assert [int(out[w, 0, 0, 0]) - 100 for w in range(3, 3 + EDGE_FRAMES + 1)] == [30, 20, 10, 0]
+    assert np.array_equal(out[:3], held)
+
+    b = Join(11, -1, np.full((2, height, width, 3), -20.0, np.float32))  # a clip whose head closes the window
+    a = Join(2, +1, np.full((3, height, width, 3), 10.0, np.float32))
+    out = carry_residuals(window, [a, b]).astype(int)
+    bridge = out[3:11, 1, 1, 0] - 100  # frames 3..10 between the joins
+    expected = [round(10 + (-20 - 10) * (w - 2) / 9) for w in range(3, 11)]
+    assert np.abs(bridge - np.array(expected)).max() <= 1
+    assert bridge[0] > 5 and bridge[-1] < -15  # each end matches its own clip's error
+
+
+def test_extend_join_steps_as_the_decoder_does(embedded, source_clip):  # noqa: F811
+    path, frames = source_clip
+    d = embedded.defaults
+    result = embedded.generate(extend(path, "a red ball moves right in a clear day sky", new_frames=8, steps=4,
+                                      seed=0, width=d.width, height=d.height, fps=d.fps))
+    raw = embedded.decode(result.latents[None])  # the window as decoded, before the join was matched
+    context = len(raw) - 8
+    raw_clip = np.concatenate([frames, raw[context:]])
+    assert np.array_equal(result.frames[:len(frames)], frames)
+    join = len(frames) - 1
+    # Across the join the clip now changes as the decoded window does from its last held frame to its first
+    # new one (up to rounding and clipping at 0 and 255), no longer by the decode's error on top.
+    decoder_step = _steps(raw)[context - 1]
+    assert abs(_steps(result.frames)[join] - decoder_step) < 0.5
+    assert _steps(result.frames)[join] < _steps(raw_clip)[join]
