@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training import train_dit, train_vae
+from training import model_card, train_dit, train_vae
 from training.world import Scene, Thing, foreground, render
 
 
@@ -113,13 +113,27 @@ def test_dit_caches_object_masks_and_training_resumes(tmp_path, capsys, keep_thr
     assert [r["step"] for r in records] == [2, 3] and all(np.isfinite(r["loss"]) for r in records)
     # The exported model records its steps, and new runs start from it: how a session goes on from the shipped one.
     train_dit.main(["--run", str(tmp_path), "export", "--out", str(tmp_path / "model")])
-    assert json.loads((tmp_path / "model" / "training.json").read_text()) == {"vae_steps": 5, "transformer_steps": 3}
+    info = json.loads((tmp_path / "model" / "training.json").read_text())
+    assert (info["vae_steps"], info["transformer_steps"]) == (5, 3)
+    assert [(s["part"], s["steps"]) for s in info["history"]] == [("vae", 5), ("transformer", 3)]
+    assert info["history"][1]["loss"] == records[-1]["loss"]
     again = tmp_path / "again"
     again.mkdir()
     (again / "cache.pt").symlink_to(tmp_path / "cache.pt")
     train_dit.main(["--run", str(again), "--threads", "1", "train", "--steps", "1", "--batch", "2",
                     "--init", str(tmp_path / "model")])
     assert "trained 3 steps" in capsys.readouterr().out
-    assert torch.load(again / "dit.pt", weights_only=False)["earlier_steps"] == 3
+    assert torch.load(again / "dit.pt", weights_only=False)["history"] == info["history"][1:]
     train_vae.main(["--run", str(again), "--steps", "1", "--threads", "1", "--init", str(tmp_path / "model")])
-    assert torch.load(again / "vae.pt", weights_only=False)["earlier_steps"] == 5
+    assert torch.load(again / "vae.pt", weights_only=False)["history"] == info["history"][:1]
+    train_vae.main(["--run", str(tmp_path / "taken"), "--steps", "0", "--init", str(tmp_path / "model")])
+    taken = torch.load(tmp_path / "taken" / "vae.pt", weights_only=False)  # the saved VAE as it is, to cache with
+    assert taken["step"] == 0 and taken["history"] == info["history"][:1]
+    # Exported again, the model lists every run of each part, and the card shows them with the totals.
+    train_dit.main(["--run", str(again), "export", "--out", str(again / "model")])
+    info = json.loads((again / "model" / "training.json").read_text())
+    assert (info["vae_steps"], info["transformer_steps"]) == (6, 4)
+    assert [(s["part"], s["steps"]) for s in info["history"]] == [("vae", 5), ("vae", 1), ("transformer", 3),
+                                                                  ("transformer", 1)]
+    rows = model_card.training_rows(info)
+    assert "| VAE in all | 6 |" in rows and "| DiT in all | 4 |" in rows

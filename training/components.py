@@ -60,23 +60,23 @@ def new_transformer() -> WanTransformer3DModel:
     return WanTransformer3DModel(**DIT_CONFIG)
 
 
-def exported_weights(folder: Path, part: str) -> tuple[dict[str, torch.Tensor], int]:
-    """A saved model's `part` ("vae" or "transformer") as fp32 weights to train on from, and the steps it was
-    trained (from training.json), so that a new session can go on from the shipped model."""
+def exported_weights(folder: Path, part: str) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """A saved model's `part` ("vae" or "transformer") as fp32 weights to train on from, and the segments it
+    was trained in (from training.json), so that a new session can go on from the shipped model."""
+    from training.history import folder_history
+
     folder = Path(folder)
     if not (folder / part / "config.json").is_file():
         raise FileNotFoundError(f"{str(folder)!r} is not a model folder in diffusers layout with a {part}/ folder")
     cls = AutoencoderKLWan if part == "vae" else WanTransformer3DModel
     weights = cls.from_pretrained(folder / part, torch_dtype=torch.float32).state_dict()
-    steps_file = folder / "training.json"
-    steps = json.loads(steps_file.read_text()).get(f"{part}_steps", 0) if steps_file.is_file() else 0
-    return weights, steps
+    return weights, folder_history(folder, part)
 
 
 def save_model(folder: Path, vae: AutoencoderKLWan, transformer: WanTransformer3DModel,
-               steps: dict[str, int] | None = None) -> Path:
-    """Write the model in diffusers layout (fp16 safetensors), the text encoder named by package, and how many
-    steps each part was trained (training.json)."""
+               training: dict | None = None) -> Path:
+    """Write the model in diffusers layout (fp16 safetensors), the text encoder named by package, and how each
+    part was trained (training.json: steps per part and the segments, see training/history.py)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vae.to(torch.float16).save_pretrained(folder / "vae")
@@ -98,6 +98,6 @@ def save_model(folder: Path, vae: AutoencoderKLWan, transformer: WanTransformer3
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     (folder / "studio.json").write_text(json.dumps(STUDIO_DEFAULTS, indent=2))
-    if steps is not None:
-        (folder / "training.json").write_text(json.dumps(steps, indent=2))
+    if training is not None:
+        (folder / "training.json").write_text(json.dumps(training, indent=2))
     return folder

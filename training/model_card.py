@@ -1,6 +1,9 @@
 """Write the embedded model's card from its configs, the training logs and the judge's results.
 
     python -m training.model_card --run training/runs/embedded --judge judge.json --out assets/embedded-model
+
+The training table lists every segment in the model folder's training.json (written by export), so a model
+trained over several sessions shows each run and the totals.
 """
 
 from __future__ import annotations
@@ -16,29 +19,42 @@ from training.components import DIT_CONFIG, STUDIO_DEFAULTS, VAE_CONFIG, new_tra
 from training.judge import table
 
 
-def _last(log: Path) -> dict:
-    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return lines[-1] if lines else {}
+NAMES = {"vae": "VAE", "transformer": "DiT"}
+STAGES = {
+    "vae": "VAE (L1 + MSE + 1e-6 KL, object pixels weighted 10x; 64x64 crops of 1-, 9- and 17-frame clips, "
+           "most centred on an object)",
+    "transformer": "DiT (flow matching, noise levels shifted like the sampler's, per-token timesteps, random "
+                   "conditioning masks, object tokens weighted 4x, 10 % caption dropout, EMA, bf16 autocast)",
+}
 
 
-def _total_seconds(log: Path) -> float:
-    """Sum of wall time over resumed segments (each segment's elapsed_s restarts at 0)."""
-    total, previous = 0.0, 0.0
-    for line in log.read_text().splitlines():
-        elapsed = json.loads(line)["elapsed_s"]
-        if elapsed < previous:
-            total += previous
-        previous = elapsed
-    return total + previous
+def _figures(segment: dict) -> str:
+    if segment["part"] == "vae" and segment.get("psnr") is not None:
+        return f"PSNR {segment['psnr']} dB, on the objects {segment.get('foreground_psnr')} dB (last batch)"
+    if segment["part"] == "transformer" and segment.get("loss") is not None:
+        return f"loss {segment['loss']}"
+    return "not recorded"
 
 
-def card(run: Path, judge: dict) -> str:
+def training_rows(training: dict) -> str:
+    """One table row per training segment (a run of one part), oldest first, then each part's total."""
+    rows = []
+    for part in ("vae", "transformer"):
+        segments = [s for s in training.get("history", []) if s["part"] == part]
+        for i, segment in enumerate(segments):
+            minutes = f"{segment['minutes']:.0f} min" if segment.get("minutes") is not None else "not recorded"
+            stage = STAGES[part] if i == 0 else f"{NAMES[part]}, continued from the row above's weights"
+            rows.append(f"| {stage} | {segment['steps']} | {_figures(segment)} | {minutes} |")
+        if len(segments) > 1:
+            total = sum(s.get("minutes") or 0 for s in segments)
+            rows.append(f"| {NAMES[part]} in all | {training[f'{part}_steps']} | | {total:.0f} min |")
+    return "\n".join(rows)
+
+
+def card(folder: Path, run: Path, judge: dict) -> str:
     vae_params = sum(p.numel() for p in new_vae().parameters())
     dit_params = sum(p.numel() for p in new_transformer().parameters())
-    vae_log, dit_log = run / "vae_log.jsonl", run / "dit_log.jsonl"
-    vae_last, dit_last = _last(vae_log), _last(dit_log)
-    earlier = torch.load(run / "dit.pt", weights_only=False, map_location="cpu").get("earlier_steps", 0)
-    dit_steps = f"{dit_last.get('step')}" + (f", after {earlier} steps of the runs it started from" if earlier else "")
+    training = json.loads((folder / "training.json").read_text())
     cache = torch.load(run / "cache.pt", weights_only=False, map_location="cpu")
     clips = sum(len(g["captions"]) for g in cache["groups"].values())
     hardware = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads, no GPU"
@@ -71,8 +87,7 @@ Colour-motion-background combinations picked by `training.world.held_out` never 
 ## Training
 | stage | steps | final figures | wall time |
 |---|---|---|---|
-| VAE (L1 + MSE + 1e-6 KL, object pixels weighted 10x; 64x64 crops of 1-, 9- and 17-frame clips, most centred on an object) | {vae_last.get('step')} | PSNR {vae_last.get('psnr')} dB, on the objects {vae_last.get('foreground_psnr')} dB (last batch) | {_total_seconds(vae_log) / 60:.0f} min |
-| DiT (flow matching, noise levels shifted like the sampler's, per-token timesteps, random conditioning masks, object tokens weighted 4x, 10 % caption dropout, EMA, bf16 autocast) | {dit_steps} | loss {dit_last.get('loss')} | {_total_seconds(dit_log) / 60:.0f} min |
+{training_rows(training)}
 
 Data: {clips} clips of 25 frames at 8 fps in three sizes (128x128, 160x96, 96x160), encoded once;
 training windows of 1, 3, 5 or 7 latent frames, mostly from a clip's start and sometimes from its middle.
@@ -92,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--judge", type=Path, default=Path("judge.json"))
     parser.add_argument("--out", type=Path, default=Path("assets/embedded-model"))
     args = parser.parse_args(argv)
-    (args.out / "README.md").write_text(card(args.run, json.loads(args.judge.read_text())))
+    (args.out / "README.md").write_text(card(args.out, args.run, json.loads(args.judge.read_text())))
     print(f"wrote {args.out / 'README.md'}")
 
 

@@ -35,6 +35,7 @@ from pipelines.cpu_kernels import use_onednn_conv3d
 from training.components import (LATENT_CHANNELS, SCHEDULER_CONFIG, TEXT_MAX_TOKENS, exported_weights,
                                  load_text_encoder, new_transformer, new_vae, save_model)
 from training.components import TRAIN_SIZES as SIZES
+from training.history import checkpoint_history, run_segment, total_steps
 from training.world import clip, foreground
 
 CLIP_FRAMES = 25  # 7 latent frames: windows of 1, 3, 5 or 7 latents are cut from them
@@ -149,23 +150,25 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
     model = new_transformer().train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
-    step, earlier_steps = 0, 0  # earlier_steps: what the runs this one was initialised from trained
+    step, history = 0, []  # history: the segments the runs this one was initialised from trained
     if checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimiser.load_state_dict(state["optimiser"])
-        step, earlier_steps = state["step"], state.get("earlier_steps", 0)
+        step, history = state["step"], checkpoint_history(state, "transformer")
         print(f"resumed at step {step}")
     elif init is not None:  # warm start, e.g. after the VAE was fine-tuned: weights only, a fresh schedule
         if init.is_dir():  # a saved model, e.g. the shipped one
-            weights, earlier_steps = exported_weights(init, "transformer")
+            weights, history = exported_weights(init, "transformer")
         else:  # another run's dit.pt
             state = torch.load(init, weights_only=False)
-            weights, earlier_steps = state["ema"], state.get("earlier_steps", 0) + state["step"]
+            weights = state["ema"]
+            history = checkpoint_history(state, "transformer") + [
+                run_segment("transformer", state["step"], init.parent / "dit_log.jsonl")]
         model.load_state_dict(weights)
         ema.load_state_dict(weights)
-        print(f"initialised from {init} (trained {earlier_steps} steps)")
+        print(f"initialised from {init} (trained {total_steps(history)} steps)")
     rng = np.random.default_rng(seed + step)
     log = open(run / "dit_log.jsonl", "a")
     started, recent = time.time(), []
@@ -217,7 +220,7 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
             log.flush()
         if step % 250 == 0 or step == steps:
             torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimiser": optimiser.state_dict(),
-                        "step": step, "earlier_steps": earlier_steps}, checkpoint)
+                        "step": step, "history": history}, checkpoint)
 
 
 def export(run: Path, out: Path) -> None:
@@ -228,9 +231,14 @@ def export(run: Path, out: Path) -> None:
     dit = torch.load(run / "dit.pt", weights_only=False)
     transformer.load_state_dict(dit["ema"])
     vae_state = torch.load(run / "vae.pt", weights_only=False)
-    steps = {"vae_steps": vae_state["step"] + vae_state.get("earlier_steps", 0),
-             "transformer_steps": dit["step"] + dit.get("earlier_steps", 0)}
-    save_model(out, vae, transformer, steps)
+    vae_history = checkpoint_history(vae_state, "vae")
+    if vae_state["step"] > 0:  # this run trained the VAE (else it was taken as it is from a saved model)
+        vae_history.append(run_segment("vae", vae_state["step"], run / "vae_log.jsonl"))
+    dit_history = checkpoint_history(dit, "transformer") + [run_segment("transformer", dit["step"],
+                                                                        run / "dit_log.jsonl")]
+    save_model(out, vae, transformer, {"vae_steps": total_steps(vae_history),
+                                       "transformer_steps": total_steps(dit_history),
+                                       "history": vae_history + dit_history})
     print(f"wrote {out}")
 
 

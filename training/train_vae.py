@@ -24,6 +24,7 @@ import torch
 
 from pipelines.cpu_kernels import use_onednn_conv3d
 from training.components import TRAIN_SIZES as SIZES, exported_weights, new_vae
+from training.history import checkpoint_history, total_steps
 from training.world import clip, foreground
 
 CURRICULUM = ((1, 8), (9, 4), (1, 8), (17, 2))  # (frames, batch) in turn
@@ -76,17 +77,17 @@ def main(argv: list[str] | None = None) -> None:
     vae = new_vae().train()
     use_onednn_conv3d(vae)  # its backward works too: 1.2x faster training steps on this CPU
     optimiser = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    step, earlier_steps = 0, 0  # earlier_steps: what the model this run started from was trained
+    step, history = 0, []  # history: the segments the model this run started from was trained in
     if checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
         vae.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
-        step, earlier_steps = state["step"], state.get("earlier_steps", 0)
+        step, history = state["step"], checkpoint_history(state, "vae")
         print(f"resumed at step {step}")
     elif args.init is not None:
-        weights, earlier_steps = exported_weights(args.init, "vae")
+        weights, history = exported_weights(args.init, "vae")
         vae.load_state_dict(weights)
-        print(f"initialised from {args.init} (trained {earlier_steps} steps)")
+        print(f"initialised from {args.init} (trained {total_steps(history)} steps)")
     rng = np.random.default_rng(args.seed + step)
     generator = torch.Generator().manual_seed(args.seed + step)
     log = open(args.run / "vae_log.jsonl", "a")
@@ -126,7 +127,10 @@ def main(argv: list[str] | None = None) -> None:
             log.flush()
         if step % 200 == 0 or step == args.steps:
             torch.save({"model": vae.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
-                        "earlier_steps": earlier_steps}, checkpoint)
+                        "history": history}, checkpoint)
+    if step == 0:  # `--init MODEL --steps 0`: the saved model's VAE as this run's, to cache DiT data with
+        torch.save({"model": vae.state_dict(), "optimiser": optimiser.state_dict(), "step": 0, "history": history},
+                   checkpoint)
 
 
 if __name__ == "__main__":
