@@ -70,11 +70,12 @@ def job_arguments(kind: str, index: int, clips: list[str], still: str) -> tuple[
         return "/animate", (handle_file(still), "it starts to move", *_settings(seed), 1.0, 8)
     if kind in ("extend", "extend back", "loop"):
         direction = "backward" if kind == "extend back" else "forward"
-        return "/extend", (handle_file(clips[-1]), direction, 5, kind == "loop", "on it goes", *_settings(seed), 0.5, 8)
+        return "/extend", (handle_file(clips[-1]), direction, 5, kind == "loop", 1, "on it goes", *_settings(seed),
+                           0.5, 8)
     if kind == "restyle":
         return "/restyle", (handle_file(clips[-1]), 0.6, "in pastel", *_settings(seed), 8)
     if kind == "connect":
-        return "/connect", (handle_file(clips[-1]), handle_file(clips[0]), 5, "meet", *_settings(seed), 0.375, 8)
+        return "/connect", (handle_file(clips[-1]), handle_file(clips[0]), 5, 1, "meet", *_settings(seed), 0.375, 8)
     raise ValueError(kind)
 
 

@@ -26,13 +26,14 @@ from pipelines.loading import (
 )
 from pipelines.preview import LatentPreviewer
 from pipelines.request import (
+    MAX_SEED,
     ConditioningItem,
     GenerationRequest,
     check_grid,
     nearest_valid,
 )
 from pipelines.samplers import make_scheduler
-from pipelines.seams import Join, carry_residuals, held_residuals
+from pipelines.seams import Join, carry_residuals, held_residuals, join_ratios
 from pipelines.sampling import (
     GenerationCancelled,
     GuidedDenoiser,
@@ -41,7 +42,7 @@ from pipelines.sampling import (
     sample,
 )
 from pipelines.text import PromptEncoder
-from pipelines.video_io import fit_frames, read_media
+from pipelines.video_io import read_media
 
 # Saved latents decoded before a chained window: enough for the causal decoder's state to settle (its
 # temporal receptive field is a few latents), bounded so that long chains do not decode their whole past.
@@ -73,6 +74,8 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)
     parents: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    join_ratios: list[float] = field(default_factory=list)  # each join's step over the median (pipelines/seams.py)
+    seed: int | None = None  # the seed of the kept candidate (the request's own unless best_of > 1)
 
     @property
     def audio_source(self) -> str | None:
@@ -82,6 +85,23 @@ class GenerationResult:
                 Path(source).suffix.lower() in (".mp4", ".mov", ".mkv", ".webm"):
             return source
         return None
+
+
+@dataclass
+class _Candidate:
+    seed: int
+    frames: np.ndarray
+    offset: int
+    latents: torch.Tensor
+    held: HeldLatents | None
+    join_ratios: list[float]
+
+
+def _candidate_progress(callback: StepCallback | None, k: int, candidates: int) -> StepCallback | None:
+    """Steps of candidate k counted on from the candidates before it, so progress runs 1..candidates*steps."""
+    if callback is None or candidates == 1:
+        return callback
+    return lambda step, total, latents: callback(k * total + step, candidates * total, latents)
 
 
 class VideoPipeline:
@@ -211,7 +231,7 @@ class VideoPipeline:
         def lap(stage: str) -> None:
             nonlocal clock
             now = time.perf_counter()
-            timings[stage] = round(now - clock, 4)
+            timings[stage] = round(timings.get(stage, 0.0) + now - clock, 4)
             clock = now
 
         try:
@@ -238,57 +258,77 @@ class VideoPipeline:
             clean, hold, prefix, suffix = self._encode_items(placed, shape)
             lap("encode_conditioning")
 
-            # 4. Noise: drawn on the CPU from the request's seed as diffusers' randn_tensor draws it, then
-            #    SDEdit (Meng et al., arXiv 2108.01073) starts part-way down the checkpoint's schedule.
-            scheduler = make_scheduler(request.sampler, self.scheduler, request.shift)
-            scheduler.set_timesteps(request.steps, device=self.device)
-            start = 0
-            if request.init_strength is not None:
-                start = (request.steps - min(int(request.steps * request.init_strength), request.steps)) * scheduler.order
-            scheduler.set_begin_index(start)
-            timesteps = scheduler.timesteps[start:]
-            sigmas = scheduler.sigmas[start:start + len(timesteps)].to(self.device)
-            generator = torch.Generator("cpu").manual_seed(request.seed)
-            noise = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
-            latents = noise
-            if init_latents is not None:
-                t0 = timesteps[:1]
-                latents = (scheduler.add_noise(init_latents, noise, t0) if hasattr(scheduler, "add_noise")
-                           else scheduler.scale_noise(init_latents, t0, noise))
-            held = None
-            if placed:
-                strategy = request.conditioning_strategy or self.defaults.conditioning_strategy
-                held = HeldLatents(clean, hold, noise, strategy, self.patch_size)
+            # 4-6 run once per candidate (seeds seed, seed + 1, ...); of best_of > 1 candidates the one whose
+            # worst join to a copied-through clip is smoothest is kept.
+            best: _Candidate | None = None
+            scores = []
+            for k in range(request.best_of):
+                seed = (request.seed + k) % (MAX_SEED + 1)
 
-            # 5. Denoise.
-            denoiser = GuidedDenoiser(self.transformer, cond, uncond, request.guidance_scale, batched=not self.low_vram)
-            with torch.no_grad(), self._resident(self.transformer):
-                try:
-                    latents = sample(denoiser, latents, scheduler, timesteps, sigmas, held, callback)  # (1, C, F, H, W)
-                finally:
-                    if denoiser.cached:  # a step cache must not carry one clip's residuals into the next
-                        self.transformer._reset_stateful_cache()
-            lap("denoise")
+                # 4. Noise: drawn on the CPU from the seed as diffusers' randn_tensor draws it, then SDEdit
+                #    (Meng et al., arXiv 2108.01073) starts part-way down the checkpoint's schedule.
+                scheduler = make_scheduler(request.sampler, self.scheduler, request.shift)
+                scheduler.set_timesteps(request.steps, device=self.device)
+                start = 0
+                if request.init_strength is not None:
+                    kept = min(int(request.steps * request.init_strength), request.steps)
+                    start = (request.steps - kept) * scheduler.order
+                scheduler.set_begin_index(start)
+                timesteps = scheduler.timesteps[start:]
+                sigmas = scheduler.sigmas[start:start + len(timesteps)].to(self.device)
+                generator = torch.Generator("cpu").manual_seed(seed)
+                noise = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+                latents = noise
+                if init_latents is not None:
+                    t0 = timesteps[:1]
+                    latents = (scheduler.add_noise(init_latents, noise, t0) if hasattr(scheduler, "add_noise")
+                               else scheduler.scale_noise(init_latents, t0, noise))
+                held = None
+                if placed:
+                    strategy = request.conditioning_strategy or self.defaults.conditioning_strategy
+                    held = HeldLatents(clean, hold, noise, strategy, self.patch_size)
 
-            # 6. Decode the window (after saved latents that warm the causal decoder) and assemble the clip.
-            warmup = prefix[:, :, -DECODER_WARMUP_LATENTS:] if prefix is not None else None
-            window_frames = self.decode(torch.cat([warmup, latents], dim=2) if warmup is not None else latents)
-            window_frames = window_frames[-request.num_frames:]  # (T, H, W, 3)
-            window_frames = carry_residuals(window_frames, self._joins(window_frames, placed))
-            frames, offset = self._assemble(window_frames, placed, request)
+                # 5. Denoise.
+                denoiser = GuidedDenoiser(self.transformer, cond, uncond, request.guidance_scale,
+                                          batched=not self.low_vram)
+                with torch.no_grad(), self._resident(self.transformer):
+                    try:
+                        latents = sample(denoiser, latents, scheduler, timesteps, sigmas, held,
+                                         _candidate_progress(callback, k, request.best_of))  # (1, C, F, H, W)
+                    finally:
+                        if denoiser.cached:  # a step cache must not carry one clip's residuals into the next
+                            self.transformer._reset_stateful_cache()
+                lap("denoise")
+
+                # 6. Decode the window (after saved latents that warm the causal decoder), assemble the clip and
+                #    score its joins.
+                warmup = prefix[:, :, -DECODER_WARMUP_LATENTS:] if prefix is not None else None
+                window_frames = self.decode(torch.cat([warmup, latents], dim=2) if warmup is not None else latents)
+                window_frames = window_frames[-request.num_frames:]  # (T, H, W, 3)
+                window_frames = carry_residuals(window_frames, self._joins(window_frames, placed))
+                frames, offset, seams = self._assemble(window_frames, placed, request)
+                ratios = join_ratios(frames, seams, wraps=any(p.item.output == "omit" for p in placed))
+                scores.append(max(ratios, default=0.0))
+                if best is None or scores[-1] < max(best.join_ratios, default=0.0):
+                    best = _Candidate(seed, frames, offset, latents, held, ratios)
+                lap("decode")
+            frames, offset, latents, held = best.frames, best.offset, best.latents, best.held
             timeline = self._timeline(latents, prefix, suffix, placed, request, offset, len(frames))
-            lap("decode")
         except (GenerationCancelled, torch.cuda.OutOfMemoryError):
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             raise
 
         notes = [f"{Path(p.item.source).name}: {p.timeline_note}" for p in placed if p.timeline_note]
+        if request.best_of > 1:
+            notes.append(f"best of {request.best_of}: seed {best.seed} (worst join {min(scores):.2f}x the median "
+                         f"frame step; candidates {', '.join(f'{x:.2f}' for x in scores)})")
         parents = [p.item.source for p in placed] + ([request.init_video] if request.init_video else [])
         return GenerationResult(
             frames=frames, fps=request.fps, request=request, model_id=self.model_id,
             latents=latents[0].cpu(), held=held, timeline=timeline, window_offset=offset,
             timings=timings, parents=list(dict.fromkeys(parents)), notes=notes,
+            join_ratios=[round(x, 3) for x in best.join_ratios], seed=best.seed,
         )
 
     # ---- stages -----------------------------------------------------------------------------------------
@@ -420,9 +460,10 @@ class VideoPipeline:
         return joins
 
     def _assemble(self, window: np.ndarray, placed: list[PlacedItem], request: GenerationRequest
-                  ) -> tuple[np.ndarray, int]:
+                  ) -> tuple[np.ndarray, int, list[int]]:
         """The output clip in window coordinates: source clips copied through where items say so, omitted
-        spans cut, decoded window frames elsewhere. Returns (frames, output index of window frame 0)."""
+        spans cut, decoded window frames elsewhere. Returns (frames, output index of window frame 0, output
+        indices where copied and generated frames meet)."""
         sources = [p for p in placed if p.item.output == "source"]
         lo = min([0] + [p.item.frame_index - p.start for p in sources])
         hi = max([len(window)] + [p.item.frame_index - p.start + len(p.source_frames) for p in sources])
@@ -430,14 +471,19 @@ class VideoPipeline:
         for p in placed:
             if p.item.output == "omit":
                 omitted.update(range(p.item.frame_index, p.item.frame_index + p.count))
-        frames = []
+        frames, origins = [], []
         for w in range(lo, hi):
-            source = next((p for p in sources if 0 <= w - p.item.frame_index + p.start < len(p.source_frames)), None)
+            source = next((i for i, p in enumerate(sources)
+                           if 0 <= w - p.item.frame_index + p.start < len(p.source_frames)), None)
             if source is not None:
-                frames.append(source.source_frames[w - source.item.frame_index + source.start])
+                p = sources[source]
+                frames.append(p.source_frames[w - p.item.frame_index + p.start])
+                origins.append(source)
             elif w not in omitted:
                 frames.append(window[w])
-        return np.stack(frames), -lo
+                origins.append(-1)
+        seams = [i for i in range(1, len(origins)) if origins[i] != origins[i - 1]]
+        return np.stack(frames), -lo, seams
 
     def _timeline(self, latents, prefix, suffix, placed, request, offset, length) -> LatentTimeline | None:
         """Latents of the assembled clip, for chaining: saved prefix + window (+ saved suffix), or the window

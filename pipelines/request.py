@@ -19,6 +19,7 @@ CONDITIONING_STRATEGIES = ("per_token", "replace")
 ITEM_OUTPUTS = ("window", "source", "omit")
 REQUEST_FORMAT = 1
 MAX_SEED = 2**64 - 1
+MAX_BEST_OF = 16
 
 
 def _is_int(value: Any) -> bool:
@@ -90,7 +91,8 @@ class GenerationRequest:
     """Everything that decides a generation's output; serialises to JSON and back exactly.
 
     `num_frames` is the length of the window the model samples. Modes that splice source clips (extend,
-    loop, connect) return more frames than that: see `ConditioningItem.output`.
+    loop, connect) return more frames than that: see `ConditioningItem.output`. `best_of` > 1 samples that
+    many candidates (seeds `seed`, `seed + 1`, ...) and keeps the one whose joins are smoothest.
     """
 
     prompt: str
@@ -110,6 +112,7 @@ class GenerationRequest:
     init_video: str | None = None
     init_strength: float | None = None
     use_saved_latents: bool = True
+    best_of: int = 1
 
     def __post_init__(self) -> None:
         from pipelines.samplers import SAMPLERS  # the registry names the valid samplers
@@ -152,6 +155,12 @@ class GenerationRequest:
             _require(math.floor(self.steps * self.init_strength) >= 1, "init_strength", self.init_strength,
                      f"at least 1/steps = {1 / self.steps:.3g}, so that at least one of the {self.steps} steps runs")
         _require(isinstance(self.use_saved_latents, bool), "use_saved_latents", self.use_saved_latents, "True or False")
+        _require(_is_int(self.best_of) and 1 <= self.best_of <= MAX_BEST_OF, "best_of", self.best_of,
+                 f"an integer in [1, {MAX_BEST_OF}] (candidates to sample, keeping the smoothest joins)")
+        if self.best_of > 1:
+            _require(any(item.output != "window" for item in self.conditioning), "best_of", self.best_of,
+                     "1 for a request without joins: candidates are ranked by their joins to copied-through clips "
+                     "(extend, loop, connect)")
 
     # ---- serialisation -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

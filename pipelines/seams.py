@@ -12,6 +12,10 @@ to the join makes the join's step the decoder's own frame step:
 - the rest of the frame next to the join (mostly the moving objects' error) fades out over `EDGE_FRAMES`,
   so it leaves no ghost where the objects were;
 - a span between two joins (connect, loop) blends the two corrections by position.
+
+A join is scored by the change across it over the clip's median frame-to-frame change (1 is as smooth as
+the clip itself; a loop's wrap, last frame back to first, counts as a join). `best_of` requests keep the
+candidate whose worst join scores lowest.
 """
 
 from __future__ import annotations
@@ -66,3 +70,27 @@ def carry_residuals(window: np.ndarray, joins: list[Join]) -> np.ndarray:
             correction = j.correction(abs(w - j.edge))
         out[w] = np.clip(window[w].astype(np.float32) + correction, 0, 255).round().astype(np.uint8)
     return out
+
+
+def frame_steps(video: np.ndarray) -> np.ndarray:
+    """(F, H, W, 3) uint8 -> (F-1,) mean absolute change from each frame to the next."""
+    return np.abs(np.diff(video.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
+
+
+def seam_ratio(video: np.ndarray, seam: int) -> float:
+    """Change across frames seam-1 -> seam, over the clip's median frame-to-frame change."""
+    steps = frame_steps(video)
+    return float(steps[seam - 1] / max(np.median(steps), 1e-6))
+
+
+def wrap_ratio(video: np.ndarray) -> float:
+    """Change from the last frame back to the first (a loop's wrap), over the median frame-to-frame change."""
+    wrap = np.abs(video[0].astype(np.float32) - video[-1].astype(np.float32)).mean()
+    return float(wrap / max(np.median(frame_steps(video)), 1e-6))
+
+
+def join_ratios(video: np.ndarray, seams: list[int], wraps: bool) -> list[float]:
+    """Every join's ratio: each seam (an output frame index where copied and generated frames meet), then the
+    wrap when the clip loops."""
+    ratios = [seam_ratio(video, s) for s in seams]
+    return ratios + [wrap_ratio(video)] if wraps else ratios

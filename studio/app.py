@@ -30,6 +30,8 @@ log = logging.getLogger("studio.app")
 
 MATCH_INPUT = "match the input"
 UPDATE_INTERVAL_S = 0.3  # progress updates to the page
+CANDIDATES = [1, 2, 4, 8]  # best_of choices for joins: each candidate costs a whole generation
+CANDIDATES_LABEL = "Candidates (keeps the smoothest join)"
 RATIOS = (("16:9", 16 / 9), ("1:1", 1.0), ("9:16", 9 / 16), ("4:3", 4 / 3), ("3:4", 3 / 4))
 TABS = {"t2v": "Text to Video", "animate": "Animate Image", "extend": "Extend & Loop", "restyle": "Restyle",
         "connect": "Connect", "history": "History"}
@@ -175,13 +177,14 @@ class StudioApp:
         frames = modes.frames_for_seconds(float(seconds), float(fps), "window", self.info.temporal)
         return modes.animate(image, prompt, num_frames=frames, fps=float(fps), **settings)
 
-    def request_extend(self, video, direction, context, make_loop, prompt, negative, seed, steps, guidance, sampler,
-                       size, seconds, fps):
+    def request_extend(self, video, direction, context, make_loop, candidates, prompt, negative, seed, steps, guidance,
+                       sampler, size, seconds, fps):
         video = self._keep(video, "a clip to extend")
         settings = _settings(negative, seed, steps, guidance, sampler, _size_for(size, video, self.info))
         kind = "loop" if make_loop else "extend"
         new = modes.frames_for_seconds(float(seconds), float(fps), kind, self.info.temporal)
-        common = dict(context_frames=int(context), temporal=self.info.temporal, fps=float(fps), **settings)
+        common = dict(context_frames=int(context), temporal=self.info.temporal, fps=float(fps),
+                      best_of=int(candidates), **settings)
         if make_loop:
             return modes.loop(video, prompt, new, **common)
         return modes.extend(video, prompt, new, direction=direction, **common)
@@ -192,13 +195,13 @@ class StudioApp:
         return modes.restyle(video, prompt, strength=float(strength), temporal=self.info.temporal, fps=float(fps),
                              **settings)
 
-    def request_connect(self, clip_a, clip_b, context, prompt, negative, seed, steps, guidance, sampler, size,
-                        seconds, fps):
+    def request_connect(self, clip_a, clip_b, context, candidates, prompt, negative, seed, steps, guidance, sampler,
+                        size, seconds, fps):
         clip_a, clip_b = self._keep(clip_a, "clip A"), self._keep(clip_b, "clip B")
         settings = _settings(negative, seed, steps, guidance, sampler, _size_for(size, clip_a, self.info))
         new = modes.frames_for_seconds(float(seconds), float(fps), "connect", self.info.temporal)
         return modes.connect(clip_a, clip_b, prompt, new, context_frames=int(context), temporal=self.info.temporal,
-                             fps=float(fps), **settings)
+                             fps=float(fps), best_of=int(candidates), **settings)
 
     # running -------------------------------------------------------------------------------------------
     def stream(self, build, args: tuple, request: gr.Request | None) -> Iterator[tuple]:
@@ -313,13 +316,13 @@ class StudioApp:
             item = items[0]
             new = r.num_frames - sum(i.source_count or 0 for i in items)
             values.update(video=item.source, context=item.source_count, seconds=new / r.fps, loop=r.mode == "loop",
-                          direction="forward" if item.frame_index == 0 else "backward")
+                          direction="forward" if item.frame_index == 0 else "backward", candidates=r.best_of)
         elif r.mode == "restyle":
             values.update(video=r.init_video, strength=r.init_strength)
         elif r.mode == "connect":
             new = r.num_frames - sum(i.source_count or 0 for i in items)
             values.update(clip_a=items[0].source, clip_b=items[1].source, context=items[0].source_count,
-                          seconds=new / r.fps)
+                          seconds=new / r.fps, candidates=r.best_of)
         return values
 
 
@@ -436,10 +439,12 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                             direction = gr.Radio(["forward", "backward"], value="forward", label="Direction")
                             context = gr.Dropdown([1, 5, 9, 13, 17], value=9, label="Context frames the model sees")
                             make_loop = gr.Checkbox(label="Make it loop (bridge the end back to the start)")
+                            ext_candidates = gr.Dropdown(CANDIDATES, value=1, label=CANDIDATES_LABEL,
+                                                         allow_custom_value=True)
                         c = shared("extend", True, 2.0, "Seconds to add", "extend")
                         fitted_view(ext_video, c.size)
                         extra["extend"] = {"video": ext_video, "direction": direction, "context": context,
-                                           "loop": make_loop}
+                                           "loop": make_loop, "candidates": ext_candidates}
                         extend_go = gr.Button("Extend", variant="primary", elem_id="extend-generate")
                     with gr.Tab(TABS["restyle"], id="restyle"):
                         rs_video = gr.Video(label="Footage", format=None, height=200)
@@ -453,10 +458,14 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                         with gr.Row():
                             clip_a = gr.Video(label="Clip A (before)", format=None, height=180)
                             clip_b = gr.Video(label="Clip B (after)", format=None, height=180)
-                        cn_context = gr.Dropdown([5, 9, 13, 17], value=9, label="Context frames of each clip")
+                        with gr.Row():
+                            cn_context = gr.Dropdown([5, 9, 13, 17], value=9, label="Context frames of each clip")
+                            cn_candidates = gr.Dropdown(CANDIDATES, value=1, label=CANDIDATES_LABEL,
+                                                        allow_custom_value=True)
                         c = shared("connect", True, 1.0, "Transition length (s)", "connect")
                         fitted_view(clip_a, c.size)
-                        extra["connect"] = {"clip_a": clip_a, "clip_b": clip_b, "context": cn_context}
+                        extra["connect"] = {"clip_a": clip_a, "clip_b": clip_b, "context": cn_context,
+                                            "candidates": cn_candidates}
                         connect_go = gr.Button("Connect", variant="primary", elem_id="connect-generate")
                     with gr.Tab(TABS["history"], id="history"):
                         refresh = gr.Button("Refresh", size="sm")
@@ -500,11 +509,12 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
         events = [
             t2v_go.click(handler(app.request_t2v), t.inputs() + [one_frame], api_name="t2v", **run_args),
             animate_go.click(handler(app.request_animate), [image] + a.inputs(), api_name="animate", **run_args),
-            extend_go.click(handler(app.request_extend), [ext_video, direction, context, make_loop] + e.inputs(),
+            extend_go.click(handler(app.request_extend),
+                            [ext_video, direction, context, make_loop, ext_candidates] + e.inputs(),
                             api_name="extend", **run_args),
             restyle_go.click(handler(app.request_restyle), [rs_video, strength] + r.inputs(), api_name="restyle",
                              **run_args),
-            connect_go.click(handler(app.request_connect), [clip_a, clip_b, cn_context] + k.inputs(),
+            connect_go.click(handler(app.request_connect), [clip_a, clip_b, cn_context, cn_candidates] + k.inputs(),
                              api_name="connect", **run_args),
         ]
         for event in events:

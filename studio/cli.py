@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restyle: how far the clip is noised (0-1, default 0.7); animate: how firmly the still is held")
     p.add_argument("--context-frames", type=int, help="extend, loop, connect: frames of each clip the model sees")
     p.add_argument("--seed", type=int, help="random seed (random when omitted; recorded in the sidecar)")
+    p.add_argument("--best-of", type=int, default=1, metavar="N",
+                   help="extend, loop, connect: sample N candidates (seeds seed..seed+N-1), keep the smoothest joins")
     p.add_argument("--sampler", choices=tuple(SAMPLERS), default="default")
     p.add_argument("--shift", type=float, help="flow shift (the checkpoint's when omitted)")
     p.add_argument("--conditioning", choices=("per_token", "replace"), help="override the model's conditioning strategy")
@@ -136,6 +138,7 @@ def build_request(args: argparse.Namespace, defaults: Any, temporal: int, grid: 
         shift=args.shift,
         conditioning_strategy=args.conditioning,
         use_saved_latents=not args.no_saved_latents,
+        best_of=args.best_of,
     )
     mode, prompt = args.mode, args.prompt
     if not prompt:
@@ -253,7 +256,7 @@ def run(argv: list[str]) -> int:
 
     # Checked before the weights load, which takes minutes for a real checkpoint.
     probe = built if isinstance(built, GenerationRequest) else modes.text_to_video(
-        built.prompt, fps=built.fps, num_frames=defaults.num_frames, **built.settings)
+        built.prompt, fps=built.fps, num_frames=defaults.num_frames, **{**built.settings, "best_of": 1})
     check_grid(probe, geometry.grid, geometry.temporal)
     _quiet_library_progress()
     started = time.perf_counter()
@@ -263,15 +266,17 @@ def run(argv: list[str]) -> int:
     if isinstance(built, LoopPlan):  # from a clip, or from the prompt through a text-to-video base clip
         video = built.video
         if video is None:
-            base = modes.text_to_video(built.prompt, fps=built.fps, num_frames=defaults.num_frames, **built.settings)
+            base = modes.text_to_video(built.prompt, fps=built.fps, num_frames=defaults.num_frames,
+                                       **{**built.settings, "best_of": 1})  # candidates are for the bridge
             video = str(out.with_name(out.stem + ".base.mp4"))
             _generate_and_write(pipe, base, Path(video), None, args.quiet)
             print(f"wrote the clip to loop: {video}")
         built = modes.loop(video, built.prompt, built.new_frames, context_frames=args.context_frames,
                            temporal=geometry.temporal, fps=built.fps, **built.settings)
     sidecar = _generate_and_write(pipe, built, out, args.frames_out, args.quiet)
+    joins = f", joins {', '.join(f'{x:.2f}' for x in sidecar['joins'])}x the median step" if sidecar["joins"] else ""
     print(f"wrote {out} ({sidecar['frames']} frames, {sidecar['width']}x{sidecar['height']}, {sidecar['fps']:g} fps, "
-          f"seed {built.seed}) and {out.name}.json")
+          f"seed {built.seed}{joins}) and {out.name}.json")
     return 0
 
 

@@ -56,6 +56,7 @@ def write_result(result: Any, out: Path, frames_out: str | None = None, gif: boo
         "timings": result.timings,
         "versions": versions(),
         "notes": result.notes,
+        "joins": result.join_ratios,  # each join's step over the clip's median step (1 = as smooth as the clip)
         "created": datetime.now().astimezone().isoformat(timespec="seconds"),
     }
     write_output(out, result.frames, result.fps, audio_from=result.audio_source,

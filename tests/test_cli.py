@@ -41,7 +41,7 @@ def test_every_mode_through_the_cli(tiny_model_dir, tmp_path, capsys):
         "animate.mp4": ("animate", "--image", str(tmp_path / "still.png"), "--frames", "5"),
         "forward.mp4": ("extend", "--video", str(base), "--frames", "4", "--context-frames", "5"),
         "backward.mp4": ("extend", "--video", str(base), "--direction", "backward", "--frames", "8"),
-        "loop.mp4": ("loop", "--video", str(base), "--frames", "3"),
+        "loop.mp4": ("loop", "--video", str(base), "--frames", "3", "--best-of", "2"),
         "restyle.mp4": ("restyle", "--video", str(base), "--strength", "0.5"),
         "restyle-frames.mp4": ("restyle", "--video", str(tmp_path / "frames"), "--strength", "0.5"),
         "connect.mp4": ("connect", "--video", str(base), "--video-b", str(tmp_path / "forward.mp4"), "--frames", "7"),
@@ -59,6 +59,9 @@ def test_every_mode_through_the_cli(tiny_model_dir, tmp_path, capsys):
     assert parents == [str(base), str(tmp_path / "forward.mp4")]
     out = capsys.readouterr().out
     assert "conditioned on saved latents" in out
+    loop_meta = json.loads((tmp_path / "loop.mp4.json").read_text())
+    assert loop_meta["request"]["best_of"] == 2 and len(loop_meta["joins"]) == 2  # the seam and the wrap
+    assert "joins " in out and "x the median step" in out
 
 
 def test_loop_from_a_prompt_makes_a_base_clip_then_bridges_it(tiny_model_dir, tmp_path):
@@ -90,6 +93,7 @@ def test_seconds_snap_and_say_so(tiny_model_dir, tmp_path, capsys):
     (["connect", "--frames", "5", "--video", "{clip}", "--video-b", "{clip}"], "frames = 5 .*connect.*3 or 7"),
     (["t2v", "--width", "40"], "width = 40 is not valid: a multiple of 16.*32 or 48"),
     (["t2v", "--steps", "0"], "steps = 0 is not valid"),
+    (["t2v", "--best-of", "3"], "best_of = 3 is not valid: 1 for a request without joins"),
     (["animate"], "animate needs --image"),
     (["extend", "--video", "missing.mp4"], "--video 'missing.mp4' does not exist"),
     (["restyle", "--video", "{clip}", "--strength", "1.5"], "init_strength = 1.5"),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines import extend
-from pipelines.seams import EDGE_FRAMES, Join, carry_residuals, held_residuals
+import pytest
+
+from pipelines import connect, extend, text_to_video
+from pipelines.seams import EDGE_FRAMES, Join, carry_residuals, held_residuals, join_ratios
 from tests.test_embedded import embedded, source_clip  # noqa: F401  (module fixtures)
 
 
@@ -58,3 +60,27 @@ def test_extend_join_steps_as_the_decoder_does(embedded, source_clip):  # noqa: 
     decoder_step = _steps(raw)[context - 1]
     assert abs(_steps(result.frames)[join] - decoder_step) < 0.5
     assert _steps(result.frames)[join] < _steps(raw_clip)[join]
+
+
+def test_best_of_keeps_the_candidate_with_the_smoothest_joins(wan21, png_clip):
+    (a, _), (b, _) = png_clip(9, "a", seed=1), png_clip(9, "b", seed=2)
+    settings = dict(width=32, height=32, steps=3, guidance_scale=4.0, fps=8.0)
+    request = connect(a, b, "a square glides over", new_frames=3, context_frames=5, seed=11, best_of=3, **settings)
+    progress = []
+    kept = wan21.generate(request, callback=lambda step, total, latents: progress.append((step, total)))
+    assert progress == [(i, 9) for i in range(1, 10)]  # three candidates' steps counted on
+    singles = [wan21.generate(request.replace(best_of=1, seed=11 + k)) for k in range(3)]
+    worst = [max(s.join_ratios) for s in singles]
+    assert len(set(worst)) == 3  # the seeds give different bridges
+    chosen = singles[int(np.argmin(worst))]
+    assert kept.seed == chosen.seed and np.array_equal(kept.frames, chosen.frames)
+    assert kept.join_ratios == chosen.join_ratios
+    assert kept.join_ratios == pytest.approx(join_ratios(kept.frames, [9, 12], wraps=False), abs=1e-3)
+    assert any(note.startswith(f"best of 3: seed {chosen.seed}") for note in kept.notes)
+
+
+def test_best_of_needs_joins():
+    with pytest.raises(ValueError, match=r"best_of = 2 is not valid: 1 for a request without joins"):
+        text_to_video("a ball", best_of=2)
+    with pytest.raises(ValueError, match=r"best_of = 0 is not valid: an integer in \[1, 16\]"):
+        text_to_video("a ball", best_of=0)

@@ -123,7 +123,7 @@ def test_hostile_uploads_through_the_api_get_the_reason_and_leave_nothing(studio
     with pytest.raises(Exception, match=r"bomb.png: the image is 9000x9000 \(81.0 MP\)"):
         client.predict(handle_file(str(bomb)), "a ball", *SETTINGS, 1.0, 8, api_name="/animate")
     with pytest.raises(Exception, match="list.mp4: this is a playlist"):
-        client.predict(handle_file(str(playlist)), "forward", 9, False, "x", *SETTINGS, 0.5, 8,
+        client.predict(handle_file(str(playlist)), "forward", 9, False, 1, "x", *SETTINGS, 0.5, 8,
                        api_name="/extend")
     assert list((outputs / "uploads").iterdir()) == []  # rejected before a copy was kept
 

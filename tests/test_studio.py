@@ -89,7 +89,7 @@ def test_animate_holds_the_still_and_records_it_as_parent(client, tmp_path):
 @pytest.mark.parametrize("direction", ["forward", "backward"])
 def test_extend_keeps_the_clip_and_points_at_it(client, base_clip, direction):
     # 0.5 s at 8 fps = 4 new frames; the 9-frame context is the whole base clip.
-    result = result_of(client.predict(handle_file(base_clip["output"]), direction, 9, False, "on it goes", *SETTINGS,
+    result = result_of(client.predict(handle_file(base_clip["output"]), direction, 9, False, 1, "on it goes", *SETTINGS,
                                       0.5, 8, api_name="/extend"))
     assert probe(result["output"]) == (13, 32, 32)
     assert result["sidecar"]["parents"] == [base_clip["output"]]  # the re-uploaded output is recognised
@@ -101,10 +101,12 @@ def test_extend_keeps_the_clip_and_points_at_it(client, base_clip, direction):
 
 
 def test_loop_and_restyle_and_connect(client, base_clip, tmp_path):
-    looped = result_of(client.predict(handle_file(base_clip["output"]), "forward", 5, True, "round", *SETTINGS,
+    looped = result_of(client.predict(handle_file(base_clip["output"]), "forward", 5, True, 2, "round", *SETTINGS,
                                       0.375, 8, api_name="/extend"))
     assert probe(looped["output"]) == (12, 32, 32)  # 9 + a 3-frame bridge back to the start
-    assert looped["sidecar"]["request"]["mode"] == "loop"
+    assert looped["sidecar"]["request"]["mode"] == "loop" and looped["sidecar"]["request"]["best_of"] == 2
+    assert len(looped["sidecar"]["joins"]) == 2  # into the bridge, and the wrap back to the start
+    assert any(note.startswith("best of 2: seed ") for note in looped["sidecar"]["notes"])
 
     restyled = result_of(client.predict(handle_file(base_clip["output"]), 0.6, "in pastel", *SETTINGS, 8,
                                         api_name="/restyle"))
@@ -113,8 +115,8 @@ def test_loop_and_restyle_and_connect(client, base_clip, tmp_path):
 
     other = tmp_path / "other.mp4"
     write_mp4(other, np.full((9, 32, 32, 3), 90, np.uint8), 8.0)
-    joined = result_of(client.predict(handle_file(base_clip["output"]), handle_file(str(other)), 5, "meet", *SETTINGS,
-                                      0.375, 8, api_name="/connect"))
+    joined = result_of(client.predict(handle_file(base_clip["output"]), handle_file(str(other)), 5, 1, "meet",
+                                      *SETTINGS, 0.375, 8, api_name="/connect"))
     assert probe(joined["output"]) == (9 + 3 + 9, 32, 32)
     parents = joined["sidecar"]["parents"]
     assert parents[0] == base_clip["output"] and Path(parents[1]).parent.name == "uploads"
@@ -122,7 +124,7 @@ def test_loop_and_restyle_and_connect(client, base_clip, tmp_path):
 
 def test_bad_input_is_a_message_not_a_traceback(client):
     with pytest.raises(Exception, match="Add a clip to extend first"):
-        client.predict(None, "forward", 9, False, "x", *SETTINGS, 0.5, 8, api_name="/extend")
+        client.predict(None, "forward", 9, False, 1, "x", *SETTINGS, 0.5, 8, api_name="/extend")
     with pytest.raises(Exception, match="prompt"):
         client.predict("", *SETTINGS, 1.0, 8, False, api_name="/t2v")
 
@@ -155,7 +157,8 @@ def test_reproduce_loads_settings_that_give_the_same_frames(client, base_clip):
     first, second = Path(base_clip["output"]), Path(again["output"])
     assert np.array_equal(read_media(second.with_suffix(".gif"), 8), read_media(first.with_suffix(".gif"), 8))
     assert load_file(f"{second}.latents.safetensors")["latents"].equal(load_file(f"{first}.latents.safetensors")["latents"])
-    extended = result_of(client.predict(handle_file(base_clip["output"]), "forward", 9, False, "on", *SETTINGS, 0.5, 8,
+    extended = result_of(client.predict(handle_file(base_clip["output"]), "forward", 9, False, 1, "on", *SETTINGS,
+                                        0.5, 8,
                                         api_name="/extend"))
     values = client.predict(Path(extended["output"]).name, api_name="/reproduce")
     assert values["tab"] == "extend" and values["context"] == 9 and values["direction"] == "forward"
@@ -173,7 +176,7 @@ def test_send_to_moves_the_last_result_into_another_tab(server):
     still = client.predict(api_name="/send_to_animate")
     assert np.array_equal(np.asarray(Image.open(still)), read_media(made["output"], 8)[-1])
     # and the sent clip extends with the result as its parent
-    result = result_of(client.predict(handle_file(sent_path), "forward", 9, False, "more", *SETTINGS, 0.5, 8,
+    result = result_of(client.predict(handle_file(sent_path), "forward", 9, False, 1, "more", *SETTINGS, 0.5, 8,
                                       api_name="/extend"))
     assert result["sidecar"]["parents"] == [made["output"]]
 

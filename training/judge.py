@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.seams import seam_ratio, wrap_ratio
 from training.world import (BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, Scene, Thing, _background, held_out,
                             prompt_for, render, sample_scene)
 
@@ -96,18 +97,6 @@ def held_out_prompts(count: int) -> list[tuple[str, str, str, str]]:
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return 10 * math.log10(255.0**2 / max(mse, 1e-10))
-
-
-def seam_ratio(video: np.ndarray, seam: int) -> float:
-    """Mean absolute change across frames seam-1 -> seam, over the clip's median adjacent-frame change."""
-    changes = np.abs(np.diff(video.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
-    return float(changes[seam - 1] / max(np.median(changes), 1e-6))
-
-
-def wrap_ratio(video: np.ndarray) -> float:
-    changes = np.abs(np.diff(video.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
-    wrap = np.abs(video[0].astype(np.float32) - video[-1].astype(np.float32)).mean()
-    return float(wrap / max(np.median(changes), 1e-6))
 
 
 def vae_ceiling(pipe, clips: int, width: int, height: int, num_frames: int, fps: float) -> dict:
