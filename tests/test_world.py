@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.judge import held_out_prompts, read_clip, seam_ratio, wrap_ratio
+from pipelines.seams import seam_ratio, wrap_ratio
+from training.judge import held_out_prompts, read_clip
 from training.world import (COLOURS, DIRECTIONS, Scene, Thing, _start_for, caption, clip, held_out, mirrored, render,
                             sample_scene)
 
