@@ -55,6 +55,7 @@ def card(folder: Path, run: Path, judge: dict) -> str:
     vae_params = sum(p.numel() for p in new_vae().parameters())
     dit_params = sum(p.numel() for p in new_transformer().parameters())
     training = json.loads((folder / "training.json").read_text())
+    dit_runs = sum(1 for s in training.get("history", []) if s["part"] == "transformer")
     cache = torch.load(run / "cache.pt", weights_only=False, map_location="cpu")
     clips = sum(len(g["captions"]) for g in cache["groups"].values())
     hardware = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads, no GPU"
@@ -89,7 +90,8 @@ Colour-motion-background combinations picked by `training.world.held_out` never 
 |---|---|---|---|
 {training_rows(training)}
 
-Data: {clips} clips of 25 frames at 8 fps in three sizes (128x128, 160x96, 96x160), encoded once;
+Data{' of the last DiT run' if dit_runs > 1 else ''}: {clips} clips of 25 frames at 8 fps in three sizes (128x128, 160x96,
+96x160), encoded once{'; each run renders its own clips from the world (another seed)' if dit_runs > 1 else ''};
 training windows of 1, 3, 5 or 7 latent frames, mostly from a clip's start and sometimes from its middle.
 Hardware: {hardware}.
 
