@@ -386,7 +386,8 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                                 elem_id=f"{tab}-prompt")
             with gr.Row():
                 size = gr.Dropdown(size_choices if media_input else presets, label="Aspect ratio and size",
-                                   value=MATCH_INPUT if media_input else default_preset(info), allow_custom_value=True)
+                                   value=MATCH_INPUT if media_input else default_preset(info), allow_custom_value=True,
+                                   elem_id=f"{tab}-size")
                 seconds_w = None
                 if seconds is not None:
                     seconds_w = gr.Slider(0.25, 10.0, value=seconds, step=0.25, label=seconds_label)

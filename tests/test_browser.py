@@ -78,9 +78,13 @@ def test_generate_play_cancel_and_screenshot(browser, studio_url):
     browser.save_screenshot(str(screenshots / "studio.png"))
     assert (screenshots / "studio.png").stat().st_size > 10_000
 
-    # A long second run, cancelled from the UI mid-way: 100 steps over 10 s at 12 fps (121 frames, the most the
-    # tiny model's position encoding takes) run for many seconds, so the run cannot finish between seeing a
-    # step and the click landing.
+    # A long second run, cancelled from the UI mid-way: 100 steps of 96x96 over 10 s at 12 fps (121 frames, the
+    # most the tiny model's position encoding takes), so the denoising cannot finish between seeing a step and
+    # the click landing. At 32x32 it did, and the cancel landed in the decode; at 64x64 it came within 27 steps.
+    size = browser.find_element(By.CSS_SELECTOR, "#t2v-size input")
+    size.click()
+    size.send_keys(Keys.CONTROL, "a")
+    size.send_keys("96x96", Keys.ENTER)
     browser.find_element(By.CSS_SELECTOR, "#t2v-advanced button").click()
     steps = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#t2v-steps input[type=number]")))
     steps.send_keys(Keys.CONTROL, "a")
