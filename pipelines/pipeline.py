@@ -262,6 +262,7 @@ class VideoPipeline:
             # worst join to a copied-through clip is smoothest is kept.
             best: _Candidate | None = None
             scores = []
+            loops = any(p.item.output == "omit" for p in placed)  # the wrap back to the start is a join too
             for k in range(request.best_of):
                 seed = (request.seed + k) % (MAX_SEED + 1)
 
@@ -307,7 +308,7 @@ class VideoPipeline:
                 window_frames = window_frames[-request.num_frames:]  # (T, H, W, 3)
                 window_frames = carry_residuals(window_frames, self._joins(window_frames, placed))
                 frames, offset, seams = self._assemble(window_frames, placed, request)
-                ratios = join_ratios(frames, seams, wraps=any(p.item.output == "omit" for p in placed))
+                ratios = join_ratios(frames, seams, wraps=loops)
                 scores.append(max(ratios, default=0.0))
                 if best is None or scores[-1] < max(best.join_ratios, default=0.0):
                     best = _Candidate(seed, frames, offset, latents, held, ratios)

@@ -77,20 +77,21 @@ def frame_steps(video: np.ndarray) -> np.ndarray:
     return np.abs(np.diff(video.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
 
 
+def join_ratios(video: np.ndarray, seams: list[int], wraps: bool) -> list[float]:
+    """Every join's change over the clip's median frame-to-frame change: each seam (an output frame index
+    where copied and generated frames meet: the change from frame seam-1 to seam), then the wrap (last frame
+    back to the first) when the clip loops."""
+    steps = frame_steps(video)  # (F-1,)
+    median = max(float(np.median(steps)), 1e-6)
+    ratios = [float(steps[s - 1]) / median for s in seams]
+    if wraps:
+        ratios.append(float(np.abs(video[0].astype(np.float32) - video[-1].astype(np.float32)).mean()) / median)
+    return ratios
+
+
 def seam_ratio(video: np.ndarray, seam: int) -> float:
-    """Change across frames seam-1 -> seam, over the clip's median frame-to-frame change."""
-    steps = frame_steps(video)
-    return float(steps[seam - 1] / max(np.median(steps), 1e-6))
+    return join_ratios(video, [seam], wraps=False)[0]
 
 
 def wrap_ratio(video: np.ndarray) -> float:
-    """Change from the last frame back to the first (a loop's wrap), over the median frame-to-frame change."""
-    wrap = np.abs(video[0].astype(np.float32) - video[-1].astype(np.float32)).mean()
-    return float(wrap / max(np.median(frame_steps(video)), 1e-6))
-
-
-def join_ratios(video: np.ndarray, seams: list[int], wraps: bool) -> list[float]:
-    """Every join's ratio: each seam (an output frame index where copied and generated frames meet), then the
-    wrap when the clip loops."""
-    ratios = [seam_ratio(video, s) for s in seams]
-    return ratios + [wrap_ratio(video)] if wraps else ratios
+    return join_ratios(video, [], wraps=True)[0]

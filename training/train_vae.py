@@ -88,6 +88,10 @@ def main(argv: list[str] | None = None) -> None:
         weights, history = exported_weights(args.init, "vae")
         vae.load_state_dict(weights)
         print(f"initialised from {args.init} (trained {total_steps(history)} steps)")
+    def save(step: int) -> None:
+        torch.save({"model": vae.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
+                    "history": history}, checkpoint)
+
     rng = np.random.default_rng(args.seed + step)
     generator = torch.Generator().manual_seed(args.seed + step)
     log = open(args.run / "vae_log.jsonl", "a")
@@ -126,11 +130,9 @@ def main(argv: list[str] | None = None) -> None:
             log.write(json.dumps(record) + "\n")
             log.flush()
         if step % 200 == 0 or step == args.steps:
-            torch.save({"model": vae.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
-                        "history": history}, checkpoint)
+            save(step)
     if step == 0:  # `--init MODEL --steps 0`: the saved model's VAE as this run's, to cache DiT data with
-        torch.save({"model": vae.state_dict(), "optimiser": optimiser.state_dict(), "step": 0, "history": history},
-                   checkpoint)
+        save(step)
 
 
 if __name__ == "__main__":
