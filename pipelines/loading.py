@@ -34,6 +34,7 @@ class ModelDefaults:
     guidance_scale: float = 5.0
     conditioning_strategy: str = "replace"
     max_sequence_length: int = 512
+    image_first: bool = False  # text-to-video samples its first frame alone, then the clip (see generate)
 
 
 @dataclass(frozen=True)

@@ -97,11 +97,12 @@ class _Candidate:
     join_ratios: list[float]
 
 
-def _candidate_progress(callback: StepCallback | None, k: int, candidates: int) -> StepCallback | None:
-    """Steps of candidate k counted on from the candidates before it, so progress runs 1..candidates*steps."""
-    if callback is None or candidates == 1:
+def _pass_progress(callback: StepCallback | None, k: int, passes: int) -> StepCallback | None:
+    """Steps of sampling pass k counted on from the passes before it (candidates, image-first's two stages),
+    so progress runs 1..passes*steps."""
+    if callback is None or passes == 1:
         return callback
-    return lambda step, total, latents: callback(k * total + step, candidates * total, latents)
+    return lambda step, total, latents: callback(k * total + step, passes * total, latents)
 
 
 class VideoPipeline:
@@ -258,6 +259,10 @@ class VideoPipeline:
             clean, hold, prefix, suffix = self._encode_items(placed, shape)
             lap("encode_conditioning")
 
+            strategy = request.conditioning_strategy or self.defaults.conditioning_strategy
+            image_first = (self.defaults.image_first if request.image_first is None else request.image_first) and \
+                request.mode == "t2v" and shape[2] > 1 and not placed and init_latents is None
+
             # 4-6 run once per candidate (seeds seed, seed + 1, ...); of best_of > 1 candidates the one whose
             # worst join to a copied-through clip is smoothest is kept.
             best: _Candidate | None = None
@@ -268,15 +273,7 @@ class VideoPipeline:
 
                 # 4. Noise: drawn on the CPU from the seed as diffusers' randn_tensor draws it, then SDEdit
                 #    (Meng et al., arXiv 2108.01073) starts part-way down the checkpoint's schedule.
-                scheduler = make_scheduler(request.sampler, self.scheduler, request.shift)
-                scheduler.set_timesteps(request.steps, device=self.device)
-                start = 0
-                if request.init_strength is not None:
-                    kept = min(int(request.steps * request.init_strength), request.steps)
-                    start = (request.steps - kept) * scheduler.order
-                scheduler.set_begin_index(start)
-                timesteps = scheduler.timesteps[start:]
-                sigmas = scheduler.sigmas[start:start + len(timesteps)].to(self.device)
+                scheduler, timesteps, sigmas = self._schedule(request)
                 generator = torch.Generator("cpu").manual_seed(seed)
                 noise = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
                 latents = noise
@@ -286,16 +283,28 @@ class VideoPipeline:
                                else scheduler.scale_noise(init_latents, t0, noise))
                 held = None
                 if placed:
-                    strategy = request.conditioning_strategy or self.defaults.conditioning_strategy
                     held = HeldLatents(clean, hold, noise, strategy, self.patch_size)
 
-                # 5. Denoise.
+                # 5. Denoise. Image-first text-to-video (Emu Video, Girdhar et al., arXiv 2311.10709) samples
+                #    latent frame 0 alone, from its own slice of the noise, then samples the clip with that
+                #    frame held as animate holds a still: the layout is settled where the model is surest.
                 denoiser = GuidedDenoiser(self.transformer, cond, uncond, request.guidance_scale,
                                           batched=not self.low_vram)
+                per_candidate = 2 if image_first else 1
+                passes = request.best_of * per_candidate
                 with torch.no_grad(), self._resident(self.transformer):
                     try:
+                        if image_first:
+                            first_scheduler, _, _ = self._schedule(request)
+                            first = sample(denoiser, noise[:, :, :1], first_scheduler, timesteps, sigmas, None,
+                                           _pass_progress(callback, per_candidate * k, passes))  # (1, C, 1, H, W)
+                            if denoiser.cached:
+                                self.transformer._reset_stateful_cache()
+                            clean, hold = torch.zeros_like(noise), torch.zeros((1, 1, *shape[2:]), device=self.device)
+                            clean[:, :, :1], hold[:, :, :1] = first, 1.0
+                            held = HeldLatents(clean, hold, noise, strategy, self.patch_size)
                         latents = sample(denoiser, latents, scheduler, timesteps, sigmas, held,
-                                         _candidate_progress(callback, k, request.best_of))  # (1, C, F, H, W)
+                                         _pass_progress(callback, per_candidate * (k + 1) - 1, passes))  # (1, C, F, H, W)
                     finally:
                         if denoiser.cached:  # a step cache must not carry one clip's residuals into the next
                             self.transformer._reset_stateful_cache()
@@ -333,6 +342,18 @@ class VideoPipeline:
         )
 
     # ---- stages -----------------------------------------------------------------------------------------
+    def _schedule(self, request: GenerationRequest):
+        """A fresh scheduler for one sampling pass, its timesteps and their sigmas; SDEdit starts part-way."""
+        scheduler = make_scheduler(request.sampler, self.scheduler, request.shift)
+        scheduler.set_timesteps(request.steps, device=self.device)
+        start = 0
+        if request.init_strength is not None:
+            kept = min(int(request.steps * request.init_strength), request.steps)
+            start = (request.steps - kept) * scheduler.order
+        scheduler.set_begin_index(start)
+        timesteps = scheduler.timesteps[start:]
+        return scheduler, timesteps, scheduler.sigmas[start:start + len(timesteps)].to(self.device)
+
     def _read_init_video(self, request: GenerationRequest) -> np.ndarray | None:
         if request.init_video is None:
             return None

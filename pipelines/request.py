@@ -93,6 +93,8 @@ class GenerationRequest:
     `num_frames` is the length of the window the model samples. Modes that splice source clips (extend,
     loop, connect) return more frames than that: see `ConditioningItem.output`. `best_of` > 1 samples that
     many candidates (seeds `seed`, `seed + 1`, ...) and keeps the one whose joins are smoothest.
+    `image_first` samples a text-to-video clip in two stages, its first frame alone and then the clip with
+    that frame held (None: the model's default; see `VideoPipeline.generate`).
     """
 
     prompt: str
@@ -113,6 +115,7 @@ class GenerationRequest:
     init_strength: float | None = None
     use_saved_latents: bool = True
     best_of: int = 1
+    image_first: bool | None = None
 
     def __post_init__(self) -> None:
         from pipelines.samplers import SAMPLERS  # the registry names the valid samplers
@@ -157,6 +160,12 @@ class GenerationRequest:
         _require(isinstance(self.use_saved_latents, bool), "use_saved_latents", self.use_saved_latents, "True or False")
         _require(_is_int(self.best_of) and 1 <= self.best_of <= MAX_BEST_OF, "best_of", self.best_of,
                  f"an integer in [1, {MAX_BEST_OF}] (candidates to sample, keeping the smoothest joins)")
+        _require(self.image_first is None or isinstance(self.image_first, bool), "image_first", self.image_first,
+                 "None (the model's default), True or False")
+        if self.image_first:
+            _require(self.mode == "t2v" and self.num_frames > 1 and not self.conditioning, "image_first",
+                     self.image_first, "None or False unless the request is text-to-video of more than one frame "
+                     "without conditioning (its first frame is what image-first samples)")
         if self.best_of > 1:
             _require(any(item.output != "window" for item in self.conditioning), "best_of", self.best_of,
                      "1 for a request without joins: candidates are ranked by their joins to copied-through clips "

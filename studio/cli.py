@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed (random when omitted; recorded in the sidecar)")
     p.add_argument("--best-of", type=int, default=1, metavar="N",
                    help="extend, loop, connect: sample N candidates (seeds seed..seed+N-1), keep the smoothest joins")
+    p.add_argument("--image-first", action=argparse.BooleanOptionalAction, default=None,
+                   help="t2v: sample the first frame alone, then the clip with it held (the model's default when "
+                        "omitted)")
     p.add_argument("--sampler", choices=tuple(SAMPLERS), default="default")
     p.add_argument("--shift", type=float, help="flow shift (the checkpoint's when omitted)")
     p.add_argument("--conditioning", choices=("per_token", "replace"), help="override the model's conditioning strategy")
@@ -145,9 +148,11 @@ def build_request(args: argparse.Namespace, defaults: Any, temporal: int, grid: 
         raise UsageError(f"{mode} needs --prompt")
     if args.strength is not None and mode not in ("restyle", "animate"):
         raise UsageError(f"--strength applies to restyle and animate, not {mode}")
+    if args.image_first is not None and mode != "t2v":
+        raise UsageError(f"--image-first applies to t2v, not {mode}")
     if mode == "t2v":
         return modes.text_to_video(prompt, fps=fps, num_frames=_frames(args, "window", fps, temporal, defaults.num_frames),
-                                   **settings)
+                                   image_first=args.image_first, **settings)
     if mode == "image":
         return modes.text_to_image(prompt, fps=fps, **settings)
     if mode == "animate":

@@ -27,9 +27,10 @@ def generate(model: Path, mode: str, out: Path, *extra: str) -> int:
 
 def test_every_mode_through_the_cli(tiny_model_dir, tmp_path, capsys):
     base = tmp_path / "base.mp4"
-    assert generate(tiny_model_dir, "t2v", base, "--frames", "9", "--frames-out", str(tmp_path / "frames")) == 0
+    assert generate(tiny_model_dir, "t2v", base, "--frames", "9", "--frames-out", str(tmp_path / "frames"),
+                    "--image-first") == 0
     sidecar = json.loads((tmp_path / "base.mp4.json").read_text())
-    assert sidecar["request"]["num_frames"] == 9 and sidecar["frames"] == 9
+    assert sidecar["request"]["num_frames"] == 9 and sidecar["frames"] == 9 and sidecar["request"]["image_first"]
     assert {"torch", "diffusers", "transformers"} <= set(sidecar["versions"])
     assert (tmp_path / "base.mp4.latents.safetensors").is_file()
     assert len(list((tmp_path / "frames").glob("*.png"))) == 9
@@ -94,6 +95,7 @@ def test_seconds_snap_and_say_so(tiny_model_dir, tmp_path, capsys):
     (["t2v", "--width", "40"], "width = 40 is not valid: a multiple of 16.*32 or 48"),
     (["t2v", "--steps", "0"], "steps = 0 is not valid"),
     (["t2v", "--best-of", "3"], "best_of = 3 is not valid: 1 for a request without joins"),
+    (["animate", "--image", "{clip}", "--image-first"], "--image-first applies to t2v, not animate"),
     (["animate"], "animate needs --image"),
     (["extend", "--video", "missing.mp4"], "--video 'missing.mp4' does not exist"),
     (["restyle", "--video", "{clip}", "--strength", "1.5"], "init_strength = 1.5"),

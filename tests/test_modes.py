@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -207,3 +209,33 @@ def test_source_and_omit_items_must_join_the_window(wan21, png_clip):
     omitted = ConditioningItem(path, frame_index=0, source_count=5, output="omit")
     with pytest.raises(ValueError, match="output='omit' must end the window"):
         wan21.generate(GenerationRequest(prompt="a ball", num_frames=9, conditioning=(omitted,), **SETTINGS))
+
+
+@pytest.mark.parametrize("strategy", ["per_token", "replace"])
+def test_image_first_samples_the_first_frame_alone_then_holds_it(wan21, strategy):
+    seen = []
+    request = text_to_video("a red ball", num_frames=9, image_first=True, conditioning_strategy=strategy,
+                            **{**SETTINGS, "steps": 3})
+    result = wan21.generate(request, callback=lambda step, total, latents: seen.append((step, total, latents)))
+    # Two passes count as one run of 2 x steps: latent frame 0 alone, then the whole window.
+    assert [(step, total, latents.shape[2]) for step, total, latents in seen] == [
+        (1, 6, 1), (2, 6, 1), (3, 6, 1), (4, 6, 3), (5, 6, 3), (6, 6, 3)]
+    image = seen[2][2][0]  # (C, 1, H, W): what the first pass sampled
+    assert torch.equal(result.latents[:, :1], image)
+    assert result.held.known[0, 0, 0].all() and not result.held.known[0, 0, 1:].any()
+    assert np.array_equal(wan21.generate(request).frames, result.frames)
+    joint = wan21.generate(request.replace(image_first=False))
+    assert not torch.equal(joint.latents[:, :1], image)
+
+
+def test_image_first_follows_the_model_default(wan21_components):
+    from conftest import make_pipeline
+
+    pipe = make_pipeline(wan21_components)
+    request = text_to_video("a red ball", num_frames=5, **SETTINGS)
+    joint = pipe.generate(request)
+    pipe.defaults = dataclasses.replace(pipe.defaults, image_first=True)
+    staged = pipe.generate(request)
+    assert torch.equal(staged.latents, pipe.generate(request.replace(image_first=True)).latents)
+    assert not torch.equal(staged.latents, joint.latents)
+    assert torch.equal(pipe.generate(request.replace(image_first=False)).latents, joint.latents)

@@ -16,7 +16,7 @@ def test_json_round_trip_is_exact():
         **BASE, negative_prompt="blurry", fps=12.5, steps=7, guidance_scale=3.25, seed=2**63 + 5, sampler="euler",
         shift=5.0, conditioning_strategy="replace",
         conditioning=(ConditioningItem("a.mp4", 0, 0.75, 3, 5, "source"), ConditioningItem("b.png", 8)),
-        init_video="c.mp4", init_strength=0.55, use_saved_latents=False, mode="connect")
+        init_video="c.mp4", init_strength=0.55, use_saved_latents=False, mode="connect", image_first=False)
     text = request.to_json()
     again = GenerationRequest.from_json(text)
     assert again == request
@@ -43,10 +43,20 @@ def test_json_round_trip_is_exact():
     ("conditioning_strategy", "concat", "conditioning_strategy.*per_token, replace"),
     ("init_strength", 0.5, "init_strength.*None unless init_video"),
     ("use_saved_latents", 1, "use_saved_latents"),
+    ("image_first", 1, "image_first.*None .the model's default., True or False"),
 ])
 def test_bad_fields_name_the_field_and_what_is_valid(field, value, message):
     with pytest.raises(ValueError, match=message):
         GenerationRequest(**{**BASE, field: value})
+
+
+def test_image_first_is_for_text_to_video_only():
+    assert GenerationRequest(**BASE, image_first=True).image_first is True
+    assert GenerationRequest(**{**BASE, "mode": "animate"}, image_first=False).image_first is False
+    for bad in (dict(mode="animate", conditioning=(ConditioningItem("a.png"),)), dict(num_frames=1),
+                dict(mode="restyle", init_video="c.mp4", init_strength=0.5)):
+        with pytest.raises(ValueError, match="image_first = True is not valid: .*text-to-video"):
+            GenerationRequest(**{**BASE, **bad}, image_first=True)
 
 
 def test_init_video_needs_a_strength_that_runs_a_step():

@@ -66,6 +66,8 @@ def test_dit_masks_never_hold_every_frame(frames):
         assert not masks.any()  # a single latent is always generated (text to image)
     else:
         assert masks[:, 0].mean() > 0.3 and (~masks).all(axis=1).mean() > 0.2  # animate-like and t2v both seen
+        later = np.stack([train_dit.sample_mask(rng, frames, starts_held=True) for _ in range(400)])
+        assert later[:, 0].all() and not later.all(axis=1).any()  # a window cut from a clip's middle
 
 
 def test_dit_noise_levels_follow_the_samplers_shifted_schedule():
@@ -121,8 +123,9 @@ def test_dit_caches_object_masks_and_training_resumes(tmp_path, capsys, keep_thr
     again.mkdir()
     (again / "cache.pt").symlink_to(tmp_path / "cache.pt")
     train_dit.main(["--run", str(again), "--threads", "1", "train", "--steps", "1", "--batch", "2",
-                    "--init", str(tmp_path / "model")])
-    assert "trained 3 steps" in capsys.readouterr().out
+                    "--init", str(tmp_path / "model"), "--also", str(tmp_path / "cache.pt")])
+    out = capsys.readouterr().out
+    assert "trained 3 steps" in out and "16 clips from 2 cache(s)" in out  # another run's clips join this one's
     assert torch.load(again / "dit.pt", weights_only=False)["history"] == info["history"][1:]
     train_vae.main(["--run", str(again), "--steps", "1", "--threads", "1", "--init", str(tmp_path / "model")])
     assert torch.load(again / "vae.pt", weights_only=False)["history"] == info["history"][:1]

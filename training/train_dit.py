@@ -4,7 +4,8 @@ Rectified flow (arXiv 2209.03003): x_sigma = (1 - sigma) x0 + sigma eps, the mod
 latent frames (the conditioning) carry timestep 0 and their clean latents and take no loss, as in Wan 2.2
 TI2V and LTX-Video; the masks cover every mode: none, the first frame, the first or last k frames, both
 ends, a random subset. Windows are also cut from the middle of clips, where the first latent stands for 4
-frames, as when a chain conditions on a clip's saved latents. Noise levels are shifted like the sampler's
+frames, as when a chain conditions on a clip's saved latents; such windows hold that latent, since a window
+the model starts from noise always starts on a first frame. Noise levels are shifted like the sampler's
 schedule. Captions are dropped 10 % of the time for classifier-free guidance.
 
 The objects cover a few percent of the latent grid, yet they carry what the prompt asks for (colour, shape,
@@ -39,6 +40,8 @@ from training.history import checkpoint_history, run_segment, total_steps
 from training.world import clip, foreground
 
 CLIP_FRAMES = 25  # 7 latent frames: windows of 1, 3, 5 or 7 latents are cut from them
+# Single-latent windows are stills: they train text-to-image, the first stage of image-first text-to-video.
+WINDOW_LATENTS, WINDOW_P = [1, 3, 5, 7], [0.2, 0.2, 0.4, 0.2]
 FOREGROUND_WEIGHT = 4.0
 SHIFT = SCHEDULER_CONFIG["flow_shift"]
 
@@ -105,8 +108,8 @@ def build_cache(run: Path, clips: int, seed: int) -> None:
     print(f"cache: {clips} clips, latent std {np.mean(stats['latents_std']):.3f}", flush=True)
 
 
-def sample_mask(rng: np.random.Generator, frames: int) -> np.ndarray:
-    """Which latent frames of a window are held (the conditioning of some mode)."""
+def sample_mask(rng: np.random.Generator, frames: int, starts_held: bool = False) -> np.ndarray:
+    """Which latent frames of a window are held (the conditioning of some mode); `starts_held` holds the first."""
     held = np.zeros(frames, bool)
     if frames == 1:
         return held
@@ -123,6 +126,7 @@ def sample_mask(rng: np.random.Generator, frames: int) -> np.ndarray:
         held[-max(1, k - 1):] = True
     elif kind == "subset":
         held = rng.random(frames) < 0.3
+    held[0] |= starts_held
     if held.all():
         held[-1] = False
     return held
@@ -138,12 +142,28 @@ def sample_sigmas(rng: np.random.Generator, batch: int) -> torch.Tensor:
     return (SHIFT * u / (1 + (SHIFT - 1) * u)).clamp(1e-3, 1.0)
 
 
+def load_groups(caches: list[Path]) -> dict[str, dict]:
+    """The clips of several caches (built with the same VAE), concatenated per size."""
+    merged: dict[str, dict] = {}
+    for path in caches:
+        for size, group in torch.load(path, weights_only=False)["groups"].items():
+            if size not in merged:
+                merged[size] = dict(group)
+                continue
+            for key in ("latents", "text", "objects"):
+                merged[size][key] = torch.cat([merged[size][key], group[key]])
+            merged[size]["captions"] = merged[size]["captions"] + group["captions"]
+    return merged
+
+
 def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | None = None,
-          bf16: bool = True) -> None:
+          bf16: bool = True, extra_caches: tuple[Path, ...] = ()) -> None:
     data = torch.load(run / "cache.pt", weights_only=False)
+    # This run's cache sets the latent statistics (export writes them into the VAE's config).
     mean = torch.tensor(data["stats"]["latents_mean"]).view(1, LATENT_CHANNELS, 1, 1, 1)
     inv_std = 1.0 / torch.tensor(data["stats"]["latents_std"]).view(1, LATENT_CHANNELS, 1, 1, 1)
-    groups = list(data["groups"].values())
+    groups = list(load_groups([run / "cache.pt", *extra_caches]).values())
+    print(f"{sum(len(g['captions']) for g in groups)} clips from {1 + len(extra_caches)} cache(s)")
     empty = data["empty_text"].float()
     checkpoint = run / "dit.pt"
     torch.manual_seed(seed)
@@ -179,15 +199,18 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
             group["lr"] = current_lr
         group = groups[rng.integers(len(groups))]
         picks = torch.from_numpy(rng.choice(len(group["captions"]), size=batch, replace=False))
-        length = int(rng.choice([1, 3, 5, 7], p=[0.1, 0.25, 0.45, 0.2]))
-        # Most windows start at the clip's first frame; some are cut later (a chain's saved latents).
-        offset = 0 if length == 7 or rng.random() < 0.8 else int(rng.integers(1, 7 - length + 1))
+        length = int(rng.choice(WINDOW_LATENTS, p=WINDOW_P))
+        # Most windows start at the clip's first frame; some are cut later, as a chain starts on a clip's
+        # saved latents. A later latent stands for 4 frames, unlike a first frame, so such a window always
+        # holds it: a window the model generates from scratch starts on a first frame, stills included.
+        later = length not in (1, 7) and rng.random() >= 0.8
+        offset = int(rng.integers(1, 7 - length + 1)) if later else 0
         x0 = (group["latents"][picks, :, offset:offset + length].float() - mean) * inv_std  # (B, C, F, h, w)
         objects = group["objects"][picks, offset:offset + length].float()  # (B, F, h, w)
         text = group["text"][picks].float()  # (B, L, 384)
         dropped = torch.from_numpy(rng.random(batch) < 0.1)
         text = torch.where(dropped[:, None, None], empty.expand_as(text), text)
-        held = torch.from_numpy(np.stack([sample_mask(rng, length) for _ in range(batch)]))  # (B, F)
+        held = torch.from_numpy(np.stack([sample_mask(rng, length, starts_held=later) for _ in range(batch)]))  # (B, F)
         sigma = sample_sigmas(rng, batch)  # (B,)
         noise = torch.from_numpy(rng.standard_normal(x0.shape)).float()
         token_sigma = sigma[:, None] * (~held).float()  # (B, F): 0 on held frames
@@ -257,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     fit.add_argument("--init", type=Path, help="a new run (not a resume) from this dit.pt's EMA weights or this "
                                               "model folder's transformer, e.g. the shipped model's")
     fit.add_argument("--fp32", action="store_true", help="train in fp32 instead of under bf16 autocast")
+    fit.add_argument("--also", type=Path, nargs="*", default=[], help="more cache.pt files (same VAE) whose clips "
+                                                                      "join this run's, e.g. an earlier run's")
     ex = sub.add_parser("export")
     ex.add_argument("--out", type=Path, default=Path("assets/embedded-model"))
     args = parser.parse_args(argv)
@@ -264,7 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "cache":
         build_cache(args.run, args.clips, args.seed)
     elif args.stage == "train":
-        train(args.run, args.steps, args.batch, args.lr, args.seed, args.init, bf16=not args.fp32)
+        train(args.run, args.steps, args.batch, args.lr, args.seed, args.init, bf16=not args.fp32,
+              extra_caches=tuple(args.also))
     else:
         export(args.run, args.out)
 
