@@ -81,6 +81,8 @@ def join_ratios(video: np.ndarray, seams: list[int], wraps: bool) -> list[float]
     """Every join's change over the clip's median frame-to-frame change: each seam (an output frame index
     where copied and generated frames meet: the change from frame seam-1 to seam), then the wrap (last frame
     back to the first) when the clip loops."""
+    if not seams and not wraps:  # nothing joined (text to video, an image): no frame steps to measure
+        return []
     steps = frame_steps(video)  # (F-1,)
     median = max(float(np.median(steps)), 1e-6)
     ratios = [float(steps[s - 1]) / median for s in seams]

@@ -52,12 +52,13 @@ class ModelInfo:
     guidance_scale: float
     grid: int
     temporal: int
+    image_first: bool = False
 
     @classmethod
     def of(cls, pipe: Any) -> ModelInfo:
         d = pipe.defaults
         return cls(pipe.model_id, d.width, d.height, d.num_frames, d.fps, d.steps, d.guidance_scale, pipe.grid,
-                   pipe.temporal)
+                   pipe.temporal, d.image_first)
 
 
 # ---- sizes and lengths -----------------------------------------------------------------------------------
@@ -164,12 +165,14 @@ class StudioApp:
         check_media(path)
         return str(self.history.keep_upload(path))
 
-    def request_t2v(self, prompt, negative, seed, steps, guidance, sampler, size, seconds, fps, one_frame):
+    def request_t2v(self, prompt, negative, seed, steps, guidance, sampler, size, seconds, fps, one_frame,
+                    image_first=None):
         settings = _settings(negative, seed, steps, guidance, sampler, _size_for(size, None, self.info))
         if one_frame:
             return modes.text_to_image(prompt, fps=float(fps), **settings)
         frames = modes.frames_for_seconds(float(seconds), float(fps), "window", self.info.temporal)
-        return modes.text_to_video(prompt, num_frames=frames, fps=float(fps), **settings)
+        image_first = None if image_first is None or frames == 1 else bool(image_first)
+        return modes.text_to_video(prompt, num_frames=frames, fps=float(fps), image_first=image_first, **settings)
 
     def request_animate(self, image, prompt, negative, seed, steps, guidance, sampler, size, seconds, fps):
         image = self._keep(image, "an image to animate")
@@ -309,7 +312,8 @@ class StudioApp:
                                       fps=r.fps)
         items = r.conditioning
         if r.mode in ("t2v", "image"):
-            values.update(one_frame=r.mode == "image", seconds=r.num_frames / r.fps if r.mode == "t2v" else None)
+            values.update(one_frame=r.mode == "image", seconds=r.num_frames / r.fps if r.mode == "t2v" else None,
+                          image_first=self.info.image_first if r.image_first is None else r.image_first)
         elif r.mode == "animate":
             values.update(image=items[0].source, seconds=r.num_frames / r.fps)
         elif r.mode in ("extend", "loop"):
@@ -425,8 +429,11 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                 with gr.Tabs() as tabs:
                     with gr.Tab(TABS["t2v"], id="t2v"):
                         c = shared("t2v", False, seconds_default)
-                        one_frame = gr.Checkbox(label="One frame (an image)")
-                        extra["t2v"] = {"one_frame": one_frame}
+                        with gr.Row():
+                            one_frame = gr.Checkbox(label="One frame (an image)")
+                            image_first = gr.Checkbox(label="Image first (the first frame, then the clip from it)",
+                                                      value=info.image_first, elem_id="t2v-image-first")
+                        extra["t2v"] = {"one_frame": one_frame, "image_first": image_first}
                         t2v_go = gr.Button("Generate", variant="primary", elem_id="t2v-generate")
                     with gr.Tab(TABS["animate"], id="animate"):
                         image = gr.Image(label="Still (becomes the first frame)", type="filepath", height=200)
@@ -508,7 +515,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
 
         t, a, e, r, k = (controls[n] for n in ("t2v", "animate", "extend", "restyle", "connect"))
         events = [
-            t2v_go.click(handler(app.request_t2v), t.inputs() + [one_frame], api_name="t2v", **run_args),
+            t2v_go.click(handler(app.request_t2v), t.inputs() + [one_frame, image_first], api_name="t2v", **run_args),
             animate_go.click(handler(app.request_animate), [image] + a.inputs(), api_name="animate", **run_args),
             extend_go.click(handler(app.request_extend),
                             [ext_video, direction, context, make_loop, ext_candidates] + e.inputs(),

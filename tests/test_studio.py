@@ -55,7 +55,7 @@ def result_of(outputs: tuple) -> dict:
 @pytest.fixture(scope="module")
 def base_clip(client) -> dict:
     """A text-to-video output the other tabs build on."""
-    return result_of(client.predict("a red ball moves right", *SETTINGS, 1.0, 8, False, api_name="/t2v"))
+    return result_of(client.predict("a red ball moves right", *SETTINGS, 1.0, 8, False, False, api_name="/t2v"))
 
 
 def test_text_to_video_writes_a_playable_mp4_gif_and_sidecar(base_clip, outputs):
@@ -66,6 +66,16 @@ def test_text_to_video_writes_a_playable_mp4_gif_and_sidecar(base_clip, outputs)
     sidecar = base_clip["sidecar"]
     assert sidecar["request"]["prompt"] == "a red ball moves right" and sidecar["request"]["seed"] == 7
     assert sidecar["parents"] == [] and "diffusers" in sidecar["versions"] and "denoise" in str(sidecar["timings"])
+
+
+def test_image_first_checkbox_reaches_the_request(client, base_clip):
+    staged = result_of(client.predict("a red ball moves right", *SETTINGS, 1.0, 8, False, True, api_name="/t2v"))
+    assert staged["sidecar"]["request"]["image_first"] is True
+    assert base_clip["sidecar"]["request"]["image_first"] is False
+    joint, first = read_media(base_clip["output"], 8), read_media(staged["output"], 8)
+    assert joint.shape == first.shape and not np.array_equal(joint, first)  # same seed, another procedure
+    values = client.predict(Path(staged["output"]).name, api_name="/reproduce")
+    assert values["image_first"] is True
 
 
 def test_one_frame_image(client):

@@ -113,21 +113,23 @@ def vae_ceiling(pipe, clips: int, width: int, height: int, num_frames: int, fps:
 
 
 def evaluate(model: str, prompts: int, steps: int | None, seed: int, guidance: float | None = None,
-             best_of: int = 1) -> dict:
+             best_of: int = 1, image_first: bool | None = None) -> dict:
     from pipelines import VideoPipeline, text_to_video
 
     pipe = VideoPipeline.from_pretrained(model, device="cpu")
     d = pipe.defaults
     settings = dict(width=d.width, height=d.height, fps=d.fps, steps=steps or d.steps,
                     guidance_scale=d.guidance_scale if guidance is None else guidance)
-    results: dict = {"model": model, "settings": settings, "adherence": {}, "fidelity": {}}
+    image_first = d.image_first if image_first is None else image_first
+    results: dict = {"model": model, "settings": {**settings, "image_first": image_first}, "adherence": {},
+                     "fidelity": {}}
 
     hits = {"colour": 0, "motion": 0, "background": 0}
     cases = held_out_prompts(prompts)
     started = time.time()
     for i, (colour, shape, motion, background) in enumerate(cases):
         request = text_to_video(prompt_for(colour, shape, motion, background), num_frames=d.num_frames,
-                                seed=seed + i, **settings)
+                                seed=seed + i, image_first=image_first, **settings)
         reading = read_clip(pipe.generate(request).frames)
         hits["colour"] += reading.colour == colour
         hits["motion"] += reading.motion == motion
@@ -193,6 +195,7 @@ def table(results: dict) -> str:
                    if ceiling else "not measured")
     rows = [
         ("held-out prompts", f"{a['prompts']}", ""),
+        ("text to video", "image first" if results["settings"].get("image_first") else "all frames at once", ""),
         ("read from VAE round trips (colour / motion / bg)", through_vae, "ceiling"),
         ("colour accuracy", f"{a['colour']:.1%}", ">= 85 %"),
         ("motion direction accuracy", f"{a['motion']:.1%}", ">= 75 %"),
@@ -218,9 +221,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guidance", type=float, help="guidance scale (the model's default when omitted)")
     parser.add_argument("--best-of", type=int, default=1, help="candidates per extend, loop and connect (keeps the "
                                                                 "smoothest joins)")
+    parser.add_argument("--image-first", action=argparse.BooleanOptionalAction, default=None,
+                        help="text-to-video samples the first frame, then the clip (the model's default when omitted)")
     parser.add_argument("--out", type=Path, default=Path("judge.json"))
     args = parser.parse_args(argv)
-    results = evaluate(args.model, args.prompts, args.steps, args.seed, args.guidance, args.best_of)
+    results = evaluate(args.model, args.prompts, args.steps, args.seed, args.guidance, args.best_of,
+                       args.image_first)
     args.out.write_text(json.dumps(results, indent=2))
     print(table(results))
 
