@@ -57,7 +57,10 @@ def card(folder: Path, run: Path, judge: dict) -> str:
     training = json.loads((folder / "training.json").read_text())
     dit_runs = sum(1 for s in training.get("history", []) if s["part"] == "transformer")
     cache = torch.load(run / "cache.pt", weights_only=False, map_location="cpu")
-    clips = sum(len(g["captions"]) for g in cache["groups"].values())
+    own = sum(len(g["captions"]) for g in cache["groups"].values())
+    # A run may also train on earlier runs' caches (train --also); its checkpoint counts every clip.
+    clips = torch.load(run / "dit.pt", weights_only=False, map_location="cpu").get("clips", own)
+    data = f"{clips} clips" + (f" (its own {own} and {clips - own} of an earlier run's)" if clips > own else "")
     hardware = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads, no GPU"
     d = STUDIO_DEFAULTS
     return f"""# Embedded model
@@ -75,7 +78,8 @@ the same code as Wan 2.1 / 2.2 checkpoints.
 | scheduler | `UniPCMultistepScheduler`, flow prediction | | flow_shift 3.0 |
 
 Weights are stored in float16 and loaded in float32 on the CPU. Defaults: {d['width']}x{d['height']}, {d['num_frames']} frames
-at {d['fps']:g} fps, {d['steps']} steps, guidance {d['guidance_scale']}, per-token conditioning.
+at {d['fps']:g} fps, {d['steps']} steps, guidance {d['guidance_scale']}, per-token conditioning{
+    ', text to video image first (the first frame, then the clip from it)' if d.get('image_first') else ''}.
 
 ## The world
 One or two objects (ball, square, triangle, star, ring, diamond; small or large) in ten colours (red,
@@ -90,9 +94,10 @@ Colour-motion-background combinations picked by `training.world.held_out` never 
 |---|---|---|---|
 {training_rows(training)}
 
-Data{' of the last DiT run' if dit_runs > 1 else ''}: {clips} clips of 25 frames at 8 fps in three sizes (128x128, 160x96,
+Data{' of the last DiT run' if dit_runs > 1 else ''}: {data} of 25 frames at 8 fps in three sizes (128x128, 160x96,
 96x160), encoded once{'; each run renders its own clips from the world (another seed)' if dit_runs > 1 else ''};
-training windows of 1, 3, 5 or 7 latent frames, mostly from a clip's start and sometimes from its middle.
+training windows of 1, 3, 5 or 7 latent frames, mostly from a clip's start and sometimes from its middle
+(such windows hold their first latent).
 Hardware: {hardware}.
 
 ## Judge

@@ -163,7 +163,8 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
     mean = torch.tensor(data["stats"]["latents_mean"]).view(1, LATENT_CHANNELS, 1, 1, 1)
     inv_std = 1.0 / torch.tensor(data["stats"]["latents_std"]).view(1, LATENT_CHANNELS, 1, 1, 1)
     groups = list(load_groups([run / "cache.pt", *extra_caches]).values())
-    print(f"{sum(len(g['captions']) for g in groups)} clips from {1 + len(extra_caches)} cache(s)")
+    clips = sum(len(g["captions"]) for g in groups)
+    print(f"{clips} clips from {1 + len(extra_caches)} cache(s)")
     empty = data["empty_text"].float()
     checkpoint = run / "dit.pt"
     torch.manual_seed(seed)
@@ -243,7 +244,7 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
             log.flush()
         if step % 250 == 0 or step == steps:
             torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimiser": optimiser.state_dict(),
-                        "step": step, "history": history}, checkpoint)
+                        "step": step, "history": history, "clips": clips}, checkpoint)
 
 
 def export(run: Path, out: Path) -> None:
