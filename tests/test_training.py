@@ -140,3 +140,13 @@ def test_dit_caches_object_masks_and_training_resumes(tmp_path, capsys, keep_thr
                                                                   ("transformer", 1)]
     rows = model_card.training_rows(info)
     assert "| VAE in all | 6 |" in rows and "| DiT in all | 4 |" in rows
+    # A soup: the run's DiT averaged with the model it started from.
+    train_dit.main(["--run", str(again), "export", "--out", str(again / "soup"), "--soup", str(tmp_path / "model")])
+    from training.components import exported_weights
+
+    mixed, _ = exported_weights(again / "soup", "transformer")
+    start, _ = exported_weights(tmp_path / "model", "transformer")
+    end = torch.load(again / "dit.pt", weights_only=False)["ema"]
+    assert any(not torch.equal(start[k], end[k]) for k in start)
+    assert all(torch.allclose(mixed[k], (start[k] + end[k]) / 2, atol=2e-3, rtol=2e-3) for k in start)
+    assert "after 3 steps and after 4" in json.loads((again / "soup" / "training.json").read_text())["transformer_weights"]

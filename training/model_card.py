@@ -93,7 +93,7 @@ Colour-motion-background combinations picked by `training.world.held_out` never 
 | stage | steps | final figures | wall time |
 |---|---|---|---|
 {training_rows(training)}
-
+{chr(10) + 'Shipped DiT weights: ' + training['transformer_weights'] + '.' + chr(10) if training.get('transformer_weights') else ''}
 Data{' of the last DiT run' if dit_runs > 1 else ''}: {data} of 25 frames at 8 fps in three sizes (128x128, 160x96,
 96x160), encoded once{'; each run renders its own clips from the world (another seed)' if dit_runs > 1 else ''};
 training windows of 1, 3, 5 or 7 latent frames, mostly from a clip's start and sometimes from its middle

@@ -247,22 +247,33 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
                         "step": step, "history": history, "clips": clips}, checkpoint)
 
 
-def export(run: Path, out: Path) -> None:
+def export(run: Path, out: Path, soup: Path | None = None) -> None:
+    """Save the run's VAE and EMA DiT as a model folder. With `soup`, the DiT is the mean of this run's
+    weights and that model's (a model soup, Wortsman et al., arXiv 2203.05482): a run continued from a saved
+    model can trade one skill for another, and the mean of the two may keep both."""
     data = torch.load(run / "cache.pt", weights_only=False)
     vae = load_vae(run)
     vae.register_to_config(**data["stats"])
     transformer = new_transformer()
     dit = torch.load(run / "dit.pt", weights_only=False)
-    transformer.load_state_dict(dit["ema"])
+    weights = dit["ema"]
+    if soup is not None:
+        other, _ = exported_weights(soup, "transformer")
+        weights = {k: (v.float() + other[k]) / 2 for k, v in weights.items()}
+    transformer.load_state_dict(weights)
     vae_state = torch.load(run / "vae.pt", weights_only=False)
     vae_history = checkpoint_history(vae_state, "vae")
     if vae_state["step"] > 0:  # this run trained the VAE (else it was taken as it is from a saved model)
         vae_history.append(run_segment("vae", vae_state["step"], run / "vae_log.jsonl"))
     dit_history = checkpoint_history(dit, "transformer") + [run_segment("transformer", dit["step"],
                                                                         run / "dit_log.jsonl")]
-    save_model(out, vae, transformer, {"vae_steps": total_steps(vae_history),
-                                       "transformer_steps": total_steps(dit_history),
-                                       "history": vae_history + dit_history})
+    training = {"vae_steps": total_steps(vae_history), "transformer_steps": total_steps(dit_history),
+                "history": vae_history + dit_history}
+    if soup is not None:
+        before = total_steps(dit_history[:-1])
+        training["transformer_weights"] = (f"the mean of the DiT's weights after {before} steps and after "
+                                           f"{training['transformer_steps']} (a model soup, arXiv 2203.05482)")
+    save_model(out, vae, transformer, training)
     print(f"wrote {out}")
 
 
@@ -285,6 +296,8 @@ def main(argv: list[str] | None = None) -> None:
                                                                       "join this run's, e.g. an earlier run's")
     ex = sub.add_parser("export")
     ex.add_argument("--out", type=Path, default=Path("assets/embedded-model"))
+    ex.add_argument("--soup", type=Path, help="average the DiT with this model folder's, e.g. the one the run "
+                                              "was initialised from")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.stage == "cache":
@@ -293,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
         train(args.run, args.steps, args.batch, args.lr, args.seed, args.init, bf16=not args.fp32,
               extra_caches=tuple(args.also))
     else:
-        export(args.run, args.out)
+        export(args.run, args.out, args.soup)
 
 
 if __name__ == "__main__":
