@@ -262,6 +262,8 @@ class VideoPipeline:
             strategy = request.conditioning_strategy or self.defaults.conditioning_strategy
             image_first = (self.defaults.image_first if request.image_first is None else request.image_first) and \
                 request.mode == "t2v" and shape[2] > 1 and not placed and init_latents is None
+            per_candidate = 2 if image_first else 1  # sampling passes: image-first samples its first frame first
+            passes = request.best_of * per_candidate
 
             # 4-6 run once per candidate (seeds seed, seed + 1, ...); of best_of > 1 candidates the one whose
             # worst join to a copied-through clip is smoothest is kept.
@@ -290,14 +292,12 @@ class VideoPipeline:
                 #    frame held as animate holds a still: the layout is settled where the model is surest.
                 denoiser = GuidedDenoiser(self.transformer, cond, uncond, request.guidance_scale,
                                           batched=not self.low_vram)
-                per_candidate = 2 if image_first else 1
-                passes = request.best_of * per_candidate
                 with torch.no_grad(), self._resident(self.transformer):
                     try:
                         if image_first:
-                            first_scheduler, _, _ = self._schedule(request)
-                            first = sample(denoiser, noise[:, :, :1], first_scheduler, timesteps, sigmas, None,
-                                           _pass_progress(callback, per_candidate * k, passes))  # (1, C, 1, H, W)
+                            first_scheduler, first_timesteps, first_sigmas = self._schedule(request)
+                            first = sample(denoiser, noise[:, :, :1], first_scheduler, first_timesteps,  # (1, C, 1, H, W)
+                                           first_sigmas, None, _pass_progress(callback, per_candidate * k, passes))
                             if denoiser.cached:
                                 self.transformer._reset_stateful_cache()
                             clean, hold = torch.zeros_like(noise), torch.zeros((1, 1, *shape[2:]), device=self.device)
