@@ -61,6 +61,7 @@ def card(folder: Path, run: Path, judge: dict) -> str:
     # A run may also train on earlier runs' caches (train --also); its checkpoint counts every clip.
     clips = torch.load(run / "dit.pt", weights_only=False, map_location="cpu").get("clips", own)
     data = f"{clips} clips" + (f" (its own {own} and {clips - own} of an earlier run's)" if clips > own else "")
+    soup = f"\nShipped DiT weights: {training['transformer_weights']}.\n" if training.get("transformer_weights") else ""
     hardware = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads, no GPU"
     d = STUDIO_DEFAULTS
     return f"""# Embedded model
@@ -93,7 +94,7 @@ Colour-motion-background combinations picked by `training.world.held_out` never 
 | stage | steps | final figures | wall time |
 |---|---|---|---|
 {training_rows(training)}
-{chr(10) + 'Shipped DiT weights: ' + training['transformer_weights'] + '.' + chr(10) if training.get('transformer_weights') else ''}
+{soup}
 Data{' of the last DiT run' if dit_runs > 1 else ''}: {data} of 25 frames at 8 fps in three sizes (128x128, 160x96,
 96x160), encoded once{'; each run renders its own clips from the world (another seed)' if dit_runs > 1 else ''};
 training windows of 1, 3, 5 or 7 latent frames, mostly from a clip's start and sometimes from its middle

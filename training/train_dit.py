@@ -142,11 +142,11 @@ def sample_sigmas(rng: np.random.Generator, batch: int) -> torch.Tensor:
     return (SHIFT * u / (1 + (SHIFT - 1) * u)).clamp(1e-3, 1.0)
 
 
-def load_groups(caches: list[Path]) -> dict[str, dict]:
-    """The clips of several caches (built with the same VAE), concatenated per size."""
+def merge_groups(caches: list[dict[str, dict]]) -> dict[str, dict]:
+    """The clip groups of several caches (built with the same VAE), concatenated per size."""
     merged: dict[str, dict] = {}
-    for path in caches:
-        for size, group in torch.load(path, weights_only=False)["groups"].items():
+    for groups in caches:
+        for size, group in groups.items():
             if size not in merged:
                 merged[size] = dict(group)
                 continue
@@ -162,7 +162,8 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
     # This run's cache sets the latent statistics (export writes them into the VAE's config).
     mean = torch.tensor(data["stats"]["latents_mean"]).view(1, LATENT_CHANNELS, 1, 1, 1)
     inv_std = 1.0 / torch.tensor(data["stats"]["latents_std"]).view(1, LATENT_CHANNELS, 1, 1, 1)
-    groups = list(load_groups([run / "cache.pt", *extra_caches]).values())
+    extra = [torch.load(path, weights_only=False)["groups"] for path in extra_caches]
+    groups = list(merge_groups([data["groups"], *extra]).values())
     clips = sum(len(g["captions"]) for g in groups)
     print(f"{clips} clips from {1 + len(extra_caches)} cache(s)")
     empty = data["empty_text"].float()
@@ -258,7 +259,7 @@ def export(run: Path, out: Path, soup: Path | None = None) -> None:
     dit = torch.load(run / "dit.pt", weights_only=False)
     weights = dit["ema"]
     if soup is not None:
-        other, _ = exported_weights(soup, "transformer")
+        other, other_history = exported_weights(soup, "transformer")
         weights = {k: (v.float() + other[k]) / 2 for k, v in weights.items()}
     transformer.load_state_dict(weights)
     vae_state = torch.load(run / "vae.pt", weights_only=False)
@@ -270,9 +271,8 @@ def export(run: Path, out: Path, soup: Path | None = None) -> None:
     training = {"vae_steps": total_steps(vae_history), "transformer_steps": total_steps(dit_history),
                 "history": vae_history + dit_history}
     if soup is not None:
-        before = total_steps(dit_history[:-1])
-        training["transformer_weights"] = (f"the mean of the DiT's weights after {before} steps and after "
-                                           f"{training['transformer_steps']} (a model soup, arXiv 2203.05482)")
+        training["transformer_weights"] = (f"the mean of the DiT's weights after {total_steps(other_history)} steps "
+                                           f"and after {training['transformer_steps']} (a model soup, arXiv 2203.05482)")
     save_model(out, vae, transformer, training)
     print(f"wrote {out}")
 
