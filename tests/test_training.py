@@ -57,6 +57,33 @@ def test_vae_training_resumes_where_it_stopped(tmp_path, capsys, keep_threads):
     assert all(np.isfinite(r["loss"]) for r in records)
 
 
+def test_the_temporal_term_sees_flicker_and_not_a_steady_error():
+    weight = torch.ones(1, 1, 5, 8, 8)
+    steady = torch.full((1, 3, 5, 8, 8), 0.3)  # the same error on every frame: no flicker
+    assert train_vae.temporal_error(steady, weight).item() == 0.0
+    flicker = steady.clone()
+    flicker[:, :, 1::2] *= -1  # the error changes sign every frame
+    assert train_vae.temporal_error(flicker, weight).item() == pytest.approx(0.6)
+    assert train_vae.temporal_error(steady[:, :, :1], weight[:, :, :1]).item() == 0.0  # a still has no frame change
+
+
+def test_a_decoder_only_fine_tune_keeps_the_encoder_and_records_itself(tmp_path, capsys, keep_threads):
+    from training.components import new_vae
+
+    start = new_vae().state_dict()
+    torch.save({"model": start, "step": 0}, tmp_path / "vae.pt")  # as `--init MODEL --steps 0` saves
+    train_vae.main(["--run", str(tmp_path), "--steps", "1", "--threads", "1", "--decoder-only"])
+    tuned = torch.load(tmp_path / "vae.pt", weights_only=False)
+    assert tuned["decoder_only"] and tuned["step"] == 1
+    decoder = [k for k in start if k.startswith(("decoder.", "post_quant_conv."))]
+    assert decoder and all(torch.equal(start[k], tuned["model"][k]) for k in start if k not in decoder)
+    assert sum(not torch.equal(start[k], tuned["model"][k]) for k in decoder) > len(decoder) // 2
+    records = [json.loads(line) for line in (tmp_path / "vae_log.jsonl").read_text().splitlines()]
+    assert records[-1]["temporal"] > 0  # the first step decodes 17-frame clips: their error changes per frame
+    with pytest.raises(SystemExit, match="--decoder-only"):  # a resume must train the same parts
+        train_vae.main(["--run", str(tmp_path), "--steps", "2", "--threads", "1"])
+
+
 @pytest.mark.parametrize("frames", [1, 2, 3, 5, 7])
 def test_dit_masks_never_hold_every_frame(frames):
     rng = np.random.default_rng(frames)
@@ -150,3 +177,15 @@ def test_dit_caches_object_masks_and_training_resumes(tmp_path, capsys, keep_thr
     assert any(not torch.equal(start[k], end[k]) for k in start)
     assert all(torch.allclose(mixed[k], (start[k] + end[k]) / 2, atol=2e-3, rtol=2e-3) for k in start)
     assert "after 3 steps and after 4" in json.loads((again / "soup" / "training.json").read_text())["transformer_weights"]
+    # A decoder fine-tune of the VAE the cache was encoded with ships beside the run's DiT.
+    tuned = tmp_path / "decoder"
+    train_vae.main(["--run", str(tuned), "--steps", "0", "--init", str(again / "model")])
+    train_vae.main(["--run", str(tuned), "--steps", "1", "--threads", "1", "--decoder-only"])
+    train_dit.main(["--run", str(again), "export", "--out", str(again / "tuned"), "--vae-run", str(tuned)])
+    info = json.loads((again / "tuned" / "training.json").read_text())
+    assert [(s["part"], s["steps"], s.get("decoder_only", False)) for s in info["history"]][:3] == [
+        ("vae", 5, False), ("vae", 1, False), ("vae", 1, True)]
+    assert model_card.DECODER_STAGE in model_card.training_rows(info)
+    exported, _ = exported_weights(again / "tuned", "vae")
+    assert all(torch.allclose(exported[k], v.half().float()) for k, v in
+               torch.load(tuned / "vae.pt", weights_only=False)["model"].items())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-FIGURES = {"vae": ("psnr", "foreground_psnr"), "transformer": ("loss",)}
+FIGURES = {"vae": ("psnr", "foreground_psnr", "temporal"), "transformer": ("loss",)}
 
 
 def _records(log: Path) -> list[dict]:

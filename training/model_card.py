@@ -28,9 +28,14 @@ STAGES = {
 }
 
 
+DECODER_STAGE = ("VAE decoder fine-tune, encoder frozen (the DiT's latents keep their meaning): the loss above "
+                 "plus the frame-to-frame change of the error; 1- to 25-frame clips")
+
+
 def _figures(segment: dict) -> str:
     if segment["part"] == "vae" and segment.get("psnr") is not None:
-        return f"PSNR {segment['psnr']} dB, on the objects {segment.get('foreground_psnr')} dB (last batch)"
+        temporal = f", error change per frame {segment['temporal']}" if segment.get("temporal") else ""
+        return f"PSNR {segment['psnr']} dB, on the objects {segment.get('foreground_psnr')} dB{temporal} (last batch)"
     if segment["part"] == "transformer" and segment.get("loss") is not None:
         return f"loss {segment['loss']}"
     return "not recorded"
@@ -44,6 +49,8 @@ def training_rows(training: dict) -> str:
         for i, segment in enumerate(segments):
             minutes = f"{segment['minutes']:.0f} min" if segment.get("minutes") is not None else "not recorded"
             stage = STAGES[part] if i == 0 else f"{NAMES[part]}, continued from the row above's weights"
+            if segment.get("decoder_only"):
+                stage = DECODER_STAGE
             rows.append(f"| {stage} | {segment['steps']} | {_figures(segment)} | {minutes} |")
         if len(segments) > 1:
             total = sum(s.get("minutes") or 0 for s in segments)

@@ -248,12 +248,14 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
                         "step": step, "history": history, "clips": clips}, checkpoint)
 
 
-def export(run: Path, out: Path, soup: Path | None = None) -> None:
+def export(run: Path, out: Path, soup: Path | None = None, vae_run: Path | None = None) -> None:
     """Save the run's VAE and EMA DiT as a model folder. With `soup`, the DiT is the mean of this run's
     weights and that model's (a model soup, Wortsman et al., arXiv 2203.05482): a run continued from a saved
-    model can trade one skill for another, and the mean of the two may keep both."""
+    model can trade one skill for another, and the mean of the two may keep both. With `vae_run`, the VAE is
+    that run's (a decoder fine-tune of the VAE this run's cache was encoded with)."""
     data = torch.load(run / "cache.pt", weights_only=False)
-    vae = load_vae(run)
+    vae_run = vae_run or run
+    vae = load_vae(vae_run)
     vae.register_to_config(**data["stats"])
     transformer = new_transformer()
     dit = torch.load(run / "dit.pt", weights_only=False)
@@ -262,10 +264,13 @@ def export(run: Path, out: Path, soup: Path | None = None) -> None:
         other, other_history = exported_weights(soup, "transformer")
         weights = {k: (v.float() + other[k]) / 2 for k, v in weights.items()}
     transformer.load_state_dict(weights)
-    vae_state = torch.load(run / "vae.pt", weights_only=False)
+    vae_state = torch.load(vae_run / "vae.pt", weights_only=False)
     vae_history = checkpoint_history(vae_state, "vae")
     if vae_state["step"] > 0:  # this run trained the VAE (else it was taken as it is from a saved model)
-        vae_history.append(run_segment("vae", vae_state["step"], run / "vae_log.jsonl"))
+        segment = run_segment("vae", vae_state["step"], vae_run / "vae_log.jsonl")
+        if vae_state.get("decoder_only"):
+            segment["decoder_only"] = True
+        vae_history.append(segment)
     dit_history = checkpoint_history(dit, "transformer") + [run_segment("transformer", dit["step"],
                                                                         run / "dit_log.jsonl")]
     training = {"vae_steps": total_steps(vae_history), "transformer_steps": total_steps(dit_history),
@@ -298,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     ex.add_argument("--out", type=Path, default=Path("assets/embedded-model"))
     ex.add_argument("--soup", type=Path, help="average the DiT with this model folder's, e.g. the one the run "
                                               "was initialised from")
+    ex.add_argument("--vae-run", type=Path, help="take the VAE from this run instead, e.g. a decoder-only "
+                                                 "fine-tune (train_vae --decoder-only) of this run's VAE")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.stage == "cache":
@@ -306,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
         train(args.run, args.steps, args.batch, args.lr, args.seed, args.init, bf16=not args.fp32,
               extra_caches=tuple(args.also))
     else:
-        export(args.run, args.out, args.soup)
+        export(args.run, args.out, args.soup, args.vae_run)
 
 
 if __name__ == "__main__":

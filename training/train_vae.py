@@ -8,7 +8,18 @@ from such reconstructions). Pixels where an object is drawn therefore weigh FORE
 and most crops are centred on an object. Resumable: `--run DIR` keeps `vae.pt` (weights, optimiser, step)
 and `vae_log.jsonl`; `--init MODEL_FOLDER` starts a new run from a saved model's VAE (e.g. the shipped one).
 
+`--decoder-only` fine-tunes the decoder of a trained VAE with its encoder frozen, so the latents a DiT was
+trained on keep their meaning and the DiT needs no retraining. It adds a temporal term: the frame-to-frame
+change of the reconstruction error. Wan's causal decoder unfolds each latent into four frames, and a decoder
+trained on reconstruction alone lets its error jump from one frame to the next (a still scene's round trip
+changes by ~1.5 grey levels per frame, a moving one's by up to twice the scene's own change, largest at the
+first frame of each latent): the flicker that makes a join between copied-through and decoded frames stand
+out. Fine-tuning the decoder alone against flicker is Video LDM's temporal decoder fine-tune (Blattmann et al.,
+arXiv 2304.08818, section 3.1.1), here with a direct penalty instead of their temporal discriminator, on
+the decoder's own causal 3D convolutions.
+
     python -m training.train_vae --run training/runs/embedded --steps 1200
+    python -m training.train_vae --run training/runs/decoder --init assets/embedded-model --decoder-only --steps 1500
 """
 
 from __future__ import annotations
@@ -28,6 +39,9 @@ from training.history import checkpoint_history, total_steps
 from training.world import clip, foreground
 
 CURRICULUM = ((1, 8), (9, 4), (1, 8), (17, 2))  # (frames, batch) in turn
+# The decoder fine-tune sees mostly clips, up to the 25 frames (7 latents) an extend decodes.
+DECODER_CURRICULUM = ((17, 2), (1, 8), (25, 2), (9, 4))
+TEMPORAL_WEIGHT = 1.0
 FOREGROUND_WEIGHT = 10.0
 CENTRED_CROPS = 0.75  # the share of crops centred on the objects
 
@@ -54,6 +68,21 @@ def random_batch(rng: np.random.Generator, frames: int, batch: int, crop: int) -
     return pixels.permute(0, 4, 1, 2, 3).contiguous(), masks  # (B, 3, F, H, W)
 
 
+def decoder_parameters(vae: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """What a decoder-only fine-tune trains: the decoder and the 1x1 convolution in front of it."""
+    return [p for name, p in vae.named_parameters() if name.startswith(("decoder.", "post_quant_conv."))]
+
+
+def temporal_error(error: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted mean absolute frame-to-frame change of (B, 3, F, H, W) reconstruction error: 0 when the
+    reconstruction changes from frame to frame exactly as the input does (and for stills)."""
+    if error.shape[2] < 2:
+        return error.new_zeros(())
+    change = (error[:, :, 1:] - error[:, :, :-1]).abs()  # (B, 3, F-1, H, W)
+    w = torch.maximum(weight[:, :, 1:], weight[:, :, :-1])  # an object in either frame
+    return (change * w).mean() / w.mean()
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = ((a.clamp(-1, 1) - b) / 2).pow(2).mean().item()
     return 10 * math.log10(1.0 / max(mse, 1e-10))
@@ -68,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--init", type=Path, help="model folder (diffusers layout) whose VAE a new run starts from")
+    parser.add_argument("--decoder-only", action="store_true", help="fine-tune the decoder with a temporal term, "
+                                                                    "encoder frozen (latents keep their meaning)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.run.mkdir(parents=True, exist_ok=True)
@@ -76,12 +107,21 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     vae = new_vae().train()
     use_onednn_conv3d(vae)  # its backward works too: 1.2x faster training steps on this CPU
-    optimiser = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    if args.decoder_only:
+        vae.requires_grad_(False)
+        for p in decoder_parameters(vae):
+            p.requires_grad_(True)
+    trainable = [p for p in vae.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     step, history = 0, []  # history: the segments the model this run started from was trained in
     if checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
+        if state["step"] > 0 and state.get("decoder_only", False) != args.decoder_only:
+            raise SystemExit(f"{checkpoint} was trained {'with' if state.get('decoder_only') else 'without'} "
+                             f"--decoder-only; resume it the same way or start another --run")
         vae.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
+        if state["step"] > 0:  # a step-0 checkpoint (taken from a saved model) has no optimiser state to keep
+            optimiser.load_state_dict(state["optimiser"])
         step, history = state["step"], checkpoint_history(state, "vae")
         print(f"resumed at step {step}")
     elif args.init is not None:
@@ -90,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"initialised from {args.init} (trained {total_steps(history)} steps)")
     def save(step: int) -> None:
         torch.save({"model": vae.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
-                    "history": history}, checkpoint)
+                    "history": history, "decoder_only": args.decoder_only}, checkpoint)
 
     rng = np.random.default_rng(args.seed + step)
     generator = torch.Generator().manual_seed(args.seed + step)
@@ -104,24 +144,28 @@ def main(argv: list[str] | None = None) -> None:
             group["lr"] = lr
         # Cycle stills (one-frame clips), 9-frame and 17-frame clips: the causal decoder must stay stable
         # over as many latent frames as the studio decodes (a VAE trained on 9 frames alone degrades past 3).
-        frames, batch = CURRICULUM[step % len(CURRICULUM)]
+        curriculum = DECODER_CURRICULUM if args.decoder_only else CURRICULUM
+        frames, batch = curriculum[step % len(curriculum)]
         x, mask = random_batch(rng, frames, batch, 64)
-        posterior = vae.encode(x).latent_dist
-        z = posterior.sample(generator)
+        with torch.set_grad_enabled(not args.decoder_only):
+            posterior = vae.encode(x).latent_dist
+            z = posterior.sample(generator)
         reconstruction = vae.decode(z).sample
         error = reconstruction - x  # (B, 3, F, H, W)
         weight = 1 + FOREGROUND_WEIGHT * mask  # (B, 1, F, H, W)
         rec = ((error.abs() + error.pow(2)) * weight).mean() / weight.mean()
         kl = posterior.kl().mean()
-        loss = rec + args.kl * kl
+        temporal = temporal_error(error, weight) if args.decoder_only else error.new_zeros(())
+        loss = rec + (TEMPORAL_WEIGHT * temporal if args.decoder_only else args.kl * kl)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimiser.step()
         step += 1
         if step % 20 == 0 or step == args.steps:
             fg = mask.expand_as(x).bool()
             record = {"step": step, "loss": round(loss.item(), 5), "kl": round(kl.item(), 2), "lr": lr,
+                      "temporal": round(temporal.item(), 5),
                       "psnr": round(psnr(reconstruction.detach(), x), 2),
                       "foreground_psnr": round(psnr(reconstruction.detach()[fg], x[fg]), 2) if fg.any() else None,
                       "frames": x.shape[2],
