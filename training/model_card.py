@@ -67,7 +67,7 @@ def card(folder: Path, run: Path, judge: dict) -> str:
     own = sum(len(g["captions"]) for g in cache["groups"].values())
     # A run may also train on earlier runs' caches (train --also); its checkpoint counts every clip.
     clips = torch.load(run / "dit.pt", weights_only=False, map_location="cpu").get("clips", own)
-    data = f"{clips} clips" + (f" (its own {own} and {clips - own} of an earlier run's)" if clips > own else "")
+    data = f"{clips} clips" + (f" (its own {own} and {clips - own} of earlier runs')" if clips > own else "")
     soup = f"\nShipped DiT weights: {training['transformer_weights']}.\n" if training.get("transformer_weights") else ""
     hardware = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads, no GPU"
     d = STUDIO_DEFAULTS
