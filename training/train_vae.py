@@ -107,11 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     vae = new_vae().train()
     use_onednn_conv3d(vae)  # its backward works too: 1.2x faster training steps on this CPU
-    if args.decoder_only:
-        vae.requires_grad_(False)
-        for p in decoder_parameters(vae):
-            p.requires_grad_(True)
-    trainable = [p for p in vae.parameters() if p.requires_grad]
+    # A decoder-only run encodes without gradients, so only the decoder's parameters ever get any.
+    trainable = decoder_parameters(vae) if args.decoder_only else list(vae.parameters())
+    curriculum = DECODER_CURRICULUM if args.decoder_only else CURRICULUM
     optimiser = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     step, history = 0, []  # history: the segments the model this run started from was trained in
     if checkpoint.is_file():
@@ -144,7 +142,6 @@ def main(argv: list[str] | None = None) -> None:
             group["lr"] = lr
         # Cycle stills (one-frame clips), 9-frame and 17-frame clips: the causal decoder must stay stable
         # over as many latent frames as the studio decodes (a VAE trained on 9 frames alone degrades past 3).
-        curriculum = DECODER_CURRICULUM if args.decoder_only else CURRICULUM
         frames, batch = curriculum[step % len(curriculum)]
         x, mask = random_batch(rng, frames, batch, 64)
         with torch.set_grad_enabled(not args.decoder_only):
@@ -155,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         weight = 1 + FOREGROUND_WEIGHT * mask  # (B, 1, F, H, W)
         rec = ((error.abs() + error.pow(2)) * weight).mean() / weight.mean()
         kl = posterior.kl().mean()
-        temporal = temporal_error(error, weight) if args.decoder_only else error.new_zeros(())
+        temporal = temporal_error(error, weight)  # logged always, trained on by decoder-only runs
         loss = rec + (TEMPORAL_WEIGHT * temporal if args.decoder_only else args.kl * kl)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
