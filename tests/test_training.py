@@ -177,6 +177,17 @@ def test_dit_caches_object_masks_and_training_resumes(tmp_path, capsys, keep_thr
     assert any(not torch.equal(start[k], end[k]) for k in start)
     assert all(torch.allclose(mixed[k], (start[k] + end[k]) / 2, atol=2e-3, rtol=2e-3) for k in start)
     assert "after 3 steps and after 4" in json.loads((again / "soup" / "training.json").read_text())["transformer_weights"]
+    # A weighted soup leans towards this run; a share outside (0, 1) is refused before anything is written.
+    train_dit.main(["--run", str(again), "export", "--out", str(again / "leaning"), "--soup", str(tmp_path / "model"),
+                    "--soup-weight", "0.75"])
+    leaning, _ = exported_weights(again / "leaning", "transformer")
+    assert all(torch.allclose(leaning[k], 0.75 * end[k] + 0.25 * start[k], atol=2e-3, rtol=2e-3) for k in start)
+    assert "weighted mean (0.25 and 0.75)" in json.loads((again / "leaning" / "training.json").read_text())[
+        "transformer_weights"]
+    with pytest.raises(SystemExit, match="strictly between 0 and 1"):
+        train_dit.main(["--run", str(again), "export", "--out", str(again / "bad"), "--soup", str(tmp_path / "model"),
+                        "--soup-weight", "1.5"])
+    assert not (again / "bad").exists()
     # A decoder fine-tune of the VAE the cache was encoded with ships beside the run's DiT.
     tuned = tmp_path / "decoder"
     train_vae.main(["--run", str(tuned), "--steps", "0", "--init", str(again / "model")])

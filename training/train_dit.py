@@ -248,11 +248,15 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
                         "step": step, "history": history, "clips": clips}, checkpoint)
 
 
-def export(run: Path, out: Path, soup: Path | None = None, vae_run: Path | None = None) -> None:
+def export(run: Path, out: Path, soup: Path | None = None, vae_run: Path | None = None,
+           soup_weight: float = 0.5) -> None:
     """Save the run's VAE and EMA DiT as a model folder. With `soup`, the DiT is the mean of this run's
-    weights and that model's (a model soup, Wortsman et al., arXiv 2203.05482): a run continued from a saved
-    model can trade one skill for another, and the mean of the two may keep both. With `vae_run`, the VAE is
-    that run's (a decoder fine-tune of the VAE this run's cache was encoded with)."""
+    weights and that model's (a model soup, Wortsman et al., arXiv 2203.05482), this run's weighing
+    `soup_weight`: a run continued from a saved model can trade one skill for another, and a mean of the two
+    may keep both. With `vae_run`, the VAE is that run's (a decoder fine-tune of the VAE this run's cache was
+    encoded with)."""
+    if not 0.0 < soup_weight < 1.0:
+        raise SystemExit(f"--soup-weight must lie strictly between 0 and 1 (this run's share), got {soup_weight}")
     data = torch.load(run / "cache.pt", weights_only=False)
     vae_run = vae_run or run
     vae = load_vae(vae_run)
@@ -262,7 +266,7 @@ def export(run: Path, out: Path, soup: Path | None = None, vae_run: Path | None 
     weights = dit["ema"]
     if soup is not None:
         other, other_history = exported_weights(soup, "transformer")
-        weights = {k: (v.float() + other[k]) / 2 for k, v in weights.items()}
+        weights = {k: soup_weight * v.float() + (1 - soup_weight) * other[k] for k, v in weights.items()}
     transformer.load_state_dict(weights)
     vae_state = torch.load(vae_run / "vae.pt", weights_only=False)
     vae_history = checkpoint_history(vae_state, "vae")
@@ -276,7 +280,8 @@ def export(run: Path, out: Path, soup: Path | None = None, vae_run: Path | None 
     training = {"vae_steps": total_steps(vae_history), "transformer_steps": total_steps(dit_history),
                 "history": vae_history + dit_history}
     if soup is not None:
-        training["transformer_weights"] = (f"the mean of the DiT's weights after {total_steps(other_history)} steps "
+        mean = "the mean" if soup_weight == 0.5 else f"the weighted mean ({1 - soup_weight:g} and {soup_weight:g})"
+        training["transformer_weights"] = (f"{mean} of the DiT's weights after {total_steps(other_history)} steps "
                                            f"and after {training['transformer_steps']} (a model soup, arXiv 2203.05482)")
     save_model(out, vae, transformer, training)
     print(f"wrote {out}")
@@ -303,6 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     ex.add_argument("--out", type=Path, default=Path("assets/embedded-model"))
     ex.add_argument("--soup", type=Path, help="average the DiT with this model folder's, e.g. the one the run "
                                               "was initialised from")
+    ex.add_argument("--soup-weight", type=float, default=0.5, help="this run's share of the soup (0 to 1)")
     ex.add_argument("--vae-run", type=Path, help="take the VAE from this run instead, e.g. a decoder-only "
                                                  "fine-tune (train_vae --decoder-only) of this run's VAE")
     args = parser.parse_args(argv)
@@ -313,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
         train(args.run, args.steps, args.batch, args.lr, args.seed, args.init, bf16=not args.fp32,
               extra_caches=tuple(args.also))
     else:
-        export(args.run, args.out, args.soup, args.vae_run)
+        export(args.run, args.out, args.soup, args.vae_run, args.soup_weight)
 
 
 if __name__ == "__main__":
