@@ -251,7 +251,7 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
 def export(run: Path, out: Path, soup: Path | None = None, vae_run: Path | None = None,
            soup_weight: float = 0.5) -> None:
     """Save the run's VAE and EMA DiT as a model folder. With `soup`, the DiT is the mean of this run's
-    weights and that model's (a model soup, Wortsman et al., arXiv 2203.05482), this run's weighing
+    weights and that model's (a model soup, Wortsman et al., arXiv 2203.05482), this run's share being
     `soup_weight`: a run continued from a saved model can trade one skill for another, and a mean of the two
     may keep both. With `vae_run`, the VAE is that run's (a decoder fine-tune of the VAE this run's cache was
     encoded with)."""
