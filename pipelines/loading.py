@@ -2,7 +2,7 @@
 
 The folder's `model_index.json` names each component's library and class (any tokenizer or text encoder
 that transformers knows); each is loaded with that class's `from_pretrained`. An optional `studio.json`
-beside it carries the studio's defaults for the model (size, length, steps, conditioning strategy).
+beside it carries the studio's defaults for the model (size, length, steps, guidance, conditioning strategy).
 """
 
 from __future__ import annotations
@@ -32,9 +32,21 @@ class ModelDefaults:
     fps: float = 16.0
     steps: int = 50
     guidance_scale: float = 5.0
+    # Extend, loop and connect (None: guidance_scale). Their new frames must meet held frames, and guidance
+    # that pushes them towards the prompt also pushes them away from those frames; Stable Video Diffusion
+    # lowers its guidance next to its conditioning frame for the same reason (Blattmann et al., arXiv 2311.15127).
+    join_guidance_scale: float | None = None
     conditioning_strategy: str = "replace"
     max_sequence_length: int = 512
     image_first: bool = False  # text-to-video samples its first frame alone, then the clip (see generate)
+
+    def guidance_for(self, mode: str) -> float:
+        """The default guidance scale of a request of `mode`."""
+        from pipelines.request import JOIN_MODES
+
+        if mode in JOIN_MODES and self.join_guidance_scale is not None:
+            return self.join_guidance_scale
+        return self.guidance_scale
 
 
 @dataclass(frozen=True)

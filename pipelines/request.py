@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MODES = ("t2v", "image", "animate", "extend", "loop", "restyle", "connect")
+JOIN_MODES = ("extend", "loop", "connect")  # their new frames meet copied-through clips at joins
 CONDITIONING_STRATEGIES = ("per_token", "replace")
 ITEM_OUTPUTS = ("window", "source", "omit")
 REQUEST_FORMAT = 1

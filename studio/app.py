@@ -53,12 +53,19 @@ class ModelInfo:
     grid: int
     temporal: int
     image_first: bool = False
+    join_guidance_scale: float | None = None  # the extend and connect tabs' default (None: guidance_scale)
 
     @classmethod
     def of(cls, pipe: Any) -> ModelInfo:
         d = pipe.defaults
         return cls(pipe.model_id, d.width, d.height, d.num_frames, d.fps, d.steps, d.guidance_scale, pipe.grid,
-                   pipe.temporal, d.image_first)
+                   pipe.temporal, d.image_first, d.guidance_for("extend"))
+
+    def guidance_for(self, tab: str) -> float:
+        """A tab's default guidance: the join guidance on the tabs whose output has joins."""
+        if tab in ("extend", "connect") and self.join_guidance_scale is not None:
+            return self.join_guidance_scale
+        return self.guidance_scale
 
 
 # ---- sizes and lengths -----------------------------------------------------------------------------------
@@ -410,7 +417,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
             with gr.Accordion("Advanced", open=False, elem_id=f"{tab}-advanced"):
                 negative = gr.Textbox(label="Negative prompt", placeholder="what to steer away from")
                 steps = gr.Slider(1, 100, value=info.steps, step=1, label="Steps", elem_id=f"{tab}-steps")
-                guidance = gr.Slider(0.0, 15.0, value=info.guidance_scale, step=0.5,
+                guidance = gr.Slider(0.0, 15.0, value=info.guidance_for(tab), step=0.5, elem_id=f"{tab}-guidance",
                                      label="Guidance (classifier-free; <= 1 turns it off)")
                 sampler = gr.Dropdown(list(SAMPLERS), value="default", label="Sampler")
             found = Controls(prompt, negative, seed, steps, guidance, sampler, size, seconds_w, fps)

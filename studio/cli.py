@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int)
     p.add_argument("--height", type=int)
     p.add_argument("--steps", type=int)
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (<= 1 turns it off)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (<= 1 turns it off; the model's "
+                                                "default for the mode when omitted)")
     p.add_argument("--strength", type=float,
                    help="restyle: how far the clip is noised (0-1, default 0.7); animate: how firmly the still is held")
     p.add_argument("--context-frames", type=int, help="extend, loop, connect: frames of each clip the model sees")
@@ -135,7 +136,7 @@ def build_request(args: argparse.Namespace, defaults: Any, temporal: int, grid: 
         width=args.width if args.width is not None else width,
         height=args.height if args.height is not None else height,
         steps=args.steps if args.steps is not None else defaults.steps,
-        guidance_scale=args.guidance if args.guidance is not None else defaults.guidance_scale,
+        guidance_scale=args.guidance if args.guidance is not None else defaults.guidance_for(args.mode),
         seed=args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little"),
         sampler=args.sampler,
         shift=args.shift,
@@ -271,8 +272,10 @@ def run(argv: list[str]) -> int:
     if isinstance(built, LoopPlan):  # from a clip, or from the prompt through a text-to-video base clip
         video = built.video
         if video is None:
-            base = modes.text_to_video(built.prompt, fps=built.fps, num_frames=defaults.num_frames,
-                                       **{**built.settings, "best_of": 1})  # candidates are for the bridge
+            base_settings = {**built.settings, "best_of": 1}  # candidates are for the bridge
+            if args.guidance is None:  # the bridge's default is the join guidance, the base clip's is text-to-video's
+                base_settings["guidance_scale"] = defaults.guidance_for("t2v")
+            base = modes.text_to_video(built.prompt, fps=built.fps, num_frames=defaults.num_frames, **base_settings)
             video = str(out.with_name(out.stem + ".base.mp4"))
             _generate_and_write(pipe, base, Path(video), None, args.quiet)
             print(f"wrote the clip to loop: {video}")

@@ -50,7 +50,7 @@ def ti2v(ti2v_components) -> VideoPipeline:
 def tiny_model_dir(tmp_path_factory, wan21_components) -> Path:
     folder = tmp_path_factory.mktemp("models") / "tiny-wan"
     studio = {"width": 32, "height": 32, "num_frames": 9, "fps": 8.0, "steps": 2, "guidance_scale": 4.0,
-              "max_sequence_length": 16}
+              "join_guidance_scale": 1.5, "max_sequence_length": 16}
     return save_diffusers_folder(wan21_components, folder, studio)
 
 

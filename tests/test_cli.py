@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.hostile_media import _png
+from pipelines.request import JOIN_MODES
 from pipelines.video_io import read_video
 from studio.cli import main
 
@@ -54,6 +55,8 @@ def test_every_mode_through_the_cli(tiny_model_dir, tmp_path, capsys):
         meta = json.loads((tmp_path / f"{name}.json").read_text())
         assert meta["frames"] == expected_frames[name], name
         assert meta["request"]["mode"] == mode
+        # The model's studio.json gives extend, loop and connect their own default guidance.
+        assert meta["request"]["guidance_scale"] == (1.5 if mode in JOIN_MODES else 4.0), name
     assert Image.open(tmp_path / "image.png").size == (32, 32)
     assert read_video(tmp_path / "connect.mp4", fps=8).shape[0] == 29
     parents = json.loads((tmp_path / "connect.mp4.json").read_text())["parents"]
@@ -70,6 +73,8 @@ def test_loop_from_a_prompt_makes_a_base_clip_then_bridges_it(tiny_model_dir, tm
     assert (tmp_path / "loop.base.mp4").is_file()
     meta = json.loads((tmp_path / "loop.mp4.json").read_text())
     assert meta["frames"] == 9 + 3 and meta["parents"] == [str(tmp_path / "loop.base.mp4")]
+    base = json.loads((tmp_path / "loop.base.mp4.json").read_text())
+    assert (base["request"]["guidance_scale"], meta["request"]["guidance_scale"]) == (4.0, 1.5)
 
 
 def test_reproduce_gives_the_same_frames(tiny_model_dir, tmp_path):

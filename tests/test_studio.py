@@ -175,6 +175,15 @@ def test_reproduce_loads_settings_that_give_the_same_frames(client, base_clip):
     assert values["video"] in (str(first), str(second))  # an upload resolves to the output with its bytes
 
 
+def test_join_tabs_start_from_the_models_join_guidance(server):
+    config = Client(server[0], verbose=False).config
+    guidance = {c["props"]["elem_id"]: c["props"]["value"] for c in config["components"]
+                if str(c["props"].get("elem_id", "")).endswith("-guidance")}
+    # tiny_model_dir's studio.json: guidance_scale 4, join_guidance_scale 1.5
+    assert guidance == {"t2v-guidance": 4.0, "animate-guidance": 4.0, "extend-guidance": 1.5,
+                        "restyle-guidance": 4.0, "connect-guidance": 1.5}
+
+
 def test_send_to_moves_the_last_result_into_another_tab(server):
     client = Client(server[0], verbose=False)  # a fresh session: its own last result
     with pytest.raises(Exception, match="Generate a clip first"):

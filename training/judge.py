@@ -120,9 +120,10 @@ def evaluate(model: str, prompts: int, steps: int | None, seed: int, guidance: f
     d = pipe.defaults
     settings = dict(width=d.width, height=d.height, fps=d.fps, steps=steps or d.steps,
                     guidance_scale=d.guidance_scale if guidance is None else guidance)
+    join_guidance = d.guidance_for("extend") if guidance is None else guidance
     image_first = d.image_first if image_first is None else image_first
-    results: dict = {"model": model, "settings": {**settings, "image_first": image_first}, "adherence": {},
-                     "fidelity": {}}
+    results: dict = {"model": model, "settings": {**settings, "join_guidance_scale": join_guidance,
+                                                  "image_first": image_first}, "adherence": {}, "fidelity": {}}
 
     hits = {"colour": 0, "motion": 0, "background": 0}
     cases = held_out_prompts(prompts)
@@ -140,13 +141,14 @@ def evaluate(model: str, prompts: int, steps: int | None, seed: int, guidance: f
     results["seconds_per_clip"] = round(elapsed / len(cases), 2)
     results["vae_ceiling"] = vae_ceiling(pipe, min(prompts, 40), d.width, d.height, d.num_frames, d.fps)
 
-    results["fidelity"] = fidelity(pipe, settings, seed, best_of)
+    results["fidelity"] = fidelity(pipe, settings, seed, best_of, join_guidance)
     return results
 
 
-def fidelity(pipe, settings: dict, seed: int, best_of: int = 1) -> dict:
+def fidelity(pipe, settings: dict, seed: int, best_of: int = 1, join_guidance: float | None = None) -> dict:
     """Animate, extend, loop and connect on four in-world clips: first-frame PSNR and the worst seam ratios
-    (extend, loop and connect keep the best of `best_of` candidates)."""
+    (extend, loop and connect keep the best of `best_of` candidates and run at `join_guidance`, by default
+    the guidance of `settings`)."""
     from PIL import Image
 
     from pipelines import animate, connect, extend, loop
@@ -167,7 +169,9 @@ def fidelity(pipe, settings: dict, seed: int, best_of: int = 1) -> dict:
             Image.fromarray(source[0]).save(still)
             frames = pipe.generate(animate(str(still), prompt, num_frames=d.num_frames, seed=seed, **settings)).frames
             animate_psnr.append(psnr(frames[0], source[0]))
-            joins = dict(seed=seed, best_of=best_of, **settings)
+            joins = dict(settings, seed=seed, best_of=best_of)
+            if join_guidance is not None:
+                joins["guidance_scale"] = join_guidance
             extended = pipe.generate(extend(str(clip_dir), prompt, new_frames=8, **joins)).frames
             extend_seams.append(seam_ratio(extended, len(source)))
             looped = pipe.generate(loop(str(clip_dir), prompt, new_frames=7, **joins)).frames
@@ -188,7 +192,7 @@ def fidelity(pipe, settings: dict, seed: int, best_of: int = 1) -> dict:
 
 
 def table(results: dict) -> str:
-    a, f = results["adherence"], results["fidelity"]
+    a, f, s = results["adherence"], results["fidelity"], results["settings"]
     of = f" (best of {f['best_of']})" if f.get("best_of", 1) > 1 else ""
     ceiling = results.get("vae_ceiling")
     through_vae = (f"{ceiling['colour']:.0%} / {ceiling['motion']:.0%} / {ceiling['background']:.0%}"
@@ -196,6 +200,8 @@ def table(results: dict) -> str:
     rows = [
         ("held-out prompts", f"{a['prompts']}", ""),
         ("text to video", "image first" if results["settings"].get("image_first") else "all frames at once", ""),
+        ("guidance (t2v and animate / extend, loop, connect)", f"{s['guidance_scale']:g} / "
+                                                               f"{s.get('join_guidance_scale', s['guidance_scale']):g}", ""),
         ("read from VAE round trips (colour / motion / bg)", through_vae, "ceiling"),
         ("colour accuracy", f"{a['colour']:.1%}", ">= 85 %"),
         ("motion direction accuracy", f"{a['motion']:.1%}", ">= 75 %"),
@@ -218,7 +224,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", type=int, default=108)
     parser.add_argument("--steps", type=int, help="sampling steps (the model's default when omitted)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--guidance", type=float, help="guidance scale (the model's default when omitted)")
+    parser.add_argument("--guidance", type=float, help="guidance scale of every mode (the model's defaults, which "
+                                                       "may differ for extend, loop and connect, when omitted)")
     parser.add_argument("--best-of", type=int, default=1, help="candidates per extend, loop and connect (keeps the "
                                                                 "smoothest joins)")
     parser.add_argument("--image-first", action=argparse.BooleanOptionalAction, default=None,

@@ -86,7 +86,8 @@ the same code as Wan 2.1 / 2.2 checkpoints.
 | scheduler | `UniPCMultistepScheduler`, flow prediction | | flow_shift 3.0 |
 
 Weights are stored in float16 and loaded in float32 on the CPU. Defaults: {d['width']}x{d['height']}, {d['num_frames']} frames
-at {d['fps']:g} fps, {d['steps']} steps, guidance {d['guidance_scale']}, per-token conditioning{
+at {d['fps']:g} fps, {d['steps']} steps, guidance {d['guidance_scale']}{
+    f" ({d['join_guidance_scale']} for extend, loop and connect)" if 'join_guidance_scale' in d else ''}, per-token conditioning{
     ', text to video image first (the first frame, then the clip from it)' if d.get('image_first') else ''}.
 
 ## The world
