@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from pipelines.request import default_guidance
+
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
@@ -42,11 +44,7 @@ class ModelDefaults:
 
     def guidance_for(self, mode: str) -> float:
         """The default guidance scale of a request of `mode`."""
-        from pipelines.request import JOIN_MODES
-
-        if mode in JOIN_MODES and self.join_guidance_scale is not None:
-            return self.join_guidance_scale
-        return self.guidance_scale
+        return default_guidance(mode, self.guidance_scale, self.join_guidance_scale)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ JOIN_MODES = ("extend", "loop", "connect")  # their new frames meet copied-throu
 CONDITIONING_STRATEGIES = ("per_token", "replace")
 ITEM_OUTPUTS = ("window", "source", "omit")
 REQUEST_FORMAT = 1
+
 MAX_SEED = 2**64 - 1
 MAX_BEST_OF = 16
 
@@ -40,6 +41,11 @@ def nearest_valid(value: int, multiple: int, offset: int = 0, minimum: int = 1) 
     """The valid values (offset + k * multiple, at least `minimum`) next to `value`."""
     below = max(minimum, offset + ((value - offset) // multiple) * multiple)
     return sorted({below, below + multiple} - {value})
+
+
+def default_guidance(mode: str, guidance_scale: float, join_guidance_scale: float | None) -> float:
+    """A mode's default guidance: a model's join guidance, where it sets one, for extend, loop and connect."""
+    return join_guidance_scale if mode in JOIN_MODES and join_guidance_scale is not None else guidance_scale
 
 
 def check_grid(request: GenerationRequest, grid: int, temporal: int) -> None:

@@ -21,7 +21,7 @@ import gradio as gr
 
 from pipelines import modes
 from pipelines.media_check import check_media
-from pipelines.request import GenerationRequest
+from pipelines.request import GenerationRequest, default_guidance
 from pipelines.samplers import SAMPLERS
 from studio.engine import Engine, Job, QueueFull
 from studio.outputs import Entry
@@ -53,19 +53,17 @@ class ModelInfo:
     grid: int
     temporal: int
     image_first: bool = False
-    join_guidance_scale: float | None = None  # the extend and connect tabs' default (None: guidance_scale)
+    join_guidance_scale: float | None = None  # extend, loop and connect (None: guidance_scale)
 
     @classmethod
     def of(cls, pipe: Any) -> ModelInfo:
         d = pipe.defaults
         return cls(pipe.model_id, d.width, d.height, d.num_frames, d.fps, d.steps, d.guidance_scale, pipe.grid,
-                   pipe.temporal, d.image_first, d.guidance_for("extend"))
+                   pipe.temporal, d.image_first, d.join_guidance_scale)
 
     def guidance_for(self, tab: str) -> float:
-        """A tab's default guidance: the join guidance on the tabs whose output has joins."""
-        if tab in ("extend", "connect") and self.join_guidance_scale is not None:
-            return self.join_guidance_scale
-        return self.guidance_scale
+        """A tab's default guidance: its mode's (the Extend tab's loops share extend's)."""
+        return default_guidance(tab, self.guidance_scale, self.join_guidance_scale)
 
 
 # ---- sizes and lengths -----------------------------------------------------------------------------------
