@@ -19,7 +19,6 @@ JOIN_MODES = ("extend", "loop", "connect")  # their new frames meet copied-throu
 CONDITIONING_STRATEGIES = ("per_token", "replace")
 ITEM_OUTPUTS = ("window", "source", "omit")
 REQUEST_FORMAT = 1
-
 MAX_SEED = 2**64 - 1
 MAX_BEST_OF = 16
 

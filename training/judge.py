@@ -141,14 +141,13 @@ def evaluate(model: str, prompts: int, steps: int | None, seed: int, guidance: f
     results["seconds_per_clip"] = round(elapsed / len(cases), 2)
     results["vae_ceiling"] = vae_ceiling(pipe, min(prompts, 40), d.width, d.height, d.num_frames, d.fps)
 
-    results["fidelity"] = fidelity(pipe, settings, seed, best_of, join_guidance)
+    results["fidelity"] = fidelity(pipe, settings, join_guidance, seed, best_of)
     return results
 
 
-def fidelity(pipe, settings: dict, seed: int, best_of: int = 1, join_guidance: float | None = None) -> dict:
+def fidelity(pipe, settings: dict, join_guidance: float, seed: int, best_of: int = 1) -> dict:
     """Animate, extend, loop and connect on four in-world clips: first-frame PSNR and the worst seam ratios
-    (extend, loop and connect keep the best of `best_of` candidates and run at `join_guidance`, by default
-    the guidance of `settings`)."""
+    (extend, loop and connect run at `join_guidance` and keep the best of `best_of` candidates)."""
     from PIL import Image
 
     from pipelines import animate, connect, extend, loop
@@ -169,9 +168,7 @@ def fidelity(pipe, settings: dict, seed: int, best_of: int = 1, join_guidance: f
             Image.fromarray(source[0]).save(still)
             frames = pipe.generate(animate(str(still), prompt, num_frames=d.num_frames, seed=seed, **settings)).frames
             animate_psnr.append(psnr(frames[0], source[0]))
-            joins = dict(settings, seed=seed, best_of=best_of)
-            if join_guidance is not None:
-                joins["guidance_scale"] = join_guidance
+            joins = dict(settings, guidance_scale=join_guidance, seed=seed, best_of=best_of)
             extended = pipe.generate(extend(str(clip_dir), prompt, new_frames=8, **joins)).frames
             extend_seams.append(seam_ratio(extended, len(source)))
             looped = pipe.generate(loop(str(clip_dir), prompt, new_frames=7, **joins)).frames
@@ -199,7 +196,7 @@ def table(results: dict) -> str:
                    if ceiling else "not measured")
     rows = [
         ("held-out prompts", f"{a['prompts']}", ""),
-        ("text to video", "image first" if results["settings"].get("image_first") else "all frames at once", ""),
+        ("text to video", "image first" if s.get("image_first") else "all frames at once", ""),
         ("guidance (t2v and animate / extend, loop, connect)", f"{s['guidance_scale']:g} / "
                                                                f"{s.get('join_guidance_scale', s['guidance_scale']):g}", ""),
         ("read from VAE round trips (colour / motion / bg)", through_vae, "ceiling"),
