@@ -121,6 +121,44 @@ def test_latent_masks_mark_the_cells_the_vae_maps_object_pixels_into():
     assert columns[-1] > columns[0]  # and they follow it to the right
 
 
+def test_contrast_pairs_train_a_clip_beside_its_mirror_twin(tmp_path, capsys, keep_threads):
+    from training.components import new_vae
+
+    torch.save({"model": new_vae().state_dict(), "step": 0}, tmp_path / "vae.pt")
+    train_dit.main(["--run", str(tmp_path), "--threads", "1", "--seed", "3", "cache", "--clips", "24"])
+    with pytest.raises(SystemExit, match="cache --mirror"):
+        train_dit.main(["--run", str(tmp_path), "--threads", "1", "train", "--steps", "1", "--pairs", "0.5"])
+    with pytest.raises(SystemExit, match="from 0 to 1"):
+        train_dit.main(["--run", str(tmp_path), "--threads", "1", "train", "--steps", "1", "--pairs", "1.5"])
+    assert not (tmp_path / "dit.pt").exists()
+    train_dit.main(["--run", str(tmp_path), "--threads", "1", "--seed", "3", "cache", "--clips", "24", "--mirror"])
+    clips = torch.load(tmp_path / "cache.pt", weights_only=False)["groups"]
+    twins = torch.load(tmp_path / "mirror.pt", weights_only=False)["groups"]
+    assert 0 < sum(len(g["captions"]) for g in twins.values()) < 24  # only clips that move sideways have twins
+    for size, group in twins.items():
+        for caption, source in zip(group["captions"], group["source"].tolist()):
+            original = clips[size]["captions"][source]
+            assert caption != original and caption.replace("left", "right") == original.replace("left", "right")
+        assert group["latents"].shape[1:] == clips[size]["latents"].shape[1:]
+    train_dit.main(["--run", str(tmp_path), "--threads", "1", "train", "--steps", "2", "--batch", "2", "--pairs", "1",
+                    "--only", "text"])
+    assert "contrast pairs, in 100% of the steps" in capsys.readouterr().out
+    records = [json.loads(line) for line in (tmp_path / "dit_log.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 2 and np.isfinite(records[-1]["loss"])
+    # --only text moved the text embedder and the cross-attention and nothing else.
+    from training.components import new_transformer
+
+    torch.manual_seed(0)  # train() builds its model after seeding 0, so this is the model it started from
+    start = new_transformer().state_dict()
+    trained = torch.load(tmp_path / "dit.pt", weights_only=False)["model"]
+    moved = {name for name in start if not torch.equal(start[name], trained[name])}
+    assert moved and all(any(part in name for part in train_dit.TEXT_PATH) for name in moved)
+    assert any("text_embedder" in name for name in moved) and any(".attn2." in name for name in moved)
+    train_dit.main(["--run", str(tmp_path), "export", "--out", str(tmp_path / "model")])
+    rows = model_card.training_rows(json.loads((tmp_path / "model" / "training.json").read_text()))
+    assert "the text path alone" in rows and "contrast pairs (mirror twins) in 100% of the steps" in rows
+
+
 def test_dit_caches_object_masks_and_training_resumes(tmp_path, capsys, keep_threads):
     from training.components import new_vae
 

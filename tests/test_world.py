@@ -6,8 +6,8 @@ import numpy as np
 
 from pipelines.seams import seam_ratio, wrap_ratio
 from training.judge import held_out_prompts, read_clip
-from training.world import (COLOURS, DIRECTIONS, Scene, Thing, _start_for, caption, clip, held_out, mirrored, render,
-                            sample_scene)
+from training.world import (COLOURS, DIRECTIONS, Scene, Thing, _start_for, caption, clip, held_out, mirrored,
+                            mirrored_clip, render, sample_scene)
 
 
 def test_clips_are_deterministic_by_seed_at_any_size():
@@ -44,6 +44,28 @@ def test_mirroring_swaps_left_and_right():
     assert flipped.things[0].motion == "up-right" and abs(flipped.things[0].start[0] - 0.7) < 1e-9
     video = render(scene, 64, 64, 9, 8.0)
     assert np.abs(render(flipped, 64, 64, 9, 8.0)[:, :, ::-1].astype(int) - video).mean() < 2
+
+
+def test_mirror_twins_differ_from_their_clips_in_the_sideways_words_alone():
+    swap = {"left": "right", "right": "left", "leftward": "rightward", "rightward": "leftward",
+            "up-left": "up-right", "up-right": "up-left", "down-left": "down-right", "down-right": "down-left"}
+    twins = 0
+    for seed in range(60):
+        video, text, scene = clip(seed, 96, 64, 9, 8.0)
+        twin = mirrored_clip(seed, 96, 64, 9, 8.0)
+        sideways = any(DIRECTIONS.get(t.motion, (0, 0))[0] for t in scene.things)
+        flipped_first = mirrored(scene, 1.5).things[0]
+        if not sideways or held_out(flipped_first.colour, flipped_first.motion, scene.background):
+            assert twin is None
+            continue
+        twins += 1
+        twin_video, twin_text, twin_scene = twin
+        assert twin_text.split() == [swap.get(w, w) for w in text.split()] != text.split()
+        assert not held_out(twin_scene.things[0].colour, twin_scene.things[0].motion, twin_scene.background)
+        if DIRECTIONS.get(scene.things[0].motion, (0, 0))[0] and len(scene.things) == 1:
+            (dx, dy), (twin_dx, twin_dy) = read_clip(video).displacement, read_clip(twin_video).displacement
+            assert dx * twin_dx < 0 and abs(dx + twin_dx) < 0.1 and abs(dy - twin_dy) < 0.1  # the other way
+    assert twins >= 15
 
 
 def test_the_judge_reads_ground_truth_renders():

@@ -51,6 +51,10 @@ def training_rows(training: dict) -> str:
             stage = STAGES[part] if i == 0 else f"{NAMES[part]}, continued from the row above's weights"
             if segment.get("decoder_only"):
                 stage = DECODER_STAGE
+            if segment.get("only") == "text":
+                stage += ", the text path alone (text embedder and cross-attention)"
+            if segment.get("pairs"):
+                stage += f", contrast pairs (mirror twins) in {segment['pairs']:.0%} of the steps"
             rows.append(f"| {stage} | {segment['steps']} | {_figures(segment)} | {minutes} |")
         if len(segments) > 1:
             total = sum(s.get("minutes") or 0 for s in segments)

@@ -301,6 +301,20 @@ def clip(seed: int, width: int = 128, height: int = 128, frames: int = 17, fps: 
     return render(scene, width, height, frames, fps), caption(scene, drop=0.3 if split == "train" else 0.0), scene
 
 
+def mirrored_clip(seed: int, width: int = 128, height: int = 128, frames: int = 17,
+                  fps: float = 8.0) -> tuple[np.ndarray, str, Scene] | None:
+    """clip(seed)'s scene flipped left to right, its caption the same paraphrase with left and right swapped:
+    the other half of a contrast pair whose captions differ in the sideways words alone. None where the flip
+    would change no caption (nothing moves sideways) or would show a held-out combination."""
+    aspect = width / min(width, height)
+    scene = mirrored(sample_scene(seed, aspect=aspect, duration=frames / fps), aspect)
+    first = scene.things[0]
+    if not any(DIRECTIONS.get(t.motion, (0, 0))[0] for t in scene.things) or held_out(
+            first.colour, first.motion, scene.background):
+        return None
+    return render(scene, width, height, frames, fps), caption(scene, drop=0.3), scene
+
+
 def mirrored(scene: Scene, aspect: float) -> Scene:
     """The scene flipped left to right (left and right motions swap): free data augmentation."""
     swap = {"left": "right", "right": "left", "up-left": "up-right", "up-right": "up-left",
