@@ -127,10 +127,9 @@ def build_cache(run: Path, clips: int, seed: int, mirror: bool = False) -> None:
         if index % 200 == 0:
             print(f"cached {index + per_batch}/{clips} clips in {time.time() - started:.0f} s", flush=True)
     cache = {k: {"latents": torch.cat(v["latents"]), "text": torch.cat(v["text"]), "captions": v["captions"],
-                 "objects": torch.cat(v["objects"])} for k, v in groups.items()}
+                 "objects": torch.cat(v["objects"]), **({"source": torch.tensor(v["source"])} if mirror else {})}
+             for k, v in groups.items()}
     if mirror:
-        for size, group in cache.items():
-            group["source"] = torch.tensor(groups[size]["source"])
         torch.save({"groups": cache}, run / "mirror.pt")
         print(f"mirror: {sum(len(g['captions']) for g in cache.values())} of {clips} clips", flush=True)
         return
@@ -191,6 +190,14 @@ def merge_groups(caches: list[dict[str, dict]]) -> dict[str, dict]:
 
 def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | None = None,
           bf16: bool = True, extra_caches: tuple[Path, ...] = (), pairs: float = 0.0, only: str | None = None) -> None:
+    # Checked before the caches load (they take minutes): a bad --pairs fails at once.
+    if not 0.0 <= pairs <= 1.0:
+        raise SystemExit(f"--pairs is a share of the steps, from 0 to 1; got {pairs}")
+    if pairs > 0 and batch % 2:
+        raise SystemExit(f"--pairs needs an even --batch (a clip and its twin), got {batch}")
+    if pairs > 0 and not (run / "mirror.pt").is_file():
+        raise SystemExit(f"--pairs needs {run / 'mirror.pt'}: make it with `cache --mirror` (same --seed and "
+                         "--clips as cache.pt)")
     data = torch.load(run / "cache.pt", weights_only=False)
     # This run's cache sets the latent statistics (export writes them into the VAE's config).
     mean = torch.tensor(data["stats"]["latents_mean"]).view(1, LATENT_CHANNELS, 1, 1, 1)
@@ -201,14 +208,7 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
     print(f"{clips} clips from {1 + len(extra_caches)} cache(s)")
     empty = data["empty_text"].float()
     mirrors = None
-    if not 0.0 <= pairs <= 1.0:
-        raise SystemExit(f"--pairs is a share of the steps, from 0 to 1; got {pairs}")
     if pairs > 0:
-        if batch % 2:
-            raise SystemExit(f"--pairs needs an even --batch (a clip and its twin), got {batch}")
-        if not (run / "mirror.pt").is_file():
-            raise SystemExit(f"--pairs needs {run / 'mirror.pt'}: make it with `cache --mirror` (same --seed and "
-                             "--clips as cache.pt)")
         mirrors = torch.load(run / "mirror.pt", weights_only=False)["groups"]
         sizes = sorted(mirrors)
         print(f"{sum(len(g['captions']) for g in mirrors.values())} contrast pairs, in {pairs:.0%} of the steps")
