@@ -108,7 +108,7 @@ Colour-motion-background combinations picked by `training.world.held_out` never 
 {training_rows(training)}
 {soup}
 Data{' of the last DiT run' if dit_runs > 1 else ''}: {data} of 25 frames at 8 fps in three sizes (128x128, 160x96,
-96x160), encoded once{'; each run renders its own clips from the world (another seed)' if dit_runs > 1 else ''};
+96x160), encoded once{'; most runs render their own clips from the world (another seed), some reuse the clips of an earlier run' if dit_runs > 1 else ''};
 training windows of 1, 3, 5 or 7 latent frames, mostly from a clip's start and sometimes from its middle
 (such windows hold their first latent).
 Hardware: {hardware}.
