@@ -159,6 +159,32 @@ def test_contrast_pairs_train_a_clip_beside_its_mirror_twin(tmp_path, capsys, ke
     assert "the text path alone" in rows and "contrast pairs (mirror twins) in 100% of the steps" in rows
 
 
+def test_bridges_train_under_connects_mask(tmp_path, capsys, keep_threads):
+    from training.components import new_vae
+    from training.world import TRANSITION_JOINS
+
+    torch.save({"model": new_vae().state_dict(), "step": 0}, tmp_path / "vae.pt")
+    train_dit.main(["--run", str(tmp_path), "--threads", "1", "cache", "--clips", "8"])
+    with pytest.raises(SystemExit, match="cache --transitions"):
+        train_dit.main(["--run", str(tmp_path), "--threads", "1", "train", "--steps", "1", "--transitions", "0.5"])
+    train_dit.main(["--run", str(tmp_path), "--threads", "1", "cache", "--clips", "8", "--transitions"])
+    (bridges,) = torch.load(tmp_path / "transitions.pt", weights_only=False)["groups"].values()
+    assert bridges["latents"].shape[0] == len(bridges["captions"]) == 8 and bridges["latents"].shape[2] == 7
+    assert set(bridges["join"].tolist()) <= set(TRANSITION_JOINS)
+    with pytest.raises(SystemExit, match="together at most 1"):
+        train_dit.main(["--run", str(tmp_path), "--threads", "1", "train", "--steps", "1", "--transitions", "0.8",
+                        "--pairs", "0.4"])
+    assert not (tmp_path / "dit.pt").exists()
+    train_dit.main(["--run", str(tmp_path), "--threads", "1", "train", "--steps", "2", "--batch", "2",
+                    "--transitions", "1"])
+    assert "8 transitions, in 100% of the steps" in capsys.readouterr().out
+    records = [json.loads(line) for line in (tmp_path / "dit_log.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 2 and np.isfinite(records[-1]["loss"])
+    train_dit.main(["--run", str(tmp_path), "export", "--out", str(tmp_path / "model")])
+    rows = model_card.training_rows(json.loads((tmp_path / "model" / "training.json").read_text()))
+    assert "bridges (connect and loop) in 100% of the steps" in rows
+
+
 def test_dit_caches_object_masks_and_training_resumes(tmp_path, capsys, keep_threads):
     from training.components import new_vae
 

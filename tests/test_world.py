@@ -6,8 +6,8 @@ import numpy as np
 
 from pipelines.seams import seam_ratio, wrap_ratio
 from training.judge import held_out_prompts, read_clip
-from training.world import (COLOURS, DIRECTIONS, Scene, Thing, _start_for, caption, clip, held_out, mirrored,
-                            mirrored_clip, render, sample_scene)
+from training.world import (COLOURS, DIRECTIONS, TRANSITION_CONTEXT, TRANSITION_JOINS, Scene, Thing, _start_for,
+                            caption, clip, held_out, mirrored, mirrored_clip, render, sample_scene, transition_clip)
 
 
 def test_clips_are_deterministic_by_seed_at_any_size():
@@ -67,6 +67,25 @@ def test_mirror_twins_differ_from_their_clips_in_the_sideways_words_alone():
             assert dx * twin_dx < 0 and abs(dx + twin_dx) < 0.1 and abs(dy - twin_dy) < 0.1  # the other way
     assert twins >= 15
 
+
+
+def test_transition_clips_crossfade_from_a_clip_into_the_next_at_a_join():
+    joins, captions, bridged = set(), set(), 0
+    for seed in range(12):
+        video, text, objects, join = transition_clip(seed, 96, 64)
+        again, same_text, _, same_join = transition_clip(seed, 96, 64)
+        assert np.array_equal(video, again) and (text, join) == (same_text, same_join)
+        assert video.shape == (25, 64, 96, 3) and objects.shape == (25, 64, 96) and join in TRANSITION_JOINS
+        assert objects[join].any()  # the next clip's objects weigh in the loss
+        joins.add(join)
+        captions.add(text)
+        # Before the bridge: A's own frames; across it each frame moves towards the next clip's first frame.
+        frames = video.astype(np.float32)
+        to_next = [np.abs(frames[i] - frames[join]).mean() for i in range(TRANSITION_CONTEXT - 1, join)]
+        if to_next[0] > 1:  # else A already ends as the next clip starts (a still scene's loop)
+            bridged += 1
+            assert to_next[-1] < 0.5 * to_next[0]
+    assert len(joins) >= 2 and len(captions) == 12 and bridged >= 8
 
 def test_the_judge_reads_ground_truth_renders():
     rng = np.random.default_rng(0)

@@ -55,6 +55,8 @@ def training_rows(training: dict) -> str:
                 stage += ", the text path alone (text embedder and cross-attention)"
             if segment.get("pairs"):
                 stage += f", contrast pairs (mirror twins) in {segment['pairs']:.0%} of the steps"
+            if segment.get("transitions"):
+                stage += f", bridges (connect and loop) in {segment['transitions']:.0%} of the steps"
             rows.append(f"| {stage} | {segment['steps']} | {_figures(segment)} | {minutes} |")
         if len(segments) > 1:
             total = sum(s.get("minutes") or 0 for s in segments)

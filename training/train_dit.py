@@ -25,10 +25,17 @@ the two inputs are alike but for the word and the targets are mirror images, so 
 the loss. `--only text` trains just the text path (the text embedder and the cross-attention), at
 the run's learning rate, leaving the rest of the model as it is.
 
+Connect and loop ask for a bridge between two held ends that no training clip shows: a moving object's
+last frames and another scene's (or the same clip's) first. With `--transitions`, a share of the steps
+trains on such bridges (`cache --transitions`, world.transition_clip: a clip, a crossfade into the next
+clip's first frame, that clip) under connect's own mask: the first TRANSITION_CONTEXT frames held, the
+latent ending on the join's frame and those before it generated, the latents after it held.
+
 Stages (each resumable; `--run DIR` holds the files):
     python -m training.train_dit --run training/runs/embedded cache --clips 2400     # latents + text states
     python -m training.train_dit --run training/runs/embedded cache --clips 2400 --mirror  # contrast twins
-    python -m training.train_dit --run training/runs/embedded train --steps 3000 --pairs 0.25
+    python -m training.train_dit --run training/runs/embedded cache --clips 960 --transitions  # bridges
+    python -m training.train_dit --run training/runs/embedded train --steps 3000 --pairs 0.25 --transitions 0.2
     python -m training.train_dit --run training/runs/embedded export --out assets/embedded-model
 """
 
@@ -49,7 +56,7 @@ from training.components import (LATENT_CHANNELS, SCHEDULER_CONFIG, TEXT_MAX_TOK
                                  load_text_encoder, new_transformer, new_vae, save_model)
 from training.components import TRAIN_SIZES as SIZES
 from training.history import checkpoint_history, run_segment, total_steps
-from training.world import clip, foreground, mirrored_clip
+from training.world import TRANSITION_CONTEXT, clip, foreground, mirrored_clip, transition_clip
 
 CLIP_FRAMES = 25  # 7 latent frames: windows of 1, 3, 5 or 7 latents are cut from them
 # Single-latent windows are stills: they train text-to-image, the first stage of image-first text-to-video.
@@ -88,10 +95,12 @@ def latent_mask(mask: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def build_cache(run: Path, clips: int, seed: int, mirror: bool = False) -> None:
+def build_cache(run: Path, clips: int, seed: int, mirror: bool = False, transitions: bool = False) -> None:
     """Encode `clips` rendered clips (grouped by size) and their captions; set the VAE's latent statistics.
     With `mirror`, write mirror.pt instead: the same seeds' clips flipped left to right where that changes
-    their caption (world.mirrored_clip), each group's `source` naming its twin's index in cache.pt's group."""
+    their caption (world.mirrored_clip), each group's `source` naming its twin's index in cache.pt's group.
+    With `transitions`, write transitions.pt: bridges as connect and loop ask for (world.transition_clip),
+    each group's `join` the frame where the clip after the bridge starts."""
     vae = load_vae(run)
     tokenizer, text_encoder = load_text_encoder()
     rng = np.random.default_rng(seed)
@@ -105,15 +114,20 @@ def build_cache(run: Path, clips: int, seed: int, mirror: bool = False) -> None:
         videos, captions, masks, sources = [], [], [], []
         for _ in range(per_batch):
             clip_seed = int(rng.integers(2**31))
-            made = (mirrored_clip if mirror else clip)(clip_seed, width, height, frames=CLIP_FRAMES, fps=8.0)
             seen[size] = seen.get(size, 0) + 1
-            if made is None:
-                continue
-            video, caption, scene = made
+            if transitions:
+                video, caption, objects, join = transition_clip(clip_seed, width, height, frames=CLIP_FRAMES)
+                sources.append(join)
+            else:
+                made = (mirrored_clip if mirror else clip)(clip_seed, width, height, frames=CLIP_FRAMES, fps=8.0)
+                if made is None:
+                    continue
+                video, caption, scene = made
+                objects = foreground(video, scene)
+                sources.append(seen[size] - 1)
             videos.append(video)
             captions.append(caption)
-            masks.append(latent_mask(foreground(video, scene)))
-            sources.append(seen[size] - 1)
+            masks.append(latent_mask(objects))
         if not videos:
             continue
         pixels = torch.from_numpy(np.stack(videos)).float().div(127.5).sub(1).permute(0, 4, 1, 2, 3)
@@ -126,12 +140,17 @@ def build_cache(run: Path, clips: int, seed: int, mirror: bool = False) -> None:
         group["source"].extend(sources)
         if index % 200 == 0:
             print(f"cached {index + per_batch}/{clips} clips in {time.time() - started:.0f} s", flush=True)
+    extra = "source" if mirror else "join" if transitions else None  # a twin's source, a bridge's join
     cache = {k: {"latents": torch.cat(v["latents"]), "text": torch.cat(v["text"]), "captions": v["captions"],
-                 "objects": torch.cat(v["objects"]), **({"source": torch.tensor(v["source"])} if mirror else {})}
+                 "objects": torch.cat(v["objects"]), **({extra: torch.tensor(v["source"])} if extra else {})}
              for k, v in groups.items()}
     if mirror:
         torch.save({"groups": cache}, run / "mirror.pt")
         print(f"mirror: {sum(len(g['captions']) for g in cache.values())} of {clips} clips", flush=True)
+        return
+    if transitions:
+        torch.save({"groups": cache}, run / "transitions.pt")
+        print(f"transitions: {clips} clips", flush=True)
         return
     every = torch.cat([g["latents"].float().transpose(0, 1).flatten(1) for g in cache.values()], dim=1)  # (C, N)
     stats = {"latents_mean": every.mean(1).tolist(), "latents_std": every.std(1).tolist()}
@@ -189,10 +208,16 @@ def merge_groups(caches: list[dict[str, dict]]) -> dict[str, dict]:
 
 
 def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | None = None,
-          bf16: bool = True, extra_caches: tuple[Path, ...] = (), pairs: float = 0.0, only: str | None = None) -> None:
-    # Checked before the caches load (they take minutes): a bad --pairs fails at once.
-    if not 0.0 <= pairs <= 1.0:
-        raise SystemExit(f"--pairs is a share of the steps, from 0 to 1; got {pairs}")
+          bf16: bool = True, extra_caches: tuple[Path, ...] = (), pairs: float = 0.0, only: str | None = None,
+          transitions: float = 0.0) -> None:
+    # Checked before the caches load (they take minutes): a bad --pairs or --transitions fails at once.
+    for flag, share in (("--pairs", pairs), ("--transitions", transitions)):
+        if not 0.0 <= share <= 1.0:
+            raise SystemExit(f"{flag} is a share of the steps, from 0 to 1; got {share}")
+    if pairs + transitions > 1.0:
+        raise SystemExit(f"--pairs and --transitions share the steps: together at most 1, got {pairs + transitions:g}")
+    if transitions > 0 and not (run / "transitions.pt").is_file():
+        raise SystemExit(f"--transitions needs {run / 'transitions.pt'}: make it with `cache --transitions`")
     if pairs > 0 and batch % 2:
         raise SystemExit(f"--pairs needs an even --batch (a clip and its twin), got {batch}")
     if pairs > 0 and not (run / "mirror.pt").is_file():
@@ -212,6 +237,10 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
         mirrors = torch.load(run / "mirror.pt", weights_only=False)["groups"]
         sizes = sorted(mirrors)
         print(f"{sum(len(g['captions']) for g in mirrors.values())} contrast pairs, in {pairs:.0%} of the steps")
+    bridges = None
+    if transitions > 0:
+        bridges = torch.load(run / "transitions.pt", weights_only=False)["groups"]
+        print(f"{sum(len(g['captions']) for g in bridges.values())} transitions, in {transitions:.0%} of the steps")
     checkpoint = run / "dit.pt"
     torch.manual_seed(seed)
     model = new_transformer().train()
@@ -252,7 +281,9 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
         # Most windows start at the clip's first frame; some are cut later, as a chain starts on a clip's
         # saved latents. A later latent stands for 4 frames, unlike a first frame, so such a window always
         # holds it: a window the model generates from scratch starts on a first frame, stills included.
-        paired = mirrors is not None and rng.random() < pairs
+        draw = rng.random() if mirrors is not None or bridges is not None else 1.0
+        paired, bridged = draw < pairs, pairs <= draw < pairs + transitions
+        length = WINDOW_LATENTS[-1] if bridged else length  # a bridge's window holds both its ends
         later = length not in (1, 7) and rng.random() >= 0.8 and not paired
         offset = int(rng.integers(1, 7 - length + 1)) if later else 0
         window = slice(offset, offset + length)
@@ -261,6 +292,10 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
             twins = torch.from_numpy(rng.choice(len(mirrors[size]["captions"]), size=batch // 2, replace=False))
             sources = mirrors[size]["source"][twins]
             parts = [(data["groups"][size], sources), (mirrors[size], twins)]
+        elif bridged:
+            size = sorted(bridges)[rng.integers(len(bridges))]
+            picks = torch.from_numpy(rng.choice(len(bridges[size]["captions"]), size=batch, replace=False))
+            parts = [(bridges[size], picks)]
         else:
             group = groups[rng.integers(len(groups))]
             parts = [(group, torch.from_numpy(rng.choice(len(group["captions"]), size=batch, replace=False)))]
@@ -274,6 +309,12 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
         if paired:  # text to video near pure noise: a held frame would show where the object starts
             held = torch.zeros(draws, length, dtype=torch.bool)  # (B/2, F)
             sigma = torch.from_numpy(rng.uniform(PAIR_SIGMA_MIN, 1.0, draws)).float()  # (B/2,)
+        elif bridged:  # connect's and loop's mask: A's context opens the window, the clip after the join closes it
+            held = torch.zeros(batch, length, dtype=torch.bool)  # (B, F)
+            held[:, :1 + (TRANSITION_CONTEXT - 1) // 4] = True
+            for row, join in enumerate(bridges[size]["join"][picks].tolist()):
+                held[row, join // 4 + 1:] = True  # the latent ending on the join's frame is generated
+            sigma = sample_sigmas(rng, draws)  # (B,)
         else:
             held = torch.from_numpy(np.stack([sample_mask(rng, length, starts_held=later) for _ in range(draws)]))  # (B, F)
             sigma = sample_sigmas(rng, draws)  # (B,)
@@ -311,7 +352,7 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
         if step % 250 == 0 or step == steps:
             torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimiser": optimiser.state_dict(),
                         "step": step, "history": history, "clips": clips,
-                        "recipe": {"pairs": pairs, "only": only}}, checkpoint)
+                        "recipe": {"pairs": pairs, "only": only, "transitions": transitions}}, checkpoint)
 
 
 def export(run: Path, out: Path, soup: Path | None = None, vae_run: Path | None = None,
@@ -364,6 +405,8 @@ def main(argv: list[str] | None = None) -> None:
     cache.add_argument("--clips", type=int, default=2400)
     cache.add_argument("--mirror", action="store_true", help="write mirror.pt: left-right twins of the clips "
                                                              "cache.pt holds (same --seed and --clips)")
+    cache.add_argument("--transitions", action="store_true", help="write transitions.pt: bridges from one clip "
+                                                                  "to another or to its own start (connect, loop)")
     fit = sub.add_parser("train")
     fit.add_argument("--steps", type=int, default=3000)
     fit.add_argument("--batch", type=int, default=8)
@@ -372,6 +415,8 @@ def main(argv: list[str] | None = None) -> None:
                                               "model folder's transformer, e.g. the shipped model's")
     fit.add_argument("--pairs", type=float, default=0.0, metavar="SHARE",
                      help="the share of steps (0 to 1) that train on contrast pairs from mirror.pt (cache --mirror)")
+    fit.add_argument("--transitions", type=float, default=0.0, metavar="SHARE",
+                     help="the share of steps (0 to 1) that train on bridges from transitions.pt (cache --transitions)")
     fit.add_argument("--only", choices=["text"], help="train only the text path (text embedder, cross-attention)")
     fit.add_argument("--fp32", action="store_true", help="train in fp32 instead of under bf16 autocast")
     fit.add_argument("--also", type=Path, nargs="*", default=[], help="more cache.pt files (same VAE) whose clips "
@@ -386,10 +431,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.stage == "cache":
-        build_cache(args.run, args.clips, args.seed, args.mirror)
+        build_cache(args.run, args.clips, args.seed, args.mirror, args.transitions)
     elif args.stage == "train":
         train(args.run, args.steps, args.batch, args.lr, args.seed, args.init, bf16=not args.fp32,
-              extra_caches=tuple(args.also), pairs=args.pairs, only=args.only)
+              extra_caches=tuple(args.also), pairs=args.pairs, only=args.only,
+              transitions=args.transitions)
     else:
         export(args.run, args.out, args.soup, args.vae_run, args.soup_weight)
 

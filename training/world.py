@@ -322,3 +322,40 @@ def mirrored(scene: Scene, aspect: float) -> Scene:
     things = tuple(replace(t, motion=swap.get(t.motion, t.motion), start=(aspect - t.start[0], t.start[1]))
                    for t in scene.things)
     return replace(scene, things=things, pan=-scene.pan)
+
+
+# ---- transitions -----------------------------------------------------------------------------------------
+TRANSITION_CONTEXT = 9  # frames of clip A that open a transition clip: connect's default context
+TRANSITION_JOINS = (12, 16, 20)  # where clip B's first frame may land: a latent's last frame, as connect puts it
+
+
+def transition_clip(seed: int, width: int = 128, height: int = 128, frames: int = 25,
+                    fps: float = 8.0) -> tuple[np.ndarray, str, np.ndarray, int]:
+    """A bridge as connect and loop ask for one: TRANSITION_CONTEXT frames of a clip A, a crossfade from A (still
+    moving) to B's first frame, then B from its first frame at `join`. Half are loops, where B is A's own clip
+    from its start and A's frames come from later in it; the rest connect A to another scene, on A's background
+    half of the time. Returns the video, a caption (A's or B's), the objects' pixels (F, H, W) and `join`."""
+    rng = np.random.default_rng(seed)
+    aspect = width / min(width, height)
+    join = int(rng.choice(TRANSITION_JOINS))
+    scene_a = sample_scene(seed, aspect=aspect, duration=2 * frames / fps)
+    if rng.random() < 0.5:  # a loop
+        scene_b, a_start = scene_a, int(rng.integers(4, 17))
+    else:
+        scene_b, a_start = sample_scene(int(rng.integers(2**31)), aspect=aspect, duration=frames / fps), 0
+        first = scene_b.things[0]
+        if rng.random() < 0.5 and not held_out(first.colour, first.motion, scene_a.background):
+            scene_b = replace(scene_b, background=scene_a.background, background_colour=scene_a.background_colour,
+                              pan=scene_a.pan)
+    a = render(scene_a, width, height, a_start + join, fps)[a_start:]  # (join, H, W, 3)
+    b = render(scene_b, width, height, frames - join, fps)  # (frames - join, H, W, 3)
+    a_objects = foreground(render(scene_a, width, height, a_start + join, fps), scene_a, fps)[a_start:]
+    b_objects = foreground(b, scene_b, fps)
+    # B's weight: 0 over A's context, rising to 1 at the join (its first frame), where B takes over.
+    mix = np.clip((np.arange(join) - (TRANSITION_CONTEXT - 1)) / (join - TRANSITION_CONTEXT + 1), 0, 1)  # (join,)
+    bridge = (1 - mix[:, None, None, None]) * a.astype(np.float32) + mix[:, None, None, None] * b[0].astype(np.float32)
+    video = np.concatenate([bridge.round().astype(np.uint8)[:join], b])  # (frames, H, W, 3)
+    objects = np.concatenate([(a_objects & (mix < 1)[:, None, None]) | (b_objects[0] & (mix > 0)[:, None, None]),
+                              b_objects])  # (frames, H, W)
+    text = caption(scene_a if rng.random() < 0.5 else scene_b, drop=0.3)
+    return video, text, objects, join
