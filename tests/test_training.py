@@ -183,6 +183,13 @@ def test_bridges_train_under_connects_mask(tmp_path, capsys, keep_threads):
     train_dit.main(["--run", str(tmp_path), "export", "--out", str(tmp_path / "model")])
     rows = model_card.training_rows(json.loads((tmp_path / "model" / "training.json").read_text()))
     assert "bridges (connect and loop) in 100% of the steps" in rows
+    # A run started from this one's dit.pt keeps its recipe in the history it carries on.
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "cache.pt").symlink_to(tmp_path / "cache.pt")
+    train_dit.main(["--run", str(again), "--threads", "1", "train", "--steps", "1", "--batch", "2",
+                    "--init", str(tmp_path / "dit.pt")])
+    assert torch.load(again / "dit.pt", weights_only=False)["history"][-1]["transitions"] == 1.0
 
 
 def test_dit_caches_object_masks_and_training_resumes(tmp_path, capsys, keep_threads):

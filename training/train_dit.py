@@ -264,8 +264,9 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
         else:  # another run's dit.pt
             state = torch.load(init, weights_only=False)
             weights = state["ema"]
-            history = checkpoint_history(state, "transformer") + [
-                run_segment("transformer", state["step"], init.parent / "dit_log.jsonl")]
+            segment = run_segment("transformer", state["step"], init.parent / "dit_log.jsonl")
+            segment.update({k: v for k, v in state.get("recipe", {}).items() if v})  # as export records it
+            history = checkpoint_history(state, "transformer") + [segment]
         model.load_state_dict(weights)
         ema.load_state_dict(weights)
         print(f"initialised from {init} (trained {total_steps(history)} steps)")
