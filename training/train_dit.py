@@ -207,6 +207,14 @@ def merge_groups(caches: list[dict[str, dict]]) -> dict[str, dict]:
     return merged
 
 
+def dit_history(state: dict, run: Path) -> list[dict]:
+    """Every DiT training segment up to and including `state`, the dit.pt of `run`, with its recipe (contrast
+    pairs, bridges, a part trained alone)."""
+    segment = run_segment("transformer", state["step"], run / "dit_log.jsonl")
+    segment.update({k: v for k, v in state.get("recipe", {}).items() if v})
+    return checkpoint_history(state, "transformer") + [segment]
+
+
 def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | None = None,
           bf16: bool = True, extra_caches: tuple[Path, ...] = (), pairs: float = 0.0, only: str | None = None,
           transitions: float = 0.0) -> None:
@@ -264,9 +272,7 @@ def train(run: Path, steps: int, batch: int, lr: float, seed: int, init: Path | 
         else:  # another run's dit.pt
             state = torch.load(init, weights_only=False)
             weights = state["ema"]
-            segment = run_segment("transformer", state["step"], init.parent / "dit_log.jsonl")
-            segment.update({k: v for k, v in state.get("recipe", {}).items() if v})  # as export records it
-            history = checkpoint_history(state, "transformer") + [segment]
+            history = dit_history(state, init.parent)
         model.load_state_dict(weights)
         ema.load_state_dict(weights)
         print(f"initialised from {init} (trained {total_steps(history)} steps)")
@@ -383,11 +389,9 @@ def export(run: Path, out: Path, soup: Path | None = None, vae_run: Path | None 
         if vae_state.get("decoder_only"):
             segment["decoder_only"] = True
         vae_history.append(segment)
-    segment = run_segment("transformer", dit["step"], run / "dit_log.jsonl")
-    segment.update({k: v for k, v in dit.get("recipe", {}).items() if v})  # contrast pairs, a part trained alone
-    dit_history = checkpoint_history(dit, "transformer") + [segment]
-    training = {"vae_steps": total_steps(vae_history), "transformer_steps": total_steps(dit_history),
-                "history": vae_history + dit_history}
+    dit_segments = dit_history(dit, run)
+    training = {"vae_steps": total_steps(vae_history), "transformer_steps": total_steps(dit_segments),
+                "history": vae_history + dit_segments}
     if soup is not None:
         mean = "the mean" if soup_weight == 0.5 else f"the weighted mean ({1 - soup_weight:g} and {soup_weight:g})"
         training["transformer_weights"] = (f"{mean} of the DiT's weights after {total_steps(other_history)} steps "
@@ -404,9 +408,10 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="stage", required=True)
     cache = sub.add_parser("cache")
     cache.add_argument("--clips", type=int, default=2400)
-    cache.add_argument("--mirror", action="store_true", help="write mirror.pt: left-right twins of the clips "
-                                                             "cache.pt holds (same --seed and --clips)")
-    cache.add_argument("--transitions", action="store_true", help="write transitions.pt: bridges from one clip "
+    written = cache.add_mutually_exclusive_group()
+    written.add_argument("--mirror", action="store_true", help="write mirror.pt: left-right twins of the clips "
+                                                               "cache.pt holds (same --seed and --clips)")
+    written.add_argument("--transitions", action="store_true", help="write transitions.pt: bridges from one clip "
                                                                   "to another or to its own start (connect, loop)")
     fit = sub.add_parser("train")
     fit.add_argument("--steps", type=int, default=3000)
