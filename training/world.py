@@ -347,9 +347,9 @@ def transition_clip(seed: int, width: int = 128, height: int = 128, frames: int 
         if rng.random() < 0.5 and not held_out(first.colour, first.motion, scene_a.background):
             scene_b = replace(scene_b, background=scene_a.background, background_colour=scene_a.background_colour,
                               pan=scene_a.pan)
-    a = render(scene_a, width, height, a_start + join, fps)[a_start:]  # (join, H, W, 3)
+    rendered_a = render(scene_a, width, height, a_start + join, fps)
+    a, a_objects = rendered_a[a_start:], foreground(rendered_a, scene_a, fps)[a_start:]  # (join, H, W, 3), (join, H, W)
     b = render(scene_b, width, height, frames - join, fps)  # (frames - join, H, W, 3)
-    a_objects = foreground(render(scene_a, width, height, a_start + join, fps), scene_a, fps)[a_start:]
     b_objects = foreground(b, scene_b, fps)
     # B's weight: 0 over A's context, rising to 1 at the join (its first frame), where B takes over.
     mix = np.clip((np.arange(join) - (TRANSITION_CONTEXT - 1)) / (join - TRANSITION_CONTEXT + 1), 0, 1)  # (join,)
