@@ -351,11 +351,10 @@ def transition_clip(seed: int, width: int = 128, height: int = 128, frames: int 
     a, a_objects = rendered_a[a_start:], foreground(rendered_a, scene_a, fps)[a_start:]  # (join, H, W, 3), (join, H, W)
     b = render(scene_b, width, height, frames - join, fps)  # (frames - join, H, W, 3)
     b_objects = foreground(b, scene_b, fps)
-    # B's weight: 0 over A's context, rising to 1 at the join (its first frame), where B takes over.
+    # B's weight: 0 over A's context, then rising, below 1 before the join, where B itself takes over.
     mix = np.clip((np.arange(join) - (TRANSITION_CONTEXT - 1)) / (join - TRANSITION_CONTEXT + 1), 0, 1)  # (join,)
     bridge = (1 - mix[:, None, None, None]) * a.astype(np.float32) + mix[:, None, None, None] * b[0].astype(np.float32)
-    video = np.concatenate([bridge.round().astype(np.uint8)[:join], b])  # (frames, H, W, 3)
-    objects = np.concatenate([(a_objects & (mix < 1)[:, None, None]) | (b_objects[0] & (mix > 0)[:, None, None]),
-                              b_objects])  # (frames, H, W)
+    video = np.concatenate([bridge.round().astype(np.uint8), b])  # (frames, H, W, 3)
+    objects = np.concatenate([a_objects | (b_objects[0] & (mix > 0)[:, None, None]), b_objects])  # (frames, H, W)
     text = caption(scene_a if rng.random() < 0.5 else scene_b, drop=0.3)
     return video, text, objects, join
