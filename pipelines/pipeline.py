@@ -468,7 +468,7 @@ class VideoPipeline:
         return clean, hold, prefix, suffix
 
     def _joins(self, window: np.ndarray, placed: list[PlacedItem]) -> list[Join]:
-        """Where copied-through clips meet generated frames, with the decode's error on their held frames."""
+        """Where copied-through clips meet generated frames, with the decode's error on their copied frames."""
         joins = []
         for p in placed:
             if p.item.output == "window":
@@ -476,8 +476,12 @@ class VideoPipeline:
             f, source = p.item.frame_index, p.source_frames[p.start:p.start + p.count]
             if f == 0:  # the clip's tail opens the window: held window frames 0..count-1
                 joins.append(Join(p.count - 1, +1, held_residuals(source, window[:p.count])))
-            else:  # the clip's head closes the window; frame f itself is not held (see _check_placement)
-                residuals = held_residuals(source[1:], window[f + 1:f + p.count])
+            else:  # the clip's head closes the window from frame f: the output copies its frame 0 there
+                # Frame f lies in a generated latent (the encoder read it only as a warm-up, see
+                # _check_placement), so its residual holds the model's miss as well as the decoder's: carried
+                # back over EDGE_FRAMES it blends the bridge into the clip's first frame, as the opening join's
+                # residual does on its last copied frame.
+                residuals = held_residuals(source, window[f:f + p.count])
                 joins.append(Join(f, -1, residuals[::-1]))
         return joins
 

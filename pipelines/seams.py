@@ -13,6 +13,11 @@ to the join makes the join's step the decoder's own frame step:
   so it leaves no ghost where the objects were;
 - a span between two joins (connect, loop) blends the two corrections by position.
 
+A clip that closes the window is copied from its first frame on, but that frame lies in a generated latent
+(the causal encoder reads a clip's first frame alone, so it only warms the encoder). Its residual there is
+the decoder's error plus how far the model's frame is from the clip's; carried back, it blends the bridge's
+last frames into the clip's first, much as overlapping windows are cross-faded.
+
 A join is scored by the change across it over the clip's median frame-to-frame change (1 is as smooth as
 the clip itself; a loop's wrap, last frame back to first, counts as a join). `best_of` requests keep the
 candidate whose worst join scores lowest.

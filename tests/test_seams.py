@@ -45,19 +45,24 @@ def test_an_edge_error_fades_and_two_joins_blend_by_position():
     assert bridge[0] > 5 and bridge[-1] < -15  # each end matches its own clip's error
 
 
-def test_extend_join_steps_as_the_decoder_does(embedded, source_clip):  # noqa: F811
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_extend_join_steps_as_the_decoder_does(embedded, source_clip, direction):  # noqa: F811
     path, frames = source_clip
     d = embedded.defaults
     result = embedded.generate(extend(path, "a red ball moves right in a clear day sky", new_frames=8, steps=4,
-                                      seed=0, width=d.width, height=d.height, fps=d.fps))
+                                      direction=direction, seed=0, width=d.width, height=d.height, fps=d.fps))
     raw = embedded.decode(result.latents[None])  # the window as decoded, before the join was matched
     context = len(raw) - 8
-    raw_clip = np.concatenate([frames, raw[context:]])
-    assert np.array_equal(result.frames[:len(frames)], frames)
-    join = len(frames) - 1
-    # Across the join the clip now changes as the decoded window does from its last held frame to its first
-    # new one (up to rounding and clipping at 0 and 255), no longer by the decode's error on top.
-    decoder_step = _steps(raw)[context - 1]
+    if direction == "forward":  # the clip's tail opens the window: its last frame meets the first new one
+        raw_clip, join, window_step = np.concatenate([frames, raw[context:]]), len(frames) - 1, context - 1
+        assert np.array_equal(result.frames[:len(frames)], frames)
+    else:  # the clip's head closes the window at frame 8: the last new frame meets the clip's first
+        raw_clip, join, window_step = np.concatenate([raw[:8], frames]), 7, 7
+        assert np.array_equal(result.frames[8:], frames)
+    # Across the join the clip now changes as the decoded window does between the same two window frames (up
+    # to rounding and clipping at 0 and 255), no longer by the decode's error on top. Closing the window, the
+    # clip's first frame sits in a generated latent, and the step is still the window's own into that frame.
+    decoder_step = _steps(raw)[window_step]
     assert abs(_steps(result.frames)[join] - decoder_step) < 0.5
     assert _steps(result.frames)[join] < _steps(raw_clip)[join]
 

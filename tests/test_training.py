@@ -74,7 +74,7 @@ def test_a_decoder_only_fine_tune_keeps_the_encoder_and_records_itself(tmp_path,
     torch.save({"model": start, "step": 0}, tmp_path / "vae.pt")  # as `--init MODEL --steps 0` saves
     train_vae.main(["--run", str(tmp_path), "--steps", "1", "--threads", "1", "--decoder-only"])
     tuned = torch.load(tmp_path / "vae.pt", weights_only=False)
-    assert tuned["decoder_only"] and tuned["step"] == 1
+    assert tuned["decoder_only"] and tuned["step"] == 1 and tuned["temporal_weight"] == train_vae.TEMPORAL_WEIGHT
     decoder = [k for k in start if k.startswith(("decoder.", "post_quant_conv."))]
     assert decoder and all(torch.equal(start[k], tuned["model"][k]) for k in start if k not in decoder)
     assert sum(not torch.equal(start[k], tuned["model"][k]) for k in decoder) > len(decoder) // 2
@@ -262,12 +262,12 @@ def test_dit_caches_object_masks_and_training_resumes(tmp_path, capsys, keep_thr
     # A decoder fine-tune of the VAE the cache was encoded with ships beside the run's DiT.
     tuned = tmp_path / "decoder"
     train_vae.main(["--run", str(tuned), "--steps", "0", "--init", str(again / "model")])
-    train_vae.main(["--run", str(tuned), "--steps", "1", "--threads", "1", "--decoder-only"])
+    train_vae.main(["--run", str(tuned), "--steps", "1", "--threads", "1", "--decoder-only", "--temporal-weight", "3"])
     train_dit.main(["--run", str(again), "export", "--out", str(again / "tuned"), "--vae-run", str(tuned)])
     info = json.loads((again / "tuned" / "training.json").read_text())
-    assert [(s["part"], s["steps"], s.get("decoder_only", False)) for s in info["history"]][:3] == [
-        ("vae", 5, False), ("vae", 1, False), ("vae", 1, True)]
-    assert model_card.DECODER_STAGE in model_card.training_rows(info)
+    assert [(s["part"], s["steps"], s.get("decoder_only", False), s.get("temporal_weight"))
+            for s in info["history"]][:3] == [("vae", 5, False, None), ("vae", 1, False, None), ("vae", 1, True, 3.0)]
+    assert f"{model_card.DECODER_STAGE}, temporal term weighted 3 |" in model_card.training_rows(info)
     exported, _ = exported_weights(again / "tuned", "vae")
     assert all(torch.allclose(exported[k], v.half().float()) for k, v in
                torch.load(tuned / "vae.pt", weights_only=False)["model"].items())

@@ -51,6 +51,10 @@ def training_rows(training: dict) -> str:
             stage = STAGES[part] if i == 0 else f"{NAMES[part]}, continued from the row above's weights"
             if segment.get("decoder_only"):
                 stage = DECODER_STAGE
+                if i > 0 and segments[i - 1].get("decoder_only"):
+                    stage += ", continued from the row above's weights"
+                if segment.get("temporal_weight", 1.0) != 1.0:
+                    stage += f", temporal term weighted {segment['temporal_weight']:g}"
             if segment.get("only") == "text":
                 stage += ", the text path alone (text embedder and cross-attention)"
             if segment.get("pairs"):

@@ -388,6 +388,7 @@ def export(run: Path, out: Path, soup: Path | None = None, vae_run: Path | None 
         segment = run_segment("vae", vae_state["step"], vae_run / "vae_log.jsonl")
         if vae_state.get("decoder_only"):
             segment["decoder_only"] = True
+            segment["temporal_weight"] = vae_state.get("temporal_weight", 1.0)  # runs before the flag used 1
         vae_history.append(segment)
     dit_segments = dit_history(dit, run)
     training = {"vae_steps": total_steps(vae_history), "transformer_steps": total_steps(dit_segments),

@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init", type=Path, help="model folder (diffusers layout) whose VAE a new run starts from")
     parser.add_argument("--decoder-only", action="store_true", help="fine-tune the decoder with a temporal term, "
                                                                     "encoder frozen (latents keep their meaning)")
+    parser.add_argument("--temporal-weight", type=float, default=TEMPORAL_WEIGHT,
+                        help="weight of the temporal term against reconstruction in a --decoder-only run")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.run.mkdir(parents=True, exist_ok=True)
@@ -128,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"initialised from {args.init} (trained {total_steps(history)} steps)")
     def save(step: int) -> None:
         torch.save({"model": vae.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
-                    "history": history, "decoder_only": args.decoder_only}, checkpoint)
+                    "history": history, "decoder_only": args.decoder_only,
+                    "temporal_weight": args.temporal_weight if args.decoder_only else None}, checkpoint)
 
     rng = np.random.default_rng(args.seed + step)
     generator = torch.Generator().manual_seed(args.seed + step)
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         rec = ((error.abs() + error.pow(2)) * weight).mean() / weight.mean()
         kl = posterior.kl().mean()
         temporal = temporal_error(error, weight)  # logged always, trained on by decoder-only runs
-        loss = rec + (TEMPORAL_WEIGHT * temporal if args.decoder_only else args.kl * kl)
+        loss = rec + (args.temporal_weight * temporal if args.decoder_only else args.kl * kl)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
