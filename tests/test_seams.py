@@ -54,15 +54,19 @@ def test_extend_join_steps_as_the_decoder_does(embedded, source_clip, direction)
     raw = embedded.decode(result.latents[None])  # the window as decoded, before the join was matched
     context = len(raw) - 8
     if direction == "forward":  # the clip's tail opens the window: its last frame meets the first new one
-        raw_clip, join, window_step = np.concatenate([frames, raw[context:]]), len(frames) - 1, context - 1
+        raw_clip, join, copied, new = np.concatenate([frames, raw[context:]]), len(frames) - 1, context - 1, context
+        edge = frames[-1]
         assert np.array_equal(result.frames[:len(frames)], frames)
     else:  # the clip's head closes the window at frame 8: the last new frame meets the clip's first
-        raw_clip, join, window_step = np.concatenate([raw[:8], frames]), 7, 7
+        raw_clip, join, copied, new = np.concatenate([raw[:8], frames]), 7, 8, 7
+        edge = frames[0]
         assert np.array_equal(result.frames[8:], frames)
-    # Across the join the clip now changes as the decoded window does between the same two window frames (up
-    # to rounding and clipping at 0 and 255), no longer by the decode's error on top. Closing the window, the
-    # clip's first frame sits in a generated latent, and the step is still the window's own into that frame.
-    decoder_step = _steps(raw)[window_step]
+    # Across the join the clip now changes as the decoded window does between the same two window frames, no
+    # longer by the decode's error on top: the new frame carries the copied frame's error (clipped to 0..255,
+    # up to rounding). Closing the window, the clip's first frame sits in a generated latent, and the step is
+    # still the window's own into that frame.
+    carried = np.clip(raw[new].astype(np.float32) + edge.astype(np.float32) - raw[copied].astype(np.float32), 0, 255)
+    decoder_step = np.abs(carried - edge.astype(np.float32)).mean()
     assert abs(_steps(result.frames)[join] - decoder_step) < 0.5
     assert _steps(result.frames)[join] < _steps(raw_clip)[join]
 
