@@ -82,6 +82,11 @@ def test_a_decoder_only_fine_tune_keeps_the_encoder_and_records_itself(tmp_path,
     assert records[-1]["temporal"] > 0  # the first step decodes 17-frame clips: their error changes per frame
     with pytest.raises(SystemExit, match="--decoder-only"):  # a resume must train the same parts
         train_vae.main(["--run", str(tmp_path), "--steps", "2", "--threads", "1"])
+    for bad in (["--temporal-weight", "2"], ["--decoder-only", "--temporal-weight", "-1"]):
+        with pytest.raises(SystemExit):
+            train_vae.main(["--run", str(tmp_path / "bad"), "--steps", "1", *bad])
+        assert "--temporal-weight" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("frames", [1, 2, 3, 5, 7])

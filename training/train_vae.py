@@ -102,6 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temporal-weight", type=float, default=TEMPORAL_WEIGHT,
                         help="weight of the temporal term against reconstruction in a --decoder-only run")
     args = parser.parse_args(argv)
+    if args.temporal_weight != TEMPORAL_WEIGHT and not args.decoder_only:
+        parser.error("--temporal-weight weighs the temporal term of a --decoder-only run; add --decoder-only")
+    if not args.temporal_weight >= 0:
+        parser.error(f"--temporal-weight {args.temporal_weight:g} is not valid: a number >= 0")
     torch.set_num_threads(args.threads)
     args.run.mkdir(parents=True, exist_ok=True)
     checkpoint = args.run / "vae.pt"
