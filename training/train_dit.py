@@ -111,20 +111,20 @@ def build_cache(run: Path, clips: int, seed: int, mirror: bool = False, transiti
     for index in range(0, clips, per_batch):
         width, height = SIZES[(index // per_batch) % len(SIZES)]
         size = f"{width}x{height}"
-        videos, captions, masks, sources = [], [], [], []
+        videos, captions, masks, extras = [], [], [], []  # extras: a twin's index or a bridge's join
         for _ in range(per_batch):
             clip_seed = int(rng.integers(2**31))
             seen[size] = seen.get(size, 0) + 1
             if transitions:
                 video, caption, objects, join = transition_clip(clip_seed, width, height, frames=CLIP_FRAMES)
-                sources.append(join)
+                extras.append(join)
             else:
                 made = (mirrored_clip if mirror else clip)(clip_seed, width, height, frames=CLIP_FRAMES, fps=8.0)
                 if made is None:
                     continue
                 video, caption, scene = made
                 objects = foreground(video, scene)
-                sources.append(seen[size] - 1)
+                extras.append(seen[size] - 1)
             videos.append(video)
             captions.append(caption)
             masks.append(latent_mask(objects))
@@ -132,17 +132,17 @@ def build_cache(run: Path, clips: int, seed: int, mirror: bool = False, transiti
             continue
         pixels = torch.from_numpy(np.stack(videos)).float().div(127.5).sub(1).permute(0, 4, 1, 2, 3)
         latents = vae.encode(pixels).latent_dist.mode()  # (B, C, 7, h, w), before normalisation
-        group = groups.setdefault(size, {"latents": [], "text": [], "captions": [], "objects": [], "source": []})
+        group = groups.setdefault(size, {"latents": [], "text": [], "captions": [], "objects": [], "extras": []})
         group["latents"].append(latents.half())
         group["objects"].append(torch.stack(masks))  # (B, 7, h, w)
         group["text"].append(encode_text(tokenizer, text_encoder, captions).half())
         group["captions"].extend(captions)
-        group["source"].extend(sources)
+        group["extras"].extend(extras)
         if index % 200 == 0:
             print(f"cached {index + per_batch}/{clips} clips in {time.time() - started:.0f} s", flush=True)
-    extra = "source" if mirror else "join" if transitions else None  # a twin's source, a bridge's join
+    extra = "source" if mirror else "join" if transitions else None  # what the extras are saved as
     cache = {k: {"latents": torch.cat(v["latents"]), "text": torch.cat(v["text"]), "captions": v["captions"],
-                 "objects": torch.cat(v["objects"]), **({extra: torch.tensor(v["source"])} if extra else {})}
+                 "objects": torch.cat(v["objects"]), **({extra: torch.tensor(v["extras"])} if extra else {})}
              for k, v in groups.items()}
     if mirror:
         torch.save({"groups": cache}, run / "mirror.pt")
