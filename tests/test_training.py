@@ -253,6 +253,15 @@ def test_dit_caches_object_masks_and_training_resumes(tmp_path, capsys, keep_thr
     assert any(not torch.equal(start[k], end[k]) for k in start)
     assert all(torch.allclose(mixed[k], (start[k] + end[k]) / 2, atol=2e-3, rtol=2e-3) for k in start)
     assert "after 3 steps and after 4" in json.loads((again / "soup" / "training.json").read_text())["transformer_weights"]
+    # A run warm-started from the soup says so in its card, not that it went on from the last run's weights.
+    onwards = tmp_path / "onwards"
+    onwards.mkdir()
+    (onwards / "cache.pt").symlink_to(tmp_path / "cache.pt")
+    train_dit.main(["--run", str(onwards), "--threads", "1", "train", "--steps", "1", "--batch", "2",
+                    "--init", str(again / "soup")])
+    train_dit.main(["--run", str(onwards), "export", "--out", str(onwards / "model"), "--vae-run", str(again)])
+    last_row = model_card.training_rows(json.loads((onwards / "model" / "training.json").read_text())).splitlines()[-2]
+    assert last_row.startswith("| DiT, continued from the mean of the DiT's weights after 3 steps and after 4 ")
     # A weighted soup leans towards this run; a share outside (0, 1) is refused before anything is written.
     train_dit.main(["--run", str(again), "export", "--out", str(again / "leaning"), "--soup", str(tmp_path / "model"),
                     "--soup-weight", "0.75"])

@@ -70,7 +70,7 @@ def test_mirror_twins_differ_from_their_clips_in_the_sideways_words_alone():
 
 
 def test_transition_clips_crossfade_from_a_clip_into_the_next_at_a_join():
-    joins, captions, bridged = set(), set(), 0
+    joins, captions, bridged, faded = set(), set(), 0, 0
     for seed in range(12):
         video, text, objects, join = transition_clip(seed, 96, 64)
         again, same_text, _, same_join = transition_clip(seed, 96, 64)
@@ -85,7 +85,11 @@ def test_transition_clips_crossfade_from_a_clip_into_the_next_at_a_join():
         if to_next[0] > 1:  # else A already ends as the next clip starts (a still scene's loop)
             bridged += 1
             assert to_next[-1] < 0.5 * to_next[0]
-    assert len(joins) >= 2 and len(captions) == 12 and bridged >= 8
+        if to_next[0] > 20:  # the fade, not A's own motion, makes most of the change: it eases in and out
+            faded += 1
+            closing = -np.diff(to_next + [0.0])  # (join - TRANSITION_CONTEXT + 2,): how far each frame closes in
+            assert max(closing[0], closing[-1]) < 0.25 * closing.max()  # a linear fade closes in evenly
+    assert len(joins) >= 2 and len(captions) == 12 and bridged >= 8 and faded >= 3
 
 def test_the_judge_reads_ground_truth_renders():
     rng = np.random.default_rng(0)

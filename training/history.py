@@ -51,6 +51,8 @@ def folder_history(folder: Path, part: str) -> list[dict]:
     segments = [s for s in info.get("history", []) if s.get("part") == part]
     if not segments and info.get(f"{part}_steps"):
         segments = [{"part": part, "steps": info[f"{part}_steps"]}]
+    if segments and info.get(f"{part}_weights"):  # the folder shipped a soup, not its last run's weights
+        segments[-1] = {**segments[-1], "shipped_weights": info[f"{part}_weights"]}
     return segments
 
 

@@ -49,6 +49,8 @@ def training_rows(training: dict) -> str:
         for i, segment in enumerate(segments):
             minutes = f"{segment['minutes']:.0f} min" if segment.get("minutes") is not None else "not recorded"
             stage = STAGES[part] if i == 0 else f"{NAMES[part]}, continued from the row above's weights"
+            if i > 0 and segments[i - 1].get("shipped_weights"):  # a run warm-started from a soup
+                stage = f"{NAMES[part]}, continued from {segments[i - 1]['shipped_weights']}"
             if segment.get("decoder_only"):
                 stage = DECODER_STAGE
                 if i > 0 and segments[i - 1].get("decoder_only"):

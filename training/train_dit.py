@@ -27,8 +27,8 @@ the run's learning rate, leaving the rest of the model as it is.
 
 Connect and loop ask for a bridge between two held ends that no training clip shows: a moving object's
 last frames and another scene's (or the same clip's) first. With `--transitions`, a share of the steps
-trains on such bridges (`cache --transitions`, world.transition_clip: a clip, a crossfade into the next
-clip's first frame, that clip) under connect's own mask: the first TRANSITION_CONTEXT frames held, the
+trains on such bridges (`cache --transitions`, world.transition_clip: a clip, a crossfade that eases into
+the next clip's first frame, that clip) under connect's own mask: the first TRANSITION_CONTEXT frames held, the
 latent ending on the join's frame and those before it generated, the latents after it held.
 
 Stages (each resumable; `--run DIR` holds the files):

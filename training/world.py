@@ -331,9 +331,9 @@ TRANSITION_JOINS = (12, 16, 20)  # where clip B's first frame may land: a latent
 
 def transition_clip(seed: int, width: int = 128, height: int = 128, frames: int = 25,
                     fps: float = 8.0) -> tuple[np.ndarray, str, np.ndarray, int]:
-    """A bridge as connect and loop ask for one: TRANSITION_CONTEXT frames of a clip A, a crossfade from A (still
-    moving) to B's first frame, then B from its first frame at `join`. Half are loops, where B is A's own clip
-    from its start and A's frames come from later in it; the rest connect A to another scene, on A's background
+    """A bridge as connect and loop ask for one: TRANSITION_CONTEXT frames of a clip A, an eased crossfade from A
+    (still moving) to B's first frame, then B from its first frame at `join`. Half are loops, where B is A's own
+    clip from its start and A's frames come from later in it; the rest connect A to another scene, on A's background
     half of the time. Returns the video, a caption (A's or B's), the objects' pixels (F, H, W) and `join`."""
     rng = np.random.default_rng(seed)
     aspect = width / min(width, height)
@@ -351,8 +351,12 @@ def transition_clip(seed: int, width: int = 128, height: int = 128, frames: int 
     a, a_objects = rendered_a[a_start:], foreground(rendered_a, scene_a, fps)[a_start:]  # (join, H, W, 3), (join, H, W)
     b = render(scene_b, width, height, frames - join, fps)  # (frames - join, H, W, 3)
     b_objects = foreground(b, scene_b, fps)
-    # B's weight: 0 over A's context, then rising, below 1 before the join, where B itself takes over.
-    mix = np.clip((np.arange(join) - (TRANSITION_CONTEXT - 1)) / (join - TRANSITION_CONTEXT + 1), 0, 1)  # (join,)
+    # B's weight: 0 over A's context, then rising, below 1 before the join, where B itself takes over. It eases
+    # in and out (smootherstep) as an editor's dissolve does: a linear fade changes every frame by the same
+    # share of the A-to-B difference, so the first and last bridge frames jump by it however smoothly the
+    # clips move, while an eased one leaves both joins stepping about as the clips do.
+    progress = np.clip((np.arange(join) - (TRANSITION_CONTEXT - 1)) / (join - TRANSITION_CONTEXT + 1), 0, 1)
+    mix = progress**3 * (progress * (6 * progress - 15) + 10)  # (join,)
     bridge = (1 - mix[:, None, None, None]) * a.astype(np.float32) + mix[:, None, None, None] * b[0].astype(np.float32)
     video = np.concatenate([bridge.round().astype(np.uint8), b])  # (frames, H, W, 3)
     objects = np.concatenate([a_objects | (b_objects[0] & (mix > 0)[:, None, None]), b_objects])  # (frames, H, W)
