@@ -48,13 +48,13 @@ def training_rows(training: dict) -> str:
         segments = [s for s in training.get("history", []) if s["part"] == part]
         for i, segment in enumerate(segments):
             minutes = f"{segment['minutes']:.0f} min" if segment.get("minutes") is not None else "not recorded"
-            stage = STAGES[part] if i == 0 else f"{NAMES[part]}, continued from the row above's weights"
-            if i > 0 and segments[i - 1].get("shipped_weights"):  # a run warm-started from a soup
-                stage = f"{NAMES[part]}, continued from {segments[i - 1]['shipped_weights']}"
+            # What the run started from: the run above, or the soup its model folder shipped instead.
+            start = segments[i - 1].get("shipped_weights", "the row above's weights") if i > 0 else None
+            stage = STAGES[part] if i == 0 else f"{NAMES[part]}, continued from {start}"
             if segment.get("decoder_only"):
                 stage = DECODER_STAGE
                 if i > 0 and segments[i - 1].get("decoder_only"):
-                    stage += ", continued from the row above's weights"
+                    stage += f", continued from {start}"
                 if segment.get("temporal_weight", 1.0) != 1.0:
                     stage += f", temporal term weighted {segment['temporal_weight']:g}"
             if segment.get("only") == "text":
