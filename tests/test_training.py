@@ -65,6 +65,14 @@ def test_the_temporal_term_sees_flicker_and_not_a_steady_error():
     flicker[:, :, 1::2] *= -1  # the error changes sign every frame
     assert train_vae.temporal_error(flicker, weight).item() == pytest.approx(0.6)
     assert train_vae.temporal_error(steady[:, :, :1], weight[:, :, :1]).item() == 0.0  # a still has no frame change
+    # The background's term counts only pixels that are background in both frames of a change.
+    mask = torch.zeros(1, 1, 5, 8, 8)
+    mask[:, :, 2, :4] = 1  # an object over the top half of frame 2
+    moving = steady.clone()
+    moving[:, :, 2, :4] += 0.5  # its error changes where it is, and nowhere else
+    assert train_vae.background_flicker(moving, mask).item() == 0.0
+    assert train_vae.temporal_error(moving, weight).item() > 0
+    assert train_vae.background_flicker(flicker, mask).item() == pytest.approx(0.6)
 
 
 def test_a_decoder_only_fine_tune_keeps_the_encoder_and_records_itself(tmp_path, capsys, keep_threads):
@@ -82,11 +90,24 @@ def test_a_decoder_only_fine_tune_keeps_the_encoder_and_records_itself(tmp_path,
     assert records[-1]["temporal"] > 0  # the first step decodes 17-frame clips: their error changes per frame
     with pytest.raises(SystemExit, match="--decoder-only"):  # a resume must train the same parts
         train_vae.main(["--run", str(tmp_path), "--steps", "2", "--threads", "1"])
-    for bad in (["--temporal-weight", "2"], ["--decoder-only", "--temporal-weight", "-1"]):
+    for bad, named in ((["--temporal-weight", "2"], "--temporal-weight"),
+                       (["--decoder-only", "--temporal-weight", "-1"], "--temporal-weight"),
+                       (["--temporal-on", "all"], "--temporal-on"), (["--transitions", "0.5"], "--transitions"),
+                       (["--decoder-only", "--transitions", "2"], "--transitions")):
         with pytest.raises(SystemExit):
             train_vae.main(["--run", str(tmp_path / "bad"), "--steps", "1", *bad])
-        assert "--temporal-weight" in capsys.readouterr().err
+        assert named in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_decoder_batches_hold_bridges_only_where_a_bridge_fits():
+    from training.world import TRANSITION_JOINS
+
+    for frames, fits in ((max(TRANSITION_JOINS), False), (25, True)):
+        plain, _ = train_vae.random_batch(np.random.default_rng(3), frames, 2, 64)
+        bridged, masks = train_vae.random_batch(np.random.default_rng(3), frames, 2, 64, transitions=1.0)
+        assert bridged.shape == plain.shape and masks.shape == (2, 1, frames, 64, 64)
+        assert torch.equal(bridged, plain) != fits
 
 
 @pytest.mark.parametrize("frames", [1, 2, 3, 5, 7])
@@ -276,12 +297,14 @@ def test_dit_caches_object_masks_and_training_resumes(tmp_path, capsys, keep_thr
     # A decoder fine-tune of the VAE the cache was encoded with ships beside the run's DiT.
     tuned = tmp_path / "decoder"
     train_vae.main(["--run", str(tuned), "--steps", "0", "--init", str(again / "model")])
-    train_vae.main(["--run", str(tuned), "--steps", "1", "--threads", "1", "--decoder-only", "--temporal-weight", "3"])
+    train_vae.main(["--run", str(tuned), "--steps", "1", "--threads", "1", "--decoder-only", "--temporal-weight", "3",
+                    "--temporal-on", "all", "--transitions", "0.5"])
     train_dit.main(["--run", str(again), "export", "--out", str(again / "tuned"), "--vae-run", str(tuned)])
     info = json.loads((again / "tuned" / "training.json").read_text())
     assert [(s["part"], s["steps"], s.get("decoder_only", False), s.get("temporal_weight"))
             for s in info["history"]][:3] == [("vae", 5, False, None), ("vae", 1, False, None), ("vae", 1, True, 3.0)]
-    assert f"{model_card.DECODER_STAGE}, temporal term weighted 3 |" in model_card.training_rows(info)
+    assert (f"{model_card.DECODER_STAGE}, temporal term weighted 3 over every pixel alike, bridges in 50% of the "
+            f"25-frame clips |") in model_card.training_rows(info)
     exported, _ = exported_weights(again / "tuned", "vae")
     assert all(torch.allclose(exported[k], v.half().float()) for k, v in
                torch.load(tuned / "vae.pt", weights_only=False)["model"].items())

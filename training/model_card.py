@@ -34,7 +34,8 @@ DECODER_STAGE = ("VAE decoder fine-tune, encoder frozen (the DiT's latents keep 
 
 def _figures(segment: dict) -> str:
     if segment["part"] == "vae" and segment.get("psnr") is not None:
-        temporal = f", error change per frame {segment['temporal']}" if segment.get("temporal") else ""
+        where = {"all": "", "background": " on the background"}.get(segment.get("temporal_on"), " (objects weighted)")
+        temporal = f", error change per frame{where} {segment['temporal']}" if segment.get("temporal") else ""
         return f"PSNR {segment['psnr']} dB, on the objects {segment.get('foreground_psnr')} dB{temporal} (last batch)"
     if segment["part"] == "transformer" and segment.get("loss") is not None:
         return f"loss {segment['loss']}"
@@ -57,11 +58,15 @@ def training_rows(training: dict) -> str:
                     stage += f", continued from {start}"
                 if segment.get("temporal_weight", 1.0) != 1.0:
                     stage += f", temporal term weighted {segment['temporal_weight']:g}"
+                stage += {"all": " over every pixel alike", "background": " on the background alone"}.get(
+                    segment.get("temporal_on"), "")
+                if segment.get("transitions"):
+                    stage += f", bridges in {segment['transitions']:.0%} of the 25-frame clips"
             if segment.get("only") == "text":
                 stage += ", the text path alone (text embedder and cross-attention)"
             if segment.get("pairs"):
                 stage += f", contrast pairs (mirror twins) in {segment['pairs']:.0%} of the steps"
-            if segment.get("transitions"):
+            if segment.get("transitions") and part == "transformer":
                 stage += f", bridges (connect and loop) in {segment['transitions']:.0%} of the steps"
             rows.append(f"| {stage} | {segment['steps']} | {_figures(segment)} | {minutes} |")
         if len(segments) > 1:

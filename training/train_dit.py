@@ -389,6 +389,9 @@ def export(run: Path, out: Path, soup: Path | None = None, vae_run: Path | None 
         if vae_state.get("decoder_only"):
             segment["decoder_only"] = True
             segment["temporal_weight"] = vae_state.get("temporal_weight", 1.0)  # runs before the flag used 1
+            segment["temporal_on"] = vae_state.get("temporal_on") or "objects"  # as runs before the flag did
+            if vae_state.get("transitions"):
+                segment["transitions"] = vae_state["transitions"]
         vae_history.append(segment)
     dit_segments = dit_history(dit, run)
     training = {"vae_steps": total_steps(vae_history), "transformer_steps": total_steps(dit_segments),

@@ -16,10 +16,15 @@ changes by ~1.5 grey levels per frame, a moving one's by up to twice the scene's
 first frame of each latent): the flicker that makes a join between copied-through and decoded frames stand
 out. Fine-tuning the decoder alone against flicker is Video LDM's temporal decoder fine-tune (Blattmann et al.,
 arXiv 2304.08818, section 3.1.1), here with a direct penalty instead of their temporal discriminator, on
-the decoder's own causal 3D convolutions.
+the decoder's own causal 3D convolutions. The term weighs the objects as the reconstruction does unless
+`--temporal-on all`: at a join between copied-through and decoded frames most of the step is the background's
+flicker, which the object weighting counts 11 times less per pixel. `--transitions SHARE` makes that share
+of the 25-frame clips bridges (`world.transition_clip`), the crossfades connect and loop decode.
 
     python -m training.train_vae --run training/runs/embedded --steps 1200
     python -m training.train_vae --run training/runs/decoder --init assets/embedded-model --decoder-only --steps 1500
+    python -m training.train_vae --run training/runs/decoder7 --init assets/embedded-model --decoder-only \
+        --temporal-on background --transitions 0.5 --temporal-weight 12 --lr 3e-4 --steps 800 --seed 9
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import torch
 from pipelines.cpu_kernels import use_onednn_conv3d
 from training.components import TRAIN_SIZES as SIZES, exported_weights, new_vae
 from training.history import checkpoint_history, total_steps
-from training.world import clip, foreground
+from training.world import TRANSITION_JOINS, clip, foreground, transition_clip
 
 CURRICULUM = ((1, 8), (9, 4), (1, 8), (17, 2))  # (frames, batch) in turn
 # The decoder fine-tune sees mostly clips, up to the 25 frames (7 latents) an extend decodes.
@@ -46,14 +51,19 @@ FOREGROUND_WEIGHT = 10.0
 CENTRED_CROPS = 0.75  # the share of crops centred on the objects
 
 
-def random_batch(rng: np.random.Generator, frames: int, batch: int, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
+def random_batch(rng: np.random.Generator, frames: int, batch: int, crop: int,
+                 transitions: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Crops of freshly rendered scenes, (B, 3, frames, crop, crop) in [-1, 1], and their foreground masks
-    (B, 1, frames, crop, crop)."""
+    (B, 1, frames, crop, crop). Clips long enough to hold a bridge are one (`world.transition_clip`: the
+    crossfade connect and loop decode) with probability `transitions`."""
     out, masks = [], []
     for _ in range(batch):
         width, height = SIZES[rng.integers(len(SIZES))]
-        video, _, scene = clip(int(rng.integers(2**31)), width, height, frames=frames, fps=8.0)
-        mask = foreground(video, scene)
+        if transitions and frames > max(TRANSITION_JOINS) and rng.random() < transitions:
+            video, _, mask, _ = transition_clip(int(rng.integers(2**31)), width, height, frames=frames, fps=8.0)
+        else:
+            video, _, scene = clip(int(rng.integers(2**31)), width, height, frames=frames, fps=8.0)
+            mask = foreground(video, scene)
         ys, xs = np.nonzero(mask.any(0))
         if len(ys) and rng.random() < CENTRED_CROPS:
             cy, cx = ys.mean() + rng.integers(-crop // 4, crop // 4 + 1), xs.mean() + rng.integers(-crop // 4, crop // 4 + 1)
@@ -75,12 +85,24 @@ def decoder_parameters(vae: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 def temporal_error(error: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Weighted mean absolute frame-to-frame change of (B, 3, F, H, W) reconstruction error: 0 when the
-    reconstruction changes from frame to frame exactly as the input does (and for stills)."""
+    reconstruction changes from frame to frame exactly as the input does (and for stills). `weight`
+    (B, 1, F, H, W) is the reconstruction's (objects count FOREGROUND_WEIGHT times more) or all ones."""
     if error.shape[2] < 2:
         return error.new_zeros(())
     change = (error[:, :, 1:] - error[:, :, :-1]).abs()  # (B, 3, F-1, H, W)
     w = torch.maximum(weight[:, :, 1:], weight[:, :, :-1])  # an object in either frame
     return (change * w).mean() / w.mean()
+
+
+def background_flicker(error: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean absolute frame-to-frame change of (B, 3, F, H, W) reconstruction error where neither frame shows an
+    object ((B, 1, F, H, W) mask): the flicker of what should stand still. An object's own error may change
+    as it moves; a background's should not."""
+    if error.shape[2] < 2:
+        return error.new_zeros(())
+    change = (error[:, :, 1:] - error[:, :, :-1]).abs()  # (B, 3, F-1, H, W)
+    background = 1 - torch.maximum(mask[:, :, 1:], mask[:, :, :-1])  # (B, 1, F-1, H, W)
+    return (change * background).mean() / background.mean().clamp_min(1e-6)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -101,9 +123,18 @@ def main(argv: list[str] | None = None) -> None:
                                                                     "encoder frozen (latents keep their meaning)")
     parser.add_argument("--temporal-weight", type=float, default=TEMPORAL_WEIGHT,
                         help="weight of the temporal term against reconstruction in a --decoder-only run")
+    parser.add_argument("--temporal-on", choices=("objects", "all", "background"), default="objects",
+                        help="pixels the temporal term weighs: as the reconstruction does (objects 10x more), all "
+                             "alike, or the background alone (its flicker is what shows at a join)")
+    parser.add_argument("--transitions", type=float, default=0.0,
+                        help="share of the 25-frame clips of a --decoder-only run that are bridges (crossfades)")
     args = parser.parse_args(argv)
-    if args.temporal_weight != TEMPORAL_WEIGHT and not args.decoder_only:
-        parser.error("--temporal-weight weighs the temporal term of a --decoder-only run; add --decoder-only")
+    for flag, used in (("--temporal-weight", args.temporal_weight != TEMPORAL_WEIGHT),
+                       ("--temporal-on", args.temporal_on != "objects"), ("--transitions", args.transitions != 0.0)):
+        if used and not args.decoder_only:
+            parser.error(f"{flag} is for a --decoder-only run; add --decoder-only")
+    if not 0.0 <= args.transitions <= 1.0:
+        parser.error(f"--transitions {args.transitions:g} is not valid: a share from 0 to 1")
     if not args.temporal_weight >= 0:
         parser.error(f"--temporal-weight {args.temporal_weight:g} is not valid: a number >= 0")
     torch.set_num_threads(args.threads)
@@ -135,7 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     def save(step: int) -> None:
         torch.save({"model": vae.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
                     "history": history, "decoder_only": args.decoder_only,
-                    "temporal_weight": args.temporal_weight if args.decoder_only else None}, checkpoint)
+                    "temporal_weight": args.temporal_weight if args.decoder_only else None,
+                    "temporal_on": args.temporal_on if args.decoder_only else None,
+                    "transitions": args.transitions if args.decoder_only else None}, checkpoint)
 
     rng = np.random.default_rng(args.seed + step)
     generator = torch.Generator().manual_seed(args.seed + step)
@@ -150,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         # Cycle stills (one-frame clips), 9-frame and 17-frame clips: the causal decoder must stay stable
         # over as many latent frames as the studio decodes (a VAE trained on 9 frames alone degrades past 3).
         frames, batch = curriculum[step % len(curriculum)]
-        x, mask = random_batch(rng, frames, batch, 64)
+        x, mask = random_batch(rng, frames, batch, 64, args.transitions)
         with torch.set_grad_enabled(not args.decoder_only):
             posterior = vae.encode(x).latent_dist
             z = posterior.sample(generator)
@@ -159,7 +192,11 @@ def main(argv: list[str] | None = None) -> None:
         weight = 1 + FOREGROUND_WEIGHT * mask  # (B, 1, F, H, W)
         rec = ((error.abs() + error.pow(2)) * weight).mean() / weight.mean()
         kl = posterior.kl().mean()
-        temporal = temporal_error(error, weight)  # logged always, trained on by decoder-only runs
+        # Logged always, trained on by decoder-only runs.
+        if args.temporal_on == "background":
+            temporal = background_flicker(error, mask)
+        else:
+            temporal = temporal_error(error, weight if args.temporal_on == "objects" else torch.ones_like(weight))
         loss = rec + (args.temporal_weight * temporal if args.decoder_only else args.kl * kl)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
