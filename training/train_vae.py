@@ -17,8 +17,9 @@ first frame of each latent): the flicker that makes a join between copied-throug
 out. Fine-tuning the decoder alone against flicker is Video LDM's temporal decoder fine-tune (Blattmann et al.,
 arXiv 2304.08818, section 3.1.1), here with a direct penalty instead of their temporal discriminator, on
 the decoder's own causal 3D convolutions. The term weighs the objects as the reconstruction does unless
-`--temporal-on all`: at a join between copied-through and decoded frames most of the step is the background's
-flicker, which the object weighting counts 11 times less per pixel. `--transitions SHARE` makes that share
+`--temporal-on all` (every pixel alike) or `--temporal-on background` (only pixels no object covers in either
+frame): at a join between copied-through and decoded frames most of the step is the background's flicker,
+which the object weighting counts 11 times less per pixel. `--transitions SHARE` makes that share
 of the 25-frame clips bridges (`world.transition_clip`), the crossfades connect and loop decode.
 
     python -m training.train_vae --run training/runs/embedded --steps 1200
