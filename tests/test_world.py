@@ -89,6 +89,8 @@ def test_transition_clips_crossfade_from_a_clip_into_the_next_at_a_join():
             faded += 1
             closing = -np.diff(to_next + [0.0])  # (join - TRANSITION_CONTEXT + 2,): how far each frame closes in
             assert max(closing[0], closing[-1]) < 0.25 * closing.max()  # a linear fade closes in evenly
+            wait = (join - TRANSITION_CONTEXT + 1) // 4  # the bridge's first quarter continues A alone
+            assert np.abs(closing[:wait]).max() < 0.1 * closing.max()
     assert len(joins) >= 2 and len(captions) == 12 and bridged >= 8 and faded >= 3
 
 def test_the_judge_reads_ground_truth_renders():

@@ -351,11 +351,15 @@ def transition_clip(seed: int, width: int = 128, height: int = 128, frames: int 
     a, a_objects = rendered_a[a_start:], foreground(rendered_a, scene_a, fps)[a_start:]  # (join, H, W, 3), (join, H, W)
     b = render(scene_b, width, height, frames - join, fps)  # (frames - join, H, W, 3)
     b_objects = foreground(b, scene_b, fps)
-    # B's weight: 0 over A's context, then rising, below 1 before the join, where B itself takes over. It eases
-    # in and out (smootherstep) as an editor's dissolve does: a linear fade changes every frame by the same
-    # share of the A-to-B difference, so the first and last bridge frames jump by it however smoothly the
-    # clips move, while an eased one leaves both joins stepping about as the clips do.
-    progress = np.clip((np.arange(join) - (TRANSITION_CONTEXT - 1)) / (join - TRANSITION_CONTEXT + 1), 0, 1)
+    # B's weight: 0 over A's context and the bridge's first quarter, then rising, below 1 before the join, where
+    # B itself takes over. It eases in and out (smootherstep) as an editor's dissolve does: a linear fade
+    # changes every frame by the same share of the A-to-B difference, so the first and last bridge frames jump
+    # by it however smoothly the clips move, while an eased one leaves both joins stepping about as the clips
+    # do. The quarter's wait is for the VAE: the bridge's first latent starts right after A's last frame and
+    # stands for 4 frames, so a fade under way inside it leaks into its first frame (the join's) on decode.
+    delay = (join - TRANSITION_CONTEXT + 1) / 4
+    progress = np.clip((np.arange(join) - (TRANSITION_CONTEXT - 1) - delay) / (join - TRANSITION_CONTEXT + 1 - delay),
+                       0, 1)
     mix = progress**3 * (progress * (6 * progress - 15) + 10)  # (join,)
     bridge = (1 - mix[:, None, None, None]) * a.astype(np.float32) + mix[:, None, None, None] * b[0].astype(np.float32)
     video = np.concatenate([bridge.round().astype(np.uint8), b])  # (frames, H, W, 3)
