@@ -357,9 +357,8 @@ def transition_clip(seed: int, width: int = 128, height: int = 128, frames: int 
     # by it however smoothly the clips move, while an eased one leaves both joins stepping about as the clips
     # do. The quarter's wait is for the VAE: the bridge's first latent starts right after A's last frame and
     # stands for 4 frames, so a fade under way inside it leaks into its first frame (the join's) on decode.
-    delay = (join - TRANSITION_CONTEXT + 1) / 4
-    progress = np.clip((np.arange(join) - (TRANSITION_CONTEXT - 1) - delay) / (join - TRANSITION_CONTEXT + 1 - delay),
-                       0, 1)
+    span = join - TRANSITION_CONTEXT + 1  # frame steps from A's last context frame to B's first
+    progress = np.clip((np.arange(join) - (TRANSITION_CONTEXT - 1) - span / 4) / (span * 3 / 4), 0, 1)
     mix = progress**3 * (progress * (6 * progress - 15) + 10)  # (join,)
     bridge = (1 - mix[:, None, None, None]) * a.astype(np.float32) + mix[:, None, None, None] * b[0].astype(np.float32)
     video = np.concatenate([bridge.round().astype(np.uint8), b])  # (frames, H, W, 3)
