@@ -84,26 +84,27 @@ def decoder_parameters(vae: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for name, p in vae.named_parameters() if name.startswith(("decoder.", "post_quant_conv."))]
 
 
+def _weighted_change(error: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Mean absolute frame-to-frame change of (B, 3, F, H, W) error, each change weighted by (B, 1, F-1, H, W) `w`."""
+    if error.shape[2] < 2:
+        return error.new_zeros(())
+    change = (error[:, :, 1:] - error[:, :, :-1]).abs()  # (B, 3, F-1, H, W)
+    return (change * w).mean() / w.mean().clamp_min(1e-6)
+
+
 def temporal_error(error: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Weighted mean absolute frame-to-frame change of (B, 3, F, H, W) reconstruction error: 0 when the
     reconstruction changes from frame to frame exactly as the input does (and for stills). `weight`
     (B, 1, F, H, W) is the reconstruction's (objects count FOREGROUND_WEIGHT times more) or all ones."""
-    if error.shape[2] < 2:
-        return error.new_zeros(())
-    change = (error[:, :, 1:] - error[:, :, :-1]).abs()  # (B, 3, F-1, H, W)
-    w = torch.maximum(weight[:, :, 1:], weight[:, :, :-1])  # an object in either frame
-    return (change * w).mean() / w.mean()
+    either = torch.maximum(weight[:, :, 1:], weight[:, :, :-1])  # an object's weight where either frame shows it
+    return _weighted_change(error, either)
 
 
 def background_flicker(error: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean absolute frame-to-frame change of (B, 3, F, H, W) reconstruction error where neither frame shows an
     object ((B, 1, F, H, W) mask): the flicker of what should stand still. An object's own error may change
     as it moves; a background's should not."""
-    if error.shape[2] < 2:
-        return error.new_zeros(())
-    change = (error[:, :, 1:] - error[:, :, :-1]).abs()  # (B, 3, F-1, H, W)
-    background = 1 - torch.maximum(mask[:, :, 1:], mask[:, :, :-1])  # (B, 1, F-1, H, W)
-    return (change * background).mean() / background.mean().clamp_min(1e-6)
+    return _weighted_change(error, 1 - torch.maximum(mask[:, :, 1:], mask[:, :, :-1]))
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
