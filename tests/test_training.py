@@ -73,6 +73,15 @@ def test_the_temporal_term_sees_flicker_and_not_a_steady_error():
     assert train_vae.background_flicker(moving, mask).item() == 0.0
     assert train_vae.temporal_error(moving, weight).item() > 0
     assert train_vae.background_flicker(flicker, mask).item() == pytest.approx(0.6)
+    # A boundary weight counts the steps into each latent's first frame (0 -> 1, 4 -> 5) that much more.
+    jumps = torch.zeros(1, 3, 6, 8, 8)
+    jumps[:, :, 5:] = 0.5  # the error jumps by 0.4 into frame 5, the first frame of the second 4-frame latent
+    jumps[:, :, 3:5] += 0.1  # and moves within the first, 2 -> 3
+    weight6 = torch.ones(1, 1, 6, 8, 8)
+    assert train_vae.temporal_error(jumps, weight6).item() == pytest.approx(0.5 / 5)
+    assert train_vae.temporal_error(jumps, weight6, boundary=3.0).item() == pytest.approx((3 * 0.4 + 0.1) / (3 + 1 + 1 + 1 + 3))
+    assert train_vae.background_flicker(jumps, torch.zeros_like(weight6), boundary=3.0).item() == pytest.approx(
+        train_vae.temporal_error(jumps, weight6, boundary=3.0).item())
 
 
 def test_a_decoder_only_fine_tune_keeps_the_encoder_and_records_itself(tmp_path, capsys, keep_threads):
@@ -93,7 +102,9 @@ def test_a_decoder_only_fine_tune_keeps_the_encoder_and_records_itself(tmp_path,
     for bad, named in ((["--temporal-weight", "2"], "--temporal-weight"),
                        (["--decoder-only", "--temporal-weight", "-1"], "--temporal-weight"),
                        (["--temporal-on", "all"], "--temporal-on"), (["--transitions", "0.5"], "--transitions"),
-                       (["--decoder-only", "--transitions", "2"], "--transitions")):
+                       (["--decoder-only", "--transitions", "2"], "--transitions"),
+                       (["--boundary-weight", "3"], "--boundary-weight"),
+                       (["--decoder-only", "--boundary-weight", "0.5"], "--boundary-weight")):
         with pytest.raises(SystemExit):
             train_vae.main(["--run", str(tmp_path / "bad"), "--steps", "1", *bad])
         assert named in capsys.readouterr().err
@@ -298,13 +309,13 @@ def test_dit_caches_object_masks_and_training_resumes(tmp_path, capsys, keep_thr
     tuned = tmp_path / "decoder"
     train_vae.main(["--run", str(tuned), "--steps", "0", "--init", str(again / "model")])
     train_vae.main(["--run", str(tuned), "--steps", "1", "--threads", "1", "--decoder-only", "--temporal-weight", "3",
-                    "--temporal-on", "all", "--transitions", "0.5"])
+                    "--temporal-on", "all", "--transitions", "0.5", "--boundary-weight", "2"])
     train_dit.main(["--run", str(again), "export", "--out", str(again / "tuned"), "--vae-run", str(tuned)])
     info = json.loads((again / "tuned" / "training.json").read_text())
     assert [(s["part"], s["steps"], s.get("decoder_only", False), s.get("temporal_weight"))
             for s in info["history"]][:3] == [("vae", 5, False, None), ("vae", 1, False, None), ("vae", 1, True, 3.0)]
-    assert (f"{model_card.DECODER_STAGE}, temporal term weighted 3 over every pixel alike, bridges in 50% of the "
-            f"25-frame clips |") in model_card.training_rows(info)
+    assert (f"{model_card.DECODER_STAGE}, temporal term weighted 3 over every pixel alike, 2x on the step into each "
+            f"latent's first frame, bridges in 50% of the 25-frame clips |") in model_card.training_rows(info)
     exported, _ = exported_weights(again / "tuned", "vae")
     assert all(torch.allclose(exported[k], v.half().float()) for k, v in
                torch.load(tuned / "vae.pt", weights_only=False)["model"].items())

@@ -60,6 +60,8 @@ def training_rows(training: dict) -> str:
                     stage += f", temporal term weighted {segment['temporal_weight']:g}"
                 stage += {"all": " over every pixel alike", "background": " on the background alone"}.get(
                     segment.get("temporal_on"), "")
+                if segment.get("boundary_weight"):
+                    stage += f", {segment['boundary_weight']:g}x on the step into each latent's first frame"
                 if segment.get("transitions"):
                     stage += f", bridges in {segment['transitions']:.0%} of the 25-frame clips"
             if segment.get("only") == "text":

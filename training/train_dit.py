@@ -392,6 +392,8 @@ def export(run: Path, out: Path, soup: Path | None = None, vae_run: Path | None 
             segment["temporal_on"] = vae_state.get("temporal_on") or "objects"  # as runs before the flag did
             if vae_state.get("transitions"):
                 segment["transitions"] = vae_state["transitions"]
+            if (vae_state.get("boundary_weight") or 1.0) != 1.0:
+                segment["boundary_weight"] = vae_state["boundary_weight"]
         vae_history.append(segment)
     dit_segments = dit_history(dit, run)
     training = {"vae_steps": total_steps(vae_history), "transformer_steps": total_steps(dit_segments),
