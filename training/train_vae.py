@@ -97,7 +97,7 @@ def _weighted_change(error: torch.Tensor, w: torch.Tensor, boundary: float = 1.0
         return error.new_zeros(())
     change = (error[:, :, 1:] - error[:, :, :-1]).abs()  # (B, 3, F-1, H, W)
     if boundary != 1.0:
-        steps = torch.ones(change.shape[2], dtype=w.dtype)
+        steps = torch.ones(change.shape[2], dtype=w.dtype, device=w.device)
         steps[::LATENT_FRAMES] = boundary
         w = w * steps.view(1, 1, -1, 1, 1)  # (B, 1, F-1, H, W)
     return (change * w).mean() / w.mean().clamp_min(1e-6)
