@@ -22,8 +22,8 @@ frame): at a join between copied-through and decoded frames most of the step is 
 which the object weighting counts 11 times less per pixel. `--transitions SHARE` makes that share
 of the 25-frame clips bridges (`world.transition_clip`), the crossfades connect and loop decode.
 `--boundary-weight W` weighs the step into each latent's first frame W times more: the decoder's error jumps
-most there (on 12 held-out moving clips the shipped decoder's background error changed by 1.23 grey levels
-into a latent's first frame, 1.02, 0.83 and 0.60 over its next three), and the join where extend's or
+most there (on 12 held-out moving clips the decoder shipped before the flag changed its background error by
+1.23 grey levels into a latent's first frame, 1.02, 0.83 and 0.60 over its next three), and the join where extend's or
 connect's generated frames follow the copied clip is such a step.
 
     python -m training.train_vae --run training/runs/embedded --steps 1200
