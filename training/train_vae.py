@@ -23,8 +23,8 @@ which the object weighting counts 11 times less per pixel. `--transitions SHARE`
 of the 25-frame clips bridges (`world.transition_clip`), the crossfades connect and loop decode.
 `--boundary-weight W` weighs the step into each latent's first frame W times more: the decoder's error jumps
 most there (on 12 held-out moving clips the decoder shipped before the flag changed its background error by
-1.23 grey levels into a latent's first frame, 1.02, 0.83 and 0.60 over its next three), and the join where extend's or
-connect's generated frames follow the copied clip is such a step.
+1.23 grey levels into a latent's first frame, 1.02, 0.83 and 0.60 over its next three), and the join where
+extend's or connect's generated frames follow the copied clip is such a step.
 
     python -m training.train_vae --run training/runs/embedded --steps 1200
     python -m training.train_vae --run training/runs/decoder --init assets/embedded-model --decoder-only --steps 1500
