@@ -222,7 +222,9 @@ def test_history_lists_whole_outputs_and_survives_a_restart(server, client, base
 def test_a_full_queue_turns_requests_away_and_the_rest_complete(tiny_model_dir, tmp_path):
     with launched_studio(tiny_model_dir, tmp_path / "out", queue_size=1) as (url, _):
         clients = [Client(url, verbose=False) for _ in range(3)]
-        long_run = ("busy", "", 1, 100, 4.0, "default", "1:1 · 64x64", 4.0, 8, False)
+        # The most steps and seconds the tab takes: the run must outlast the queue checks below (100 steps of a
+        # 4 s clip were seen to finish before Cancel on a fast machine), and Cancel ends it at the next step.
+        long_run = ("busy", "", 1, 100, 4.0, "default", "1:1 · 64x64", 10.0, 8, False)
         running = clients[0].submit(*long_run, api_name="/t2v")
         deadline = time.time() + 60
         while time.time() < deadline and not any("step" in str(o[0]) for o in running.outputs()):
