@@ -4,7 +4,8 @@ Window geometry follows the causal VAE (`temporal` = 4 for Wan): the window has 
 frame 0 has 4a+1 frames; a clip held at the end has 4b+1 frames and starts on a multiple of 4. Hence:
 - extend (either way) adds a multiple of 4 frames;
 - connect and loop generate 4g-1 frames between the two held clips.
-Extend, loop and connect copy the source clips through untouched (`output="source"`).
+Extend, loop and connect copy the source clips through (`output="source"`); a clip that closes the window
+from its second frame, since its first lies in a generated latent and shows the model's frame.
 """
 
 from __future__ import annotations

@@ -476,19 +476,24 @@ class VideoPipeline:
             f, source = p.item.frame_index, p.source_frames[p.start:p.start + p.count]
             if f == 0:  # the clip's tail opens the window: held window frames 0..count-1
                 joins.append(Join(p.count - 1, +1, held_residuals(source, window[:p.count])))
-            else:  # the clip's head closes the window from frame f: the output copies its frame 0 there
+            elif p.item.output == "source":  # the clip's head closes the window from frame f
                 # Frame f lies in a generated latent (the encoder read it only as a warm-up, see
-                # _check_placement), so its residual holds the model's miss as well as the decoder's: carried
-                # back over EDGE_FRAMES it blends the bridge into the clip's first frame, as the opening join's
-                # residual does on its last copied frame.
+                # _check_placement), so the model never saw it: the output shows the model's frame there and
+                # copies the clip from f + 1, its first held frame and a latent's first frame. The join is then
+                # a step into a latent, as the opening join is, not a step inside a generated one.
+                residuals = held_residuals(source[1:], window[f + 1:f + p.count])
+                joins.append(Join(f + 1, -1, residuals[::-1]))
+            else:  # a loop's head, omitted: the bridge wraps back to its frame 0, at window frame f
+                # That frame's residual holds the model's miss as well as the decoder's: carried back over
+                # EDGE_FRAMES it blends the bridge's last frames into the frame the player wraps to.
                 residuals = held_residuals(source, window[f:f + p.count])
                 joins.append(Join(f, -1, residuals[::-1]))
         return joins
 
     def _assemble(self, window: np.ndarray, placed: list[PlacedItem], request: GenerationRequest
                   ) -> tuple[np.ndarray, int, list[int]]:
-        """The output clip in window coordinates: source clips copied through where items say so, omitted
-        spans cut, decoded window frames elsewhere. Returns (frames, output index of window frame 0, output
+        """The output clip in window coordinates: source clips copied through where items say so (a clip
+        after frame 0 from its second frame on), omitted spans cut, decoded window frames elsewhere. Returns (frames, output index of window frame 0, output
         indices where copied and generated frames meet)."""
         sources = [p for p in placed if p.item.output == "source"]
         lo = min([0] + [p.item.frame_index - p.start for p in sources])
@@ -499,8 +504,11 @@ class VideoPipeline:
                 omitted.update(range(p.item.frame_index, p.item.frame_index + p.count))
         frames, origins = [], []
         for w in range(lo, hi):
+            # A clip after frame 0 is copied from its second frame: its first, in a generated latent, is the
+            # model's (see _joins).
             source = next((i for i, p in enumerate(sources)
-                           if 0 <= w - p.item.frame_index + p.start < len(p.source_frames)), None)
+                           if 0 <= w - p.item.frame_index + p.start < len(p.source_frames)
+                           and not (p.item.frame_index > 0 and w == p.item.frame_index)), None)
             if source is not None:
                 p = sources[source]
                 frames.append(p.source_frames[w - p.item.frame_index + p.start])

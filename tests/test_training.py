@@ -319,3 +319,22 @@ def test_dit_caches_object_masks_and_training_resumes(tmp_path, capsys, keep_thr
     exported, _ = exported_weights(again / "tuned", "vae")
     assert all(torch.allclose(exported[k], v.half().float()) for k, v in
                torch.load(tuned / "vae.pt", weights_only=False)["model"].items())
+
+
+def test_model_card_judge_only_rewrites_the_judge_section_alone(tmp_path):
+    results = {"adherence": {"colour": 0.9, "motion": 0.8, "background": 1.0, "prompts": 108},
+               "settings": {"guidance_scale": 4.0, "join_guidance_scale": 1.0}, "seconds_per_clip": 1.3,
+               "fidelity": {"animate_first_frame_psnr_db": 28.6, "extend_seam_ratio": 0.84, "loop_seam_ratio": 0.8,
+                            "connect_seam_ratio": 1.24}}
+    (tmp_path / "judge.json").write_text(json.dumps(results))
+    head = "# Embedded model\n\n## Training\n| stage | steps |\n|---|---|\n| DiT | 3000 |\n\n"
+    (tmp_path / "README.md").write_text(head + "## Judge\nold table, connect 1.65\n")
+    model_card.main(["--judge-only", "--judge", str(tmp_path / "judge.json"), "--out", str(tmp_path)])
+    text = (tmp_path / "README.md").read_text()
+    assert text.startswith(head + "## Judge\n") and "1.65" not in text
+    assert "| connect: worst join / median step" in text and "| 1.24 |" in text and "| 90.0% |" in text
+
+    (tmp_path / "README.md").write_text(head)  # a card without a judge section is left as it was
+    with pytest.raises(SystemExit):
+        model_card.main(["--judge-only", "--judge", str(tmp_path / "judge.json"), "--out", str(tmp_path)])
+    assert (tmp_path / "README.md").read_text() == head

@@ -178,7 +178,8 @@ def fidelity(pipe, settings: dict, join_guidance: float, seed: int, best_of: int
             other_dir = tmp / f"other{i}"
             write_frames(other_dir, render(other, d.width, d.height, d.num_frames, d.fps))
             joined = pipe.generate(connect(str(clip_dir), str(other_dir), prompt, new_frames=7, **joins)).frames
-            connect_seams.append(max(seam_ratio(joined, len(source)), seam_ratio(joined, len(source) + 7)))
+            # B is copied from its second frame: its first lies in a generated latent and shows the model's.
+            connect_seams.append(max(seam_ratio(joined, len(source)), seam_ratio(joined, len(source) + 7 + 1)))
         return {
             "animate_first_frame_psnr_db": round(float(np.mean(animate_psnr)), 2),
             "extend_seam_ratio": round(float(np.max(extend_seams)), 2),

@@ -1,6 +1,7 @@
 """Write the embedded model's card from its configs, the training logs and the judge's results.
 
     python -m training.model_card --run training/runs/embedded --judge judge.json --out assets/embedded-model
+    python -m training.model_card --judge-only --judge judge.json    # the weights unchanged, the pipeline not
 
 The training table lists every segment in the model folder's training.json (written by export), so a model
 trained over several sessions shows each run and the totals.
@@ -128,7 +129,11 @@ training windows of 1, 3, 5 or 7 latent frames, mostly from a clip's start and s
 (such windows hold their first latent).
 Hardware: {hardware}.
 
-## Judge
+{judge_section(judge)}"""
+
+
+def judge_section(judge: dict) -> str:
+    return f"""## Judge
 `python -m training.judge --model embedded` on {judge['adherence']['prompts']} held-out prompts (every colour, motion and
 background combination in them is absent from training), at the defaults above:
 
@@ -138,11 +143,22 @@ background combination in them is absent from training), at the defaults above:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--run", type=Path, help="the run folder of the last DiT run (its cache and checkpoint)")
     parser.add_argument("--judge", type=Path, default=Path("judge.json"))
     parser.add_argument("--out", type=Path, default=Path("assets/embedded-model"))
+    parser.add_argument("--judge-only", action="store_true",
+                        help="rewrite only the card's judge section (the weights are unchanged, the pipeline is not)")
     args = parser.parse_args(argv)
-    (args.out / "README.md").write_text(card(args.out, args.run, json.loads(args.judge.read_text())))
+    judge, path = json.loads(args.judge.read_text()), args.out / "README.md"
+    if args.judge_only:
+        text = path.read_text()
+        if "## Judge\n" not in text:
+            parser.error(f"{path} has no '## Judge' section to rewrite; write the whole card with --run")
+        path.write_text(text[:text.index("## Judge\n")] + judge_section(judge))
+    elif args.run is None:
+        parser.error("--run is required to write the whole card (or pass --judge-only)")
+    else:
+        path.write_text(card(args.out, args.run, judge))
     print(f"wrote {args.out / 'README.md'}")
 
 
