@@ -493,8 +493,8 @@ class VideoPipeline:
     def _assemble(self, window: np.ndarray, placed: list[PlacedItem], request: GenerationRequest
                   ) -> tuple[np.ndarray, int, list[int]]:
         """The output clip in window coordinates: source clips copied through where items say so (a clip
-        after frame 0 from its second frame on), omitted spans cut, decoded window frames elsewhere. Returns (frames, output index of window frame 0, output
-        indices where copied and generated frames meet)."""
+        after frame 0 from its second frame on), omitted spans cut, decoded window frames elsewhere. Returns
+        (frames, output index of window frame 0, output indices where copied and generated frames meet)."""
         sources = [p for p in placed if p.item.output == "source"]
         lo = min([0] + [p.item.frame_index - p.start for p in sources])
         hi = max([len(window)] + [p.item.frame_index - p.start + len(p.source_frames) for p in sources])
