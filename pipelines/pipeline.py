@@ -95,6 +95,7 @@ class _Candidate:
     latents: torch.Tensor
     held: HeldLatents | None
     join_ratios: list[float]
+    cut_after_first: bool  # a clip that closes the window is copied from its second frame (see _join)
 
 
 def _pass_progress(callback: StepCallback | None, k: int, passes: int) -> StepCallback | None:
@@ -315,12 +316,10 @@ class VideoPipeline:
                 warmup = prefix[:, :, -DECODER_WARMUP_LATENTS:] if prefix is not None else None
                 window_frames = self.decode(torch.cat([warmup, latents], dim=2) if warmup is not None else latents)
                 window_frames = window_frames[-request.num_frames:]  # (T, H, W, 3)
-                window_frames = carry_residuals(window_frames, self._joins(window_frames, placed))
-                frames, offset, seams = self._assemble(window_frames, placed, request)
-                ratios = join_ratios(frames, seams, wraps=loops)
+                frames, offset, ratios, cut_after_first = self._join(window_frames, placed, request, loops)
                 scores.append(max(ratios, default=0.0))
                 if best is None or scores[-1] < max(best.join_ratios, default=0.0):
-                    best = _Candidate(seed, frames, offset, latents, held, ratios)
+                    best = _Candidate(seed, frames, offset, latents, held, ratios, cut_after_first)
                 lap("decode")
             frames, offset, latents, held = best.frames, best.offset, best.latents, best.held
             timeline = self._timeline(latents, prefix, suffix, placed, request, offset, len(frames))
@@ -330,6 +329,10 @@ class VideoPipeline:
             raise
 
         notes = [f"{Path(p.item.source).name}: {p.timeline_note}" for p in placed if p.timeline_note]
+        if best.cut_after_first:
+            closing = next(p for p in placed if p.item.frame_index > 0 and p.item.output == "source")
+            notes.append(f"{Path(closing.item.source).name}: copied from its second frame (its first lies in a "
+                         f"generated latent; the model's frame there joins more smoothly)")
         if request.best_of > 1:
             notes.append(f"best of {request.best_of}: seed {best.seed} (worst join {min(scores):.2f}x the median "
                          f"frame step; candidates {', '.join(f'{x:.2f}' for x in scores)})")
@@ -467,8 +470,29 @@ class VideoPipeline:
             hold[:, :, first:first + n_latents] = p.item.strength
         return clean, hold, prefix, suffix
 
-    def _joins(self, window: np.ndarray, placed: list[PlacedItem]) -> list[Join]:
-        """Where copied-through clips meet generated frames, with the decode's error on their copied frames."""
+    def _join(self, window: np.ndarray, placed: list[PlacedItem], request: GenerationRequest, loops: bool
+              ) -> tuple[np.ndarray, int, list[float], bool]:
+        """The output clip from the decoded window, and its join ratios. A clip that closes the window starts
+        in a generated latent (its first frame only warmed the encoder), so the cut into it can fall before
+        its first frame or after it, showing the model's frame there. Like a seam search in image stitching,
+        both are assembled and the one whose worst join steps least is kept (before the first frame on a tie):
+        after it the join is a step into a held latent, which suits a clip that holds still; before it the
+        carried residual spreads the model's miss over the bridge's last frames, which suits one that moves.
+        Returns (frames, output index of window frame 0, join ratios, whether the cut fell after the first
+        frame)."""
+        closes = any(p.item.frame_index > 0 and p.item.output == "source" for p in placed)
+        best = None
+        for after_first in (False, True) if closes else (False,):
+            carried = carry_residuals(window, self._joins(window, placed, after_first))
+            frames, offset, seams = self._assemble(carried, placed, request, after_first)
+            ratios = join_ratios(frames, seams, wraps=loops)
+            if best is None or max(ratios, default=0.0) < max(best[2], default=0.0):
+                best = (frames, offset, ratios, after_first)
+        return best
+
+    def _joins(self, window: np.ndarray, placed: list[PlacedItem], after_first: bool = False) -> list[Join]:
+        """Where copied-through clips meet generated frames, with the decode's error on their copied frames
+        (`after_first`: a clip that closes the window is copied from its second frame, see _join)."""
         joins = []
         for p in placed:
             if p.item.output == "window":
@@ -476,25 +500,26 @@ class VideoPipeline:
             f, source = p.item.frame_index, p.source_frames[p.start:p.start + p.count]
             if f == 0:  # the clip's tail opens the window: held window frames 0..count-1
                 joins.append(Join(p.count - 1, +1, held_residuals(source, window[:p.count])))
-            elif p.item.output == "source":  # the clip's head closes the window from frame f
-                # Frame f lies in a generated latent (the encoder read it only as a warm-up, see
-                # _check_placement), so the model never saw it: the output shows the model's frame there and
-                # copies the clip from f + 1, its first held frame and a latent's first frame. The join is then
-                # a step into a latent, as the opening join is, not a step inside a generated one.
+            elif p.item.output == "source" and after_first:  # the clip's head closes the window from frame f
+                # Cut after the clip's first frame: window frame f, in a generated latent, shows the model's
+                # frame, and the join is the step into f + 1, a held latent's first frame.
                 residuals = held_residuals(source[1:], window[f + 1:f + p.count])
                 joins.append(Join(f + 1, -1, residuals[::-1]))
-            else:  # a loop's head, omitted: the bridge wraps back to its frame 0, at window frame f
-                # That frame's residual holds the model's miss as well as the decoder's: carried back over
-                # EDGE_FRAMES it blends the bridge's last frames into the frame the player wraps to.
+            else:  # the clip's head closes the window, or a loop wraps back to it, at its frame 0 (window frame f)
+                # Frame f lies in a generated latent (the encoder read it only as a warm-up, see
+                # _check_placement), so its residual holds the model's miss as well as the decoder's: carried
+                # back over EDGE_FRAMES it blends the bridge into the clip's first frame, as the opening join's
+                # residual does on its last copied frame.
                 residuals = held_residuals(source, window[f:f + p.count])
                 joins.append(Join(f, -1, residuals[::-1]))
         return joins
 
-    def _assemble(self, window: np.ndarray, placed: list[PlacedItem], request: GenerationRequest
-                  ) -> tuple[np.ndarray, int, list[int]]:
-        """The output clip in window coordinates: source clips copied through where items say so (a clip
-        after frame 0 from its second frame on), omitted spans cut, decoded window frames elsewhere. Returns
-        (frames, output index of window frame 0, output indices where copied and generated frames meet)."""
+    def _assemble(self, window: np.ndarray, placed: list[PlacedItem], request: GenerationRequest,
+                  after_first: bool = False) -> tuple[np.ndarray, int, list[int]]:
+        """The output clip in window coordinates: source clips copied through where items say so (with
+        `after_first`, a clip after frame 0 from its second frame on), omitted spans cut, decoded window frames
+        elsewhere. Returns (frames, output index of window frame 0, output indices where copied and generated
+        frames meet)."""
         sources = [p for p in placed if p.item.output == "source"]
         lo = min([0] + [p.item.frame_index - p.start for p in sources])
         hi = max([len(window)] + [p.item.frame_index - p.start + len(p.source_frames) for p in sources])
@@ -504,11 +529,9 @@ class VideoPipeline:
                 omitted.update(range(p.item.frame_index, p.item.frame_index + p.count))
         frames, origins = [], []
         for w in range(lo, hi):
-            # A clip after frame 0 is copied from its second frame: its first, in a generated latent, is the
-            # model's (see _joins).
             source = next((i for i, p in enumerate(sources)
                            if 0 <= w - p.item.frame_index + p.start < len(p.source_frames)
-                           and not (p.item.frame_index > 0 and w == p.item.frame_index)), None)
+                           and not (after_first and p.item.frame_index > 0 and w == p.item.frame_index)), None)
             if source is not None:
                 p = sources[source]
                 frames.append(p.source_frames[w - p.item.frame_index + p.start])

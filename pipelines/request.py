@@ -67,9 +67,9 @@ class ConditioningItem:
     size (`source_count=None`: to the end). The first selected frame sits at window frame `frame_index`.
     `strength` 1 holds the frames exactly; lower values let the model depart from them.
     `output` says what the assembled clip shows for them: the decoded `window` frames, the `source` clip
-    copied through untouched (the whole clip, aligned: extend and connect; a clip after frame 0 from its
-    second frame, its first lying in a generated latent), or nothing (`omit`: the head of a clip a loop
-    wraps back to).
+    copied through untouched (the whole clip, aligned: extend and connect; a clip after frame 0 perhaps from
+    its second frame, its first lying in a generated latent: see pipelines/seams.py), or nothing (`omit`:
+    the head of a clip a loop wraps back to).
     """
 
     source: str

@@ -1,7 +1,7 @@
 """Seamless joins between copied-through source frames and generated frames.
 
-Extend, loop and connect copy the source clips through (all but the first frame of a clip that closes the
-window, below) and show decoded frames elsewhere. The
+Extend, loop and connect copy the source clips through (a clip that closes the window perhaps from its
+second frame, below) and show decoded frames elsewhere. The
 VAE does not reconstruct the held frames exactly (about 26 dB on the embedded model, a few dB better on
 Wan's), so at a join the picture jumps by the reconstruction error even where the model continues the
 motion perfectly: a colour or brightness step, the "colour drift at joins" users of Wan-based tools report.
@@ -19,12 +19,15 @@ to the join makes the join's step the decoder's own frame step:
   clips from 1.61 to 1.52 on average over four seeds, and loop's from 1.00 to 0.89).
 
 A clip that closes the window starts in a generated latent: the causal encoder reads a clip's first frame
-alone, so that frame only warms the encoder and the model never sees it. The output shows the model's frame
-there and copies the clip from its second frame, the first frame of a held latent, so the join is a step
-into a latent, as at the opening join, where a decoder trained for it (`train_vae --boundary-weight`) is
-smoothest. A loop's bridge wraps back to the clip's first frame, which it keeps: there the residual is the
-decoder's error plus how far the model's frame is from the clip's, and carried back it blends the bridge's
-last frames into that frame, much as overlapping windows are cross-faded.
+alone, so that frame only warms the encoder and the model never sees it. The cut into the clip can fall
+before that frame or after it (the output then shows the model's frame there), and the pipeline keeps the
+one whose worst join steps least, as a seam search in image stitching picks the least visible seam:
+- before it, the frame's residual is the decoder's error plus how far the model's frame is from the clip's;
+  carried back, it blends the bridge's last frames into the clip's first frame, much as overlapping windows
+  are cross-faded, and spreads the model's miss over them: best for a clip that moves;
+- after it, the join is a step into a held latent, like the opening join, where a decoder trained for that
+  step (`train_vae --boundary-weight`) is smoothest: best for a clip that holds still.
+A loop's bridge wraps back to the clip's own first frame, so its cut always falls before it.
 
 A join is scored by the change across it over the clip's median frame-to-frame change (1 is as smooth as
 the clip itself; a loop's wrap, last frame back to first, counts as a join). `best_of` requests keep the
@@ -107,6 +110,17 @@ def join_ratios(video: np.ndarray, seams: list[int], wraps: bool) -> list[float]
     if wraps:
         ratios.append(float(np.abs(video[0].astype(np.float32) - video[-1].astype(np.float32)).mean()) / median)
     return ratios
+
+
+def closing_seam(video: np.ndarray, clip: np.ndarray, at: int) -> int:
+    """Output index where `clip`, closing a join at output index `at`, starts to be copied through: `at`, or
+    `at + 1` where the cut fell after its first frame (the pipeline keeps the smoother cut). Read from the
+    pixels alone; a clip copied through neither way is an error."""
+    if np.array_equal(video[at:at + len(clip)], clip):
+        return at
+    if np.array_equal(video[at + 1:at + len(clip)], clip[1:]):
+        return at + 1
+    raise ValueError(f"the clip is not copied through from output frame {at} or {at + 1}")
 
 
 def seam_ratio(video: np.ndarray, seam: int) -> float:

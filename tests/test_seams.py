@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 
 from pipelines import connect, extend, text_to_video
-from pipelines.seams import EDGE_FRAMES, Join, carry_residuals, held_residuals, join_ratios, smootherstep
+from pipelines.seams import (EDGE_FRAMES, Join, carry_residuals, closing_seam, held_residuals, join_ratios,
+                             smootherstep)
+from pipelines.video_io import write_frames
 from tests.test_embedded import embedded, source_clip  # noqa: F401  (module fixtures)
+from training.world import Scene, Thing, render
 
 
 def _steps(video: np.ndarray) -> np.ndarray:
@@ -61,14 +64,17 @@ def test_extend_join_steps_as_the_decoder_does(embedded, source_clip, direction)
         raw_clip, join, copied, new = np.concatenate([frames, raw[context:]]), len(frames) - 1, context - 1, context
         edge = frames[-1]
         assert np.array_equal(result.frames[:len(frames)], frames)
-    else:  # the clip's head closes the window at frame 8, a frame in a generated latent, which shows the
-        # model's frame: the clip is copied from its second frame, window frame 9, a latent's first
+    elif closing_seam(result.frames, frames, 8) == 8:  # the clip's head closes the window at frame 8
+        raw_clip, join, copied, new = np.concatenate([raw[:8], frames]), 7, 8, 7
+        edge = frames[0]
+    else:  # cut after the clip's first frame (in a generated latent): frame 8 shows the model's, the clip
+        # is copied from window frame 9, a held latent's first frame
         raw_clip, join, copied, new = np.concatenate([raw[:9], frames[1:]]), 8, 9, 8
         edge = frames[1]
-        assert np.array_equal(result.frames[9:], frames[1:]) and len(result.frames) == 8 + len(frames)
     # Across the join the clip now changes as the decoded window does between the same two window frames, no
     # longer by the decode's error on top: the new frame carries the copied frame's error (clipped to 0..255,
-    # up to rounding).
+    # up to rounding). Cut before the closing clip's first frame, that frame sits in a generated latent, and
+    # the step is still the window's own into it.
     carried = np.clip(raw[new].astype(np.float32) + edge.astype(np.float32) - raw[copied].astype(np.float32), 0, 255)
     decoder_step = np.abs(carried - edge.astype(np.float32)).mean()
     assert abs(_steps(result.frames)[join] - decoder_step) < 0.5
@@ -76,7 +82,7 @@ def test_extend_join_steps_as_the_decoder_does(embedded, source_clip, direction)
 
 
 def test_best_of_keeps_the_candidate_with_the_smoothest_joins(wan21, png_clip):
-    (a, _), (b, _) = png_clip(9, "a", seed=1), png_clip(9, "b", seed=2)
+    (a, _), (b, b_frames) = png_clip(9, "a", seed=1), png_clip(9, "b", seed=2)
     settings = dict(width=32, height=32, steps=3, guidance_scale=4.0, fps=8.0)
     request = connect(a, b, "a square glides over", new_frames=3, context_frames=5, seed=20, best_of=3, **settings)
     progress = []
@@ -88,8 +94,8 @@ def test_best_of_keeps_the_candidate_with_the_smoothest_joins(wan21, png_clip):
     chosen = singles[int(np.argmin(worst))]
     assert kept.seed == chosen.seed and np.array_equal(kept.frames, chosen.frames)
     assert kept.join_ratios == chosen.join_ratios
-    # A's 9 frames, 3 new ones, the model's frame in B's first slot, then B from its second frame.
-    assert kept.join_ratios == pytest.approx(join_ratios(kept.frames, [9, 13], wraps=False), abs=1e-3)
+    seams = [9, closing_seam(kept.frames, b_frames, 9 + 3)]  # A's 9 frames, 3 new ones, then B
+    assert kept.join_ratios == pytest.approx(join_ratios(kept.frames, seams, wraps=False), abs=1e-3)
     assert any(note.startswith(f"best of 3: seed {chosen.seed}") for note in kept.notes)
 
 
@@ -98,3 +104,32 @@ def test_best_of_needs_joins():
         text_to_video("a ball", best_of=2)
     with pytest.raises(ValueError, match=r"best_of = 0 is not valid: an integer in \[1, 16\]"):
         text_to_video("a ball", best_of=0)
+
+
+@pytest.mark.parametrize("moving", [False, True])
+def test_the_cut_into_a_closing_clip_is_the_smoother_of_two(embedded, tmp_path, moving):  # noqa: F811
+    """B's first frame lies in a generated latent: the output copies B from it or from its second frame
+    (the model's frame before it), whichever leaves the smaller worst join."""
+    d = embedded.defaults
+    a = render(Scene((Thing("ball", "red", "right", True, (0.5, 0.5)),), "sunset", seed=1),
+               d.width, d.height, 9, d.fps)
+    b = render(Scene((Thing("star", "blue", "up" if moving else "still", True, (0.5, 0.5)),), "sunset", seed=2),
+               d.width, d.height, 9, d.fps)
+    write_frames(tmp_path / "a", a)
+    write_frames(tmp_path / "b", b)
+    request = connect(str(tmp_path / "a"), str(tmp_path / "b"), "a red ball moves right in a sunset", new_frames=3,
+                      steps=4, seed=0, width=d.width, height=d.height, fps=d.fps)
+    result = embedded.generate(request)
+    placed = [embedded._place(item, request, {}) for item in request.conditioning]
+    window = embedded.decode(result.latents[None])[-request.num_frames:]  # (T, H, W, 3) as the pipeline decoded it
+    outputs, ratios = {}, {}
+    for after_first in (False, True):
+        carried = carry_residuals(window, embedded._joins(window, placed, after_first))
+        outputs[after_first], _, seams = embedded._assemble(carried, placed, request, after_first)
+        ratios[after_first] = join_ratios(outputs[after_first], seams, wraps=False)
+        assert closing_seam(outputs[after_first], b, 9 + 3) == 12 + after_first
+    assert not np.array_equal(outputs[True][12], b[0])  # the model's frame, not B's first
+    kept = max(ratios[True]) < max(ratios[False])
+    assert np.array_equal(result.frames, outputs[kept])
+    assert result.join_ratios == pytest.approx(ratios[kept], abs=1e-3)
+    assert any("copied from its second frame" in note for note in result.notes) == kept

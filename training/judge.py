@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.seams import seam_ratio, wrap_ratio
+from pipelines.seams import closing_seam, seam_ratio, wrap_ratio
 from training.world import (BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, Scene, Thing, _background, held_out,
                             prompt_for, render, sample_scene)
 
@@ -176,10 +176,11 @@ def fidelity(pipe, settings: dict, join_guidance: float, seed: int, best_of: int
             other = Scene((Thing(SHAPES[i + 1], list(COLOURS)[i * 2 + 1], "still", True, (0.5, 0.5)),),
                           scene.background, seed=i + 10)
             other_dir = tmp / f"other{i}"
-            write_frames(other_dir, render(other, d.width, d.height, d.num_frames, d.fps))
+            clip_b = render(other, d.width, d.height, d.num_frames, d.fps)
+            write_frames(other_dir, clip_b)
             joined = pipe.generate(connect(str(clip_dir), str(other_dir), prompt, new_frames=7, **joins)).frames
-            # B is copied from its second frame: its first lies in a generated latent and shows the model's.
-            connect_seams.append(max(seam_ratio(joined, len(source)), seam_ratio(joined, len(source) + 7 + 1)))
+            b_seam = closing_seam(joined, clip_b, len(source) + 7)  # B copied from its first or its second frame
+            connect_seams.append(max(seam_ratio(joined, len(source)), seam_ratio(joined, b_seam)))
         return {
             "animate_first_frame_psnr_db": round(float(np.mean(animate_psnr)), 2),
             "extend_seam_ratio": round(float(np.max(extend_seams)), 2),
