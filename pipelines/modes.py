@@ -5,7 +5,7 @@ frame 0 has 4a+1 frames; a clip held at the end has 4b+1 frames and starts on a 
 - extend (either way) adds a multiple of 4 frames;
 - connect and loop generate 4g-1 frames between the two held clips.
 Extend, loop and connect copy the source clips through (`output="source"`); a clip that closes the window
-perhaps from its second frame, its first lying in a generated latent (pipelines/seams.py).
+may be copied from its second frame, its first lying in a generated latent (pipelines/seams.py).
 """
 
 from __future__ import annotations

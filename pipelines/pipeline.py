@@ -8,6 +8,7 @@ flow-matching scheduler. Every mode is a request with conditioning items and a s
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +96,7 @@ class _Candidate:
     latents: torch.Tensor
     held: HeldLatents | None
     join_ratios: list[float]
-    cut_after_first: bool  # a clip that closes the window is copied from its second frame (see _join)
+    cut_after_first: frozenset[int]  # indices of the placed clips copied from their second frame (see _join)
 
 
 def _pass_progress(callback: StepCallback | None, k: int, passes: int) -> StepCallback | None:
@@ -329,9 +330,8 @@ class VideoPipeline:
             raise
 
         notes = [f"{Path(p.item.source).name}: {p.timeline_note}" for p in placed if p.timeline_note]
-        if best.cut_after_first:
-            closing = next(p for p in placed if p.item.frame_index > 0 and p.item.output == "source")
-            notes.append(f"{Path(closing.item.source).name}: copied from its second frame (its first lies in a "
+        for i in sorted(best.cut_after_first):
+            notes.append(f"{Path(placed[i].item.source).name}: copied from its second frame (its first lies in a "
                          f"generated latent; the model's frame there joins more smoothly)")
         if request.best_of > 1:
             notes.append(f"best of {request.best_of}: seed {best.seed} (worst join {min(scores):.2f}x the median "
@@ -471,18 +471,20 @@ class VideoPipeline:
         return clean, hold, prefix, suffix
 
     def _join(self, window: np.ndarray, placed: list[PlacedItem], request: GenerationRequest, loops: bool
-              ) -> tuple[np.ndarray, int, list[float], bool]:
-        """The output clip from the decoded window, and its join ratios. A clip that closes the window starts
-        in a generated latent (its first frame only warmed the encoder), so the cut into it can fall before
-        its first frame or after it, showing the model's frame there. Like a seam search in image stitching,
-        both are assembled and the one whose worst join steps least is kept (before the first frame on a tie):
-        after it the join is a step into a held latent, which suits a clip that holds still; before it the
-        carried residual spreads the model's miss over the bridge's last frames, which suits one that moves.
-        Returns (frames, output index of window frame 0, join ratios, whether the cut fell after the first
-        frame)."""
-        closes = any(p.item.frame_index > 0 and p.item.output == "source" for p in placed)
+              ) -> tuple[np.ndarray, int, list[float], frozenset[int]]:
+        """The output clip from the decoded window, and its join ratios. A clip copied through from a frame
+        after 0 (connect's B, a backward extension's clip) starts in a generated latent (its first frame only
+        warmed the encoder), so the cut into it can fall before its first frame or after it, showing the
+        model's frame there. Like a seam search in image stitching, every combination of cuts is assembled
+        and the one whose worst join steps least is kept (before the first frame on a tie): after it the join
+        is a step into a held latent, which suits a clip that holds still; before it the carried residual
+        spreads the model's miss over the bridge's last frames, which suits one that moves.
+        Returns (frames, output index of window frame 0, join ratios, indices of the placed clips copied
+        from their second frame)."""
+        later = [i for i, p in enumerate(placed) if p.item.frame_index > 0 and p.item.output == "source"]
         best = None
-        for after_first in (False, True) if closes else (False,):
+        for choice in itertools.product((False, True), repeat=len(later)):  # 1 or 2 clips in practice
+            after_first = frozenset(i for i, after in zip(later, choice) if after)
             carried = carry_residuals(window, self._joins(window, placed, after_first))
             frames, offset, seams = self._assemble(carried, placed, request, after_first)
             ratios = join_ratios(frames, seams, wraps=loops)
@@ -490,17 +492,18 @@ class VideoPipeline:
                 best = (frames, offset, ratios, after_first)
         return best
 
-    def _joins(self, window: np.ndarray, placed: list[PlacedItem], after_first: bool = False) -> list[Join]:
+    def _joins(self, window: np.ndarray, placed: list[PlacedItem], after_first: frozenset[int] = frozenset()
+               ) -> list[Join]:
         """Where copied-through clips meet generated frames, with the decode's error on their copied frames
-        (`after_first`: a clip that closes the window is copied from its second frame, see _join)."""
+        (`after_first`: indices of the clips after frame 0 copied from their second frame, see _join)."""
         joins = []
-        for p in placed:
+        for i, p in enumerate(placed):
             if p.item.output == "window":
                 continue
             f, source = p.item.frame_index, p.source_frames[p.start:p.start + p.count]
             if f == 0:  # the clip's tail opens the window: held window frames 0..count-1
                 joins.append(Join(p.count - 1, +1, held_residuals(source, window[:p.count])))
-            elif p.item.output == "source" and after_first:  # the clip's head closes the window from frame f
+            elif i in after_first:  # the clip's head is copied through from window frame f
                 # Cut after the clip's first frame: window frame f, in a generated latent, shows the model's
                 # frame, and the join is the step into f + 1, a held latent's first frame.
                 residuals = held_residuals(source[1:], window[f + 1:f + p.count])
@@ -515,12 +518,13 @@ class VideoPipeline:
         return joins
 
     def _assemble(self, window: np.ndarray, placed: list[PlacedItem], request: GenerationRequest,
-                  after_first: bool = False) -> tuple[np.ndarray, int, list[int]]:
-        """The output clip in window coordinates: source clips copied through where items say so (with
-        `after_first`, a clip after frame 0 from its second frame on), omitted spans cut, decoded window frames
-        elsewhere. Returns (frames, output index of window frame 0, output indices where copied and generated
-        frames meet)."""
+                  after_first: frozenset[int] = frozenset()) -> tuple[np.ndarray, int, list[int]]:
+        """The output clip in window coordinates: source clips copied through where items say so (the clips
+        in `after_first` from their second frame on), omitted spans cut, decoded window frames elsewhere.
+        Returns (frames, output index of window frame 0, output indices where copied and generated frames
+        meet)."""
         sources = [p for p in placed if p.item.output == "source"]
+        skipped = {placed[i].item.frame_index for i in after_first}  # window frames showing the model's frame
         lo = min([0] + [p.item.frame_index - p.start for p in sources])
         hi = max([len(window)] + [p.item.frame_index - p.start + len(p.source_frames) for p in sources])
         omitted = set()
@@ -531,7 +535,7 @@ class VideoPipeline:
         for w in range(lo, hi):
             source = next((i for i, p in enumerate(sources)
                            if 0 <= w - p.item.frame_index + p.start < len(p.source_frames)
-                           and not (after_first and p.item.frame_index > 0 and w == p.item.frame_index)), None)
+                           and not (w == p.item.frame_index and w in skipped)), None)
             if source is not None:
                 p = sources[source]
                 frames.append(p.source_frames[w - p.item.frame_index + p.start])

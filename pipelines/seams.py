@@ -1,10 +1,10 @@
 """Seamless joins between copied-through source frames and generated frames.
 
 Extend, loop and connect copy the source clips through (a clip that closes the window perhaps from its
-second frame, below) and show decoded frames elsewhere. The
-VAE does not reconstruct the held frames exactly (about 26 dB on the embedded model, a few dB better on
-Wan's), so at a join the picture jumps by the reconstruction error even where the model continues the
-motion perfectly: a colour or brightness step, the "colour drift at joins" users of Wan-based tools report.
+second frame, below) and show decoded frames elsewhere. The VAE does not reconstruct the held frames exactly
+(about 26 dB on the embedded model, a few dB better on Wan's), so at a join the picture jumps by the
+reconstruction error even where the model continues the motion perfectly: a colour or brightness step, the
+"colour drift at joins" users of Wan-based tools report.
 The held frames are decoded too, so that error is known there. Carrying it into the generated frames next
 to the join makes the join's step the decoder's own frame step:
 
@@ -14,14 +14,17 @@ to the join makes the join's step the decoder's own frame step:
   so it leaves no ghost where the objects were;
 - a span between two joins (connect, loop) hands one correction over to the other along a smootherstep of
   position: flat at both ends, so beside each join its own correction stays nearly whole (a linear blend
-  changes the correction by a ninth of their difference on every frame of a 9-step span, and that change
-  adds to the joins' steps: on the embedded model, smootherstep took connect's worst join on the judge's
-  clips from 1.61 to 1.52 on average over four seeds, and loop's from 1.00 to 0.89).
+  moves the correction by 1/n of their difference on every step of an n-step span, the joins' steps
+  included; on the embedded model smootherstep took connect's worst join on the judge's clips from 1.60 to
+  1.53 on average over four seeds, and loop's from 0.94 to 0.80: training/NOTES.md). It changes fastest
+  mid-span, where no join is scored; there the crossfade's own steps are several times larger (the largest
+  step inside connect's bridges measured the same either way).
 
-A clip that closes the window starts in a generated latent: the causal encoder reads a clip's first frame
-alone, so that frame only warms the encoder and the model never sees it. The cut into the clip can fall
-before that frame or after it (the output then shows the model's frame there), and the pipeline keeps the
-one whose worst join steps least, as a seam search in image stitching picks the least visible seam:
+A clip copied through from a frame after 0 (connect's B, a backward extension's clip) starts in a generated
+latent: the causal encoder reads a clip's first frame alone, so that frame only warms the encoder and the
+model never sees it. The cut into the clip can fall before that frame or after it (the output then shows the
+model's frame there), and the pipeline keeps the combination of cuts whose worst join steps least, as a
+seam search in image stitching picks the least visible seam:
 - before it, the frame's residual is the decoder's error plus how far the model's frame is from the clip's;
   carried back, it blends the bridge's last frames into the clip's first frame, much as overlapping windows
   are cross-faded, and spreads the model's miss over them: best for a clip that moves;

@@ -58,7 +58,8 @@ def test_every_editing_mode(embedded, source_clip, tmp_path):
     forward = embedded.generate(extend(path, "a red ball moves right", new_frames=8, **settings)).frames
     assert forward.shape[0] == 25 and np.array_equal(forward[:17], frames)
     backward = embedded.generate(extend(path, "a red ball", new_frames=8, direction="backward", **settings)).frames
-    assert backward.shape[0] == 25 and closing_seam(backward, frames, 8) in (8, 9)
+    assert backward.shape[0] == 25
+    closing_seam(backward, frames, 8)  # raises unless the clip is copied from output frame 8 or 9
     looped = embedded.generate(loop(path, "a red ball", new_frames=7, **settings)).frames
     assert looped.shape[0] == 24
     joined = embedded.generate(connect(path, path, "a red ball", new_frames=7, **settings)).frames

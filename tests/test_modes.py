@@ -47,7 +47,7 @@ def test_extend_forward_keeps_source_frames_bit_exact(wan21, png_clip):
     assert result.window_offset == 13 - 5
 
 
-def test_extend_backward_keeps_source_frames_bit_exact(wan21, png_clip):
+def test_extend_backward_keeps_source_frames_bit_exact_from_the_cut(wan21, png_clip):
     path, clip = png_clip(9)
     request = extend(path, "a red ball moves right", new_frames=4, direction="backward", context_frames=5,
                      conditioning_strategy="per_token", **SETTINGS)
@@ -55,7 +55,7 @@ def test_extend_backward_keeps_source_frames_bit_exact(wan21, png_clip):
     assert result.frames.shape == (4 + 9, 32, 32, 3)
     # The clip's first frame lies in a generated latent (the encoder reads it alone, as a warm-up): the clip
     # is copied from it, or from its second frame with the model's frame before, whichever joins smoother.
-    assert closing_seam(result.frames, clip, 4) in (4, 5)
+    closing_seam(result.frames, clip, 4)  # raises unless the clip is copied from output frame 4 or 5
     # Held at the window's end: the latents after the clip's first (warm-up) frame.
     assert result.held.known[0, 0, -1].all() and not result.held.known[0, 0, 0].any()
     assert held_positions_unchanged(result)
@@ -70,7 +70,7 @@ def test_connect_starts_with_a_and_ends_with_b(wan21, png_clip):
     result = wan21.generate(request)
     assert result.frames.shape == (9 + 7 + 9, 32, 32, 3)
     assert np.array_equal(result.frames[:9], clip_a)
-    assert closing_seam(result.frames, clip_b, 9 + 7) in (16, 17)  # from its first or second frame (see backward)
+    closing_seam(result.frames, clip_b, 9 + 7)  # raises unless B is copied from its first or second frame
     assert held_positions_unchanged(result)
 
 
