@@ -24,13 +24,11 @@ from pathlib import Path
 
 def _writer(result, outputs: Path) -> None:
     """The forked child: write outputs until killed."""
-    from studio.outputs import History, write_result
+    from studio.outputs import History
 
     history = History(outputs)
-    index = 0
     while True:
-        index += 1
-        write_result(result, history.new_path(result.request.mode, index), gif=True)
+        history.write(result, gif=True)
 
 
 def kill_rounds(result, outputs: Path, kills: int, seed: int, max_delay: float) -> list[float]:

@@ -7,6 +7,7 @@ temporary name in the destination folder and are renamed into place, so a reader
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import tempfile
@@ -157,8 +158,9 @@ def media_size(path: str | Path, limits: MediaLimits = DEFAULT_LIMITS) -> tuple[
 
 # ---- writing ---------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path beside `path` that is renamed onto it when the block succeeds."""
+def atomic_path(path: str | Path, replace: bool = True) -> Iterator[Path]:
+    """A temporary path beside `path` that is renamed onto it when the block succeeds. With `replace=False`
+    it is linked into place instead, which fails with FileExistsError rather than replace a file there."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
@@ -168,7 +170,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs are ordinary files
         with open(tmp, "rb") as handle:  # on disk before the rename, so a power cut cannot list an empty file
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # atomic, and never over an existing file
+            except FileExistsError:
+                raise
+            except OSError:  # a filesystem without hard links: check, then rename
+                if path.exists():
+                    raise FileExistsError(errno.EEXIST, "already exists", str(path)) from None
+                os.replace(tmp, path)
         if hasattr(os, "O_DIRECTORY"):  # and the rename itself (POSIX)
             folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
             try:

@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -19,6 +18,8 @@ from pipelines import acceleration
 from pipelines.request import MODES
 
 log = logging.getLogger("studio.cli")
+
+DEFAULT_OUTPUTS = Path("outputs")
 
 
 class UsageError(Exception):
@@ -80,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--low-vram", action="store_true", help="offload models to the CPU between uses and tile the VAE")
     acceleration.add_arguments(p)
-    p.add_argument("--out", help="output file: .mp4, .gif, or .png for one frame (default outputs/<time>-<mode>.mp4)")
+    p.add_argument("--out", help="output file: .mp4, .gif, or .png for one frame (default: a new name in outputs/, "
+                                 "<time>-<mode>-<seed>.mp4)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out (and its sidecars) if it exists; never allowed over an input of the run")
     p.add_argument("--frames-out", help="also write every frame of the final clip as PNG into this folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -251,11 +255,12 @@ def run(argv: list[str]) -> int:
     defaults, geometry = read_defaults(folder, registry_defaults), read_geometry(folder)
     if args.mode != "reproduce":
         built = build_request(args, defaults, geometry.temporal, geometry.grid)
-    out = Path(args.out) if args.out else Path("outputs") / f"{datetime.now():%Y%m%d-%H%M%S}-{args.mode}.mp4"
-    if out.suffix.lower() not in (".mp4", ".gif", ".png"):
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix.lower() not in (".mp4", ".gif", ".png"):
         raise UsageError(f"--out {str(out)!r} is not valid: a .mp4, .gif or .png file")
-    if out.suffix.lower() == ".png" and getattr(built, "mode", args.mode) != "image":
+    if out is not None and out.suffix.lower() == ".png" and getattr(built, "mode", args.mode) != "image":
         raise UsageError("--out .png holds one frame: use it with the image mode, or write .mp4/.gif")
+    _check_targets(out, args, _inputs_of(built, args))
 
     from pipelines import VideoPipeline, modes
     from pipelines.request import GenerationRequest, check_grid
@@ -276,12 +281,12 @@ def run(argv: list[str]) -> int:
             if args.guidance is None:  # the bridge's default is the join guidance, the base clip's is text-to-video's
                 base_settings["guidance_scale"] = defaults.guidance_for("t2v")
             base = modes.text_to_video(built.prompt, fps=built.fps, num_frames=defaults.num_frames, **base_settings)
-            video = str(out.with_name(out.stem + ".base.mp4"))
-            _generate_and_write(pipe, base, Path(video), None, args.quiet)
+            base_out = None if out is None else out.with_name(out.stem + ".base.mp4")
+            video = str(_generate_and_write(pipe, base, base_out, None, args)[0])
             print(f"wrote the clip to loop: {video}")
         built = modes.loop(video, built.prompt, built.new_frames, context_frames=args.context_frames,
                            temporal=geometry.temporal, fps=built.fps, **built.settings)
-    sidecar = _generate_and_write(pipe, built, out, args.frames_out, args.quiet)
+    out, sidecar = _generate_and_write(pipe, built, out, args.frames_out, args)
     joins = f", joins {', '.join(f'{x:.2f}' for x in sidecar['joins'])}x the median step" if sidecar["joins"] else ""
     print(f"wrote {out} ({sidecar['frames']} frames, {sidecar['width']}x{sidecar['height']}, {sidecar['fps']:g} fps, "
           f"seed {built.seed}{joins}) and {out.name}.json")
@@ -297,17 +302,58 @@ def _quiet_library_progress() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _generate_and_write(pipe: Any, request: Any, out: Path, frames_out: str | None, quiet: bool) -> dict[str, Any]:
-    callback, close = _progress(quiet)
+def _inputs_of(built: Any, args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(flag, resolved path) of every file or folder the run reads."""
+    from pipelines.request import GenerationRequest
+
+    found = [("--request", args.request)] if args.mode == "reproduce" else []
+    if isinstance(built, GenerationRequest):
+        found += [("an input", item.source) for item in built.conditioning]
+        found += [("--video", built.init_video)] if built.init_video else []
+    elif built.video:
+        found.append(("--video", built.video))
+    named = {args.image: "--image", args.video: "--video", args.video_b: "--video-b"}
+    return [(named.get(path, flag), Path(path).resolve()) for flag, path in found]
+
+
+def _check_targets(out: Path | None, args: argparse.Namespace, inputs: list[tuple[str, Path]]) -> None:
+    """Before anything loads: the run never writes over what it reads, nor over an existing file unless
+    --overwrite names exactly that path."""
+    from studio.outputs import files_of
+
+    targets = [] if out is None else files_of(out, gif=False, latents=out.suffix.lower() == ".mp4")
+    if out is not None and args.mode == "loop" and not args.video:
+        targets += files_of(out.with_name(out.stem + ".base.mp4"), gif=False, latents=True)
+    frames_out = Path(args.frames_out).resolve() if args.frames_out else None
+    for flag, source in inputs:
+        for target in targets:
+            if target.resolve() == source:
+                raise UsageError(f"--out {str(out)!r} would write {target.name} over {flag}, which this run reads: "
+                                 "choose another --out")
+        if frames_out is not None and (frames_out == source or frames_out in source.parents):
+            raise UsageError(f"--frames-out {args.frames_out!r} is where {flag} lives, which this run reads: "
+                             "choose another folder")
+    existing = [t.name for t in targets if t.exists()]
+    if existing and not args.overwrite:
+        raise UsageError(f"--out {str(out)!r}: {', '.join(existing)} already exists; choose another name, or add "
+                         "--overwrite to replace it")
+
+
+def _generate_and_write(pipe: Any, request: Any, out: Path | None, frames_out: str | None,
+                        args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    """Generate, then write to `out`, or under a new name in outputs/ when there is none."""
+    callback, close = _progress(args.quiet)
     try:
         result = pipe.generate(request, callback=callback)
     finally:
         close()
     for note in result.notes:
         print(f"note: {note}")
-    from studio.outputs import write_result
+    from studio.outputs import History, write_result
 
-    return write_result(result, out, frames_out)
+    if out is None:
+        return History(DEFAULT_OUTPUTS).write(result, gif=False, frames_out=frames_out)
+    return out, write_result(result, out, frames_out, overwrite=args.overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except ModelNotAvailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a full disk, an unwritable folder: what happened, not a traceback
+        log.debug("could not write", exc_info=True)
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from studio.outputs import Entry, History, write_result
+from studio.outputs import DiskFull, Entry, History
 
 log = logging.getLogger("studio.engine")
 
@@ -39,7 +39,7 @@ class Job:
     id: int
     session: str
     request: Any  # GenerationRequest
-    out: Path
+    out: Path | None = None  # named when the result is written
     status: str = "waiting"  # waiting | running | done | cancelled | failed
     step: int = 0
     total: int = 0
@@ -91,7 +91,7 @@ class Engine:
             if unfinished > self.max_waiting:
                 raise QueueFull(f"The queue is full: {unfinished - 1} generations are already waiting for the "
                                 "device. Try again when one has finished.")
-            job = Job(next(self._ids), session, request, self.history.new_path(request.mode, request.seed))
+            job = Job(next(self._ids), session, request)
             self._jobs[job.id] = job
         threading.Thread(target=self._run, args=(job,), name=f"generation-{job.id}", daemon=True).start()
         return job
@@ -179,7 +179,7 @@ class Engine:
             result = self.pipe.generate(job.request, callback=on_step)
             if job.cancel.is_set():  # pressed during the decode: the clip exists, keep it
                 log.info("job %d: cancel arrived after sampling; keeping the clip", job.id)
-            write_result(result, job.out, gif=True)
+            job.out, _ = self.history.write(result, gif=True)
             job.entry = self.history.read(job.out)
             seconds = time.perf_counter() - (job.started or time.perf_counter())
             message = f"Done in {seconds:.1f} s: {len(result.frames)} frames at {result.fps:g} fps."
@@ -206,6 +206,8 @@ def _plain(error: Exception) -> str:
     if isinstance(error, (RuntimeError, MemoryError)) and (isinstance(error, MemoryError) or
                                                            "can't allocate memory" in str(error)):
         return "The machine ran out of memory. Lower the resolution or the number of frames."
+    if isinstance(error, DiskFull):
+        return str(error)
     if isinstance(error, OSError):
         return f"A file could not be read or written: {error}"
     return f"Generation failed ({type(error).__name__}: {error}). The log has the details."

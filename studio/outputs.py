@@ -3,16 +3,29 @@
 Each output is `<name>.mp4` (or .gif/.png) with `<name>.mp4.json` beside it (the full request, model, seed,
 versions, timings and parent clips) and, for MP4s, `<name>.mp4.latents.safetensors` for chaining. Every file
 is written under a temporary name and renamed into place; the JSON sidecar is written last, so an entry is
-listed only once all its files are whole. A crash leaves at most `.*.partial*` files, swept at start.
+listed only once all its files are whole.
+
+A file is never written over one that exists unless the caller asked for exactly that path (`overwrite`):
+an output's names are claimed first by creating them exclusively, so simultaneous jobs, processes and a CLI
+run beside the studio can never be given the same name. A write that fails (a full disk) removes what it
+had placed. A crash leaves at most `.*.partial*` temporaries and files of an output whose sidecar never
+came; both are swept at start, under a folder lock that waits for writers in other processes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
+import itertools
 import json
 import logging
+import os
+import re
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,12 +52,106 @@ def output_name(mode: str, seed: int, when: datetime | None = None) -> str:
     return f"{(when or datetime.now()):%Y%m%d-%H%M%S-%f}"[:-3] + f"-{mode}-{seed}"
 
 
-def write_result(result: Any, out: Path, frames_out: str | None = None, gif: bool = False) -> dict[str, Any]:
-    """Video (and optionally a GIF copy), latent sidecar, optional PNG frames, then the JSON sidecar."""
+# Names `output_name` makes (with a "-N" when the first was taken): only these are ever swept.
+OWN_NAME = re.compile(r"\d{8}-\d{6}-\d{3}-[a-z0-9]+-\d+(-\d+)?")
+LOCK_NAME = ".studio.lock"  # writers hold it shared, the sweep exclusively
+
+
+class OutputExists(FileExistsError):
+    """A file of the output about to be written is already there."""
+
+    def __str__(self) -> str:
+        return f"{self.filename} already exists; nothing was written over it"
+
+
+class DiskFull(OSError):
+    """The disk ran out of space while an output was written; nothing of that output was kept."""
+
+    def __str__(self) -> str:  # the sentence alone, without "[Errno 28]"
+        return self.strerror
+
+
+def sidecar_of(media: Path) -> Path:
+    return media.with_suffix(media.suffix + ".json")
+
+
+def latents_of(media: Path) -> Path:
+    return media.with_suffix(media.suffix + ".latents.safetensors")
+
+
+def files_of(out: Path, gif: bool, latents: bool) -> list[Path]:
+    """The files one output consists of, in the order they are written (the sidecar last)."""
+    files = [out]
+    if out.suffix.lower() == ".mp4":
+        files += [latents_of(out)] * latents + [out.with_suffix(".gif")] * gif
+    return files + [sidecar_of(out)]
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path, exclusive: bool) -> Iterator[None]:
+    """The outputs folder's lock, where the folder has one (History makes it; a CLI --out elsewhere needs none)."""
+    try:
+        handle = os.open(folder / LOCK_NAME, os.O_RDWR)
+    except FileNotFoundError:
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
+def _claim(files: list[Path]) -> list[Path]:
+    """Create every file but the sidecar empty and exclusively (the sidecar, the last, is linked into place
+    without replacing), so no two writers share a name. Raises OutputExists, having created nothing."""
+    made: list[Path] = []
+    try:
+        if sidecar_of(files[0]).exists():
+            raise OutputExists(errno.EEXIST, "already exists", str(sidecar_of(files[0])))
+        for path in files[:-1]:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            made.append(path)
+    except FileExistsError as error:
+        for path in made:
+            path.unlink(missing_ok=True)
+        raise OutputExists(errno.EEXIST, "already exists", error.filename) from None
+    return made
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    # safetensors reports a full disk as a SafetensorError whose text carries the OS error
+    return (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or \
+        "os error 28" in str(error) or "No space left on device" in str(error)
+
+
+def write_result(result: Any, out: Path, frames_out: str | None = None, gif: bool = False,
+                 overwrite: bool = False) -> dict[str, Any]:
+    """Video (and optionally a GIF copy), latent sidecar, optional PNG frames, then the JSON sidecar.
+
+    Without `overwrite`, raises OutputExists before writing anything if a file of the output exists. On any
+    failure the files of the output placed so far are removed; a full disk is raised as DiskFull.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    files = files_of(out, gif, latents=result.timeline is not None)
+    with _folder_lock(out.parent, exclusive=False):
+        claimed = [] if overwrite else _claim(files)
+        try:
+            return _write_files(result, out, frames_out, gif, overwrite)
+        except BaseException as error:
+            for path in (files[:-1] if overwrite else claimed):
+                path.unlink(missing_ok=True)
+            if _is_disk_full(error):
+                raise DiskFull(errno.ENOSPC, f"The disk holding {out.parent} is full, so {out.name} could not be "
+                               "saved (nothing of it was kept). Free some space and try again.") from error
+            raise
+
+
+def _write_files(result: Any, out: Path, frames_out: str | None, gif: bool, overwrite: bool) -> dict[str, Any]:
     from pipelines.latents import save_timeline
     from pipelines.video_io import atomic_path, write_frames, write_gif, write_output
 
-    out = Path(out)
     sidecar: dict[str, Any] = {
         "request": result.request.to_dict(),
         "model": result.model_id,
@@ -70,13 +177,9 @@ def write_result(result: Any, out: Path, frames_out: str | None = None, gif: boo
         write_frames(frames_out, result.frames)
         sidecar["frames_out"] = str(frames_out)
     sidecar["bytes"] = out.stat().st_size  # History lists the output only while the file is this long
-    with atomic_path(sidecar_of(out)) as tmp:
+    with atomic_path(sidecar_of(out), replace=overwrite) as tmp:
         tmp.write_text(json.dumps(sidecar, indent=2))
     return sidecar
-
-
-def sidecar_of(media: Path) -> Path:
-    return media.with_suffix(media.suffix + ".json")
 
 
 @dataclass(frozen=True)
@@ -115,22 +218,39 @@ class History:
         self.uploads = self.folder / "uploads"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.uploads.mkdir(exist_ok=True)
+        (self.folder / LOCK_NAME).touch()
         self._digests: dict[tuple[str, int, int], str] = {}
 
     def sweep(self) -> list[Path]:
-        """Delete files a crash left half-written (`atomic_path` temporaries)."""
+        """Delete what a crash left: `atomic_path` temporaries, and the files of an output (by this studio's
+        own names only) whose sidecar never came. Waits for writers in other processes to finish first."""
         removed = []
-        for folder in (self.folder, self.uploads):
-            for leftover in folder.glob(".*.partial*"):
-                leftover.unlink(missing_ok=True)
-                removed.append(leftover)
+        with _folder_lock(self.folder, exclusive=True):
+            for folder in (self.folder, self.uploads):
+                removed += folder.glob(".*.partial*")
+            for path in self.folder.iterdir():
+                stem = path.name.split(".", 1)[0]
+                if OWN_NAME.fullmatch(stem) and not path.is_dir() and not path.name.endswith(".json") and not any(
+                        sidecar_of(self.folder / (stem + suffix)).exists() for suffix in MEDIA_SUFFIXES):
+                    removed.append(path)
+            for path in removed:
+                path.unlink(missing_ok=True)
         if removed:
             log.info("swept %d unfinished files from %s", len(removed), self.folder)
         return removed
 
-    def new_path(self, mode: str, seed: int) -> Path:
-        suffix = ".png" if mode == "image" else ".mp4"
-        return self.folder / (output_name(mode, seed) + suffix)
+    def write(self, result: Any, gif: bool = True, frames_out: str | None = None) -> tuple[Path, dict[str, Any]]:
+        """Save a result under a new name (time, mode, seed; "-2", "-3"... when taken): never over a file."""
+        request = result.request
+        suffix = ".png" if request.mode == "image" else ".mp4"
+        stem = output_name(request.mode, request.seed)
+        for n in itertools.count(1):
+            out = self.folder / f"{stem}{'' if n == 1 else f'-{n}'}{suffix}"
+            try:
+                return out, write_result(result, out, frames_out, gif=gif)
+            except OutputExists:
+                continue
+        raise AssertionError("unreachable")
 
     def keep_upload(self, path: str | Path) -> Path:
         """Where an input file lives for good: an output or an earlier upload with the same bytes (so a

@@ -80,7 +80,10 @@ def test_cancel_stops_within_one_step_frees_memory_and_the_next_job_runs(engine)
     assert job.step - asked_at <= 1, (asked_at, job.step)
     assert live_tensor_bytes() == baseline
     assert engine.run(quick("after the cancel")).status == "done"
-    assert not list(engine.history.folder.glob(f"*{job.out.stem}*"))  # a cancelled job leaves no files
+    # a cancelled job leaves no files: the folder holds the two finished outputs and nothing else of its own
+    folder = engine.history.folder
+    assert job.out is None and len(list(folder.glob("*.mp4.json"))) == 2
+    assert all((folder / f"{m.name}.json").is_file() for m in folder.glob("*.mp4"))
 
 
 def test_a_waiting_job_cancelled_leaves_the_queue_at_once(engine):
