@@ -68,7 +68,8 @@ class ModelInfo:
 
 # ---- sizes and lengths -----------------------------------------------------------------------------------
 def size_presets(info: ModelInfo) -> dict[str, tuple[int, int]]:
-    """Aspect ratios at the model's default area and at 1.5x its sides, every size on the model's grid."""
+    """Aspect ratios at the model's default area and at 1.5x its sides, every size on the model's grid. The
+    model's own default size is always one of them (Wan 2.1's 832x480 is near 16:9, not on it)."""
     presets: dict[str, tuple[int, int]] = {}
     for label, scale in (("", 1.0), (" large", 1.5)):
         area = info.width * info.height * scale**2
@@ -80,6 +81,8 @@ def size_presets(info: ModelInfo) -> dict[str, tuple[int, int]]:
                 width = max(info.grid, round((area * ratio) ** 0.5 / info.grid) * info.grid)
                 height = max(info.grid, round((area / ratio) ** 0.5 / info.grid) * info.grid)
             presets[f"{name}{label} · {width}x{height}"] = (width, height)
+    if (info.width, info.height) not in presets.values():
+        presets = {f"model default · {info.width}x{info.height}": (info.width, info.height), **presets}
     return presets
 
 

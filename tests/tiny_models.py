@@ -23,24 +23,25 @@ def tiny_text_encoder() -> T5EncoderModel:
     return T5EncoderModel(config).eval()
 
 
-def _with_transformer(vae: AutoencoderKLWan, channels: int) -> dict:
-    """diffusers' own Wan test sizes: 2 heads x 12, 2 layers, ffn 32, text_dim 32."""
+def _with_transformer(vae: AutoencoderKLWan, channels: int, rope_max_seq_len: int = 32) -> dict:
+    """diffusers' own Wan test sizes: 2 heads x 12, 2 layers, ffn 32, text_dim 32 (and their short rope table,
+    which limits the size: the real checkpoints' 1024 for their own sizes)."""
     torch.manual_seed(0)
     transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
                                         in_channels=channels, out_channels=channels, text_dim=32, freq_dim=256,
                                         ffn_dim=32, num_layers=2, cross_attn_norm=True,
-                                        qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+                                        qk_norm="rms_norm_across_heads", rope_max_seq_len=rope_max_seq_len)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
     return {"vae": vae.eval(), "transformer": transformer.eval(), "scheduler": scheduler,
             "text_encoder": tiny_text_encoder(), "tokenizer": tiny_tokenizer()}
 
 
-def tiny_wan21() -> dict:
+def tiny_wan21(rope_max_seq_len: int = 32) -> dict:
     """Wan 2.1 text-to-video shapes in miniature: 8x spatial VAE, z 16, patch (1, 2, 2)."""
     torch.manual_seed(0)
     vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                            temperal_downsample=[False, True, True])
-    return _with_transformer(vae, channels=16)
+    return _with_transformer(vae, channels=16, rope_max_seq_len=rope_max_seq_len)
 
 
 def tiny_wan22_ti2v() -> dict:
