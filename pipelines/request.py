@@ -159,7 +159,8 @@ class GenerationRequest:
         _require(_is_number(self.guidance_scale) and 0 <= self.guidance_scale <= 50, "guidance_scale",
                  self.guidance_scale, "a number in [0, 50] (values <= 1 turn guidance off)")
         _require(_is_int(self.seed) and 0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
-        _require(isinstance(self.sampler, str) and self.sampler in SAMPLERS, "sampler", self.sampler, f"one of {', '.join(SAMPLERS)}")
+        _require(isinstance(self.sampler, str) and self.sampler in SAMPLERS, "sampler", self.sampler,
+                 f"one of {', '.join(SAMPLERS)}")
         _require(self.shift is None or (_is_number(self.shift) and 0 < self.shift <= 100), "shift", self.shift,
                  "None (the checkpoint's own) or a number in (0, 100]")
         _require(all(isinstance(item, ConditioningItem) for item in self.conditioning), "conditioning",
