@@ -407,7 +407,7 @@ class VideoPipeline:
             problems.append("its latents do not cover the context frames")
         if problems:
             return None, f"{name}'s saved latents do not fit this request ({'; '.join(problems)}), {re_encoded}"
-        return timeline, f"{name} was continued from its saved latents, not re-encoded"
+        return timeline, f"{name} was continued from its saved latents, exactly as it was generated"
 
     def _check_placement(self, placed: list[PlacedItem], request: GenerationRequest) -> None:
         """Items must sit on the causal VAE's latent grid: latent 0 holds frame 0 alone, every later latent
