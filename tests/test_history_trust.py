@@ -242,6 +242,24 @@ def test_markdown_in_a_prompt_is_shown_as_text_in_the_lineage(client, base, tmp_
 
 
 # ---- 10: paths outside the outputs folder ----------------------------------------------------------------
+def page_reproduce(url: str, name: str) -> list:
+    """What the page's Reproduce button gets back (its event is private to the page, so it is called as the
+    page calls it, by its index, after listing the history in the same session)."""
+    with httpx.Client(base_url=url, timeout=60) as http:
+        events = http.get("config").json()["dependencies"]
+        listing = next(e["id"] for e in events if e.get("api_name") == "history")
+        button = next(e["id"] for e in events if e.get("api_name") == "load_settings")
+        session = {"session_hash": f"reproduce-{name}"}
+        assert http.post("gradio_api/run/predict", json={"fn_index": listing, "data": [], **session}).is_success
+        answer = http.post("gradio_api/run/predict", json={"fn_index": button, "data": [name], **session})
+        assert answer.status_code == 200, answer.text
+        data = answer.json()["data"]
+        files = [value for value in data if isinstance(value, dict) and "url" in value]
+        files += [value["value"] for value in data if isinstance(value, dict) and isinstance(value.get("value"), dict)
+                  and "url" in value["value"]]
+        return data, [http.get(file["url"]).content for file in files]
+
+
 def test_reproduce_never_hands_out_a_path_outside_the_outputs(server, client, base, outputs, tmp_path):
     secret = tmp_path / "secret.mp4"
     secret.write_bytes(b"secret bytes " * 100)
@@ -270,11 +288,17 @@ def test_reproduce_never_hands_out_a_path_outside_the_outputs(server, client, ba
         assert values["prompt"] == request["prompt"] and values["seed"] == 7  # the rest still loads
         assert not any(str(secret) in str(v) or "passwd" in str(v) or "launch.py" == v or "near.mp4" in str(v)
                        for k, v in values.items() if k != "note")
+        data, fetched = page_reproduce(server[0], name)
+        assert request["prompt"] in data  # the settings reach the page
+        assert not any(b"secret bytes" in body or b"root:" in body or b"def main" in body for body in fetched)
+        assert not any(marker in json.dumps(data) for marker in (str(secret), "passwd", "launch.py", "near.mp4"))
     # a source inside the outputs is handed back
     inside = {**request, "mode": "restyle", "init_video": base["output"], "init_strength": 0.5}
     plant(outputs, base, "20020101-000000-004-restyle-7.mp4", {**valid, "request": inside})
     values = client.predict("20020101-000000-004-restyle-7.mp4", api_name="/reproduce")
     assert values["video"] == base["output"] and "note" not in values
+    _, fetched = page_reproduce(server[0], "20020101-000000-004-restyle-7.mp4")
+    assert fetched == [Path(base["output"]).read_bytes()]  # the page is handed the clip itself
 
 
 def test_a_symlinked_output_pointing_outside_is_neither_listed_nor_shown(server, client, base, outputs, tmp_path):
