@@ -334,8 +334,8 @@ class StudioApp:
             item = items[0]
             new = r.num_frames - sum(i.source_count or 0 for i in items)
             values.update(video=source(item.source, "the clip"), context=item.source_count, seconds=new / r.fps,
-                          loop=r.mode == "loop",
-                          direction="forward" if item.frame_index == 0 else "backward", candidates=r.best_of)
+                          loop=r.mode == "loop", direction="forward" if item.frame_index == 0 else "backward",
+                          candidates=r.best_of)
         elif r.mode == "restyle":
             values.update(video=source(r.init_video, "the footage"), strength=r.init_strength)
         elif r.mode == "connect":
@@ -343,8 +343,9 @@ class StudioApp:
             values.update(clip_a=source(items[0].source, "clip A"), clip_b=source(items[1].source, "clip B"),
                           context=items[0].source_count, seconds=new / r.fps, candidates=r.best_of)
         if missing:
-            values["note"] = (f"{' and '.join(missing).capitalize()} {'is' if len(missing) == 1 else 'are'} not in "
-                              "the outputs folder, so only the other settings were loaded: add it again.")
+            one = len(missing) == 1
+            values["note"] = (f"{' and '.join(missing).capitalize()} {'is' if one else 'are'} not in the outputs "
+                              f"folder, so only the other settings were loaded: add {'it' if one else 'them'} again.")
         return values
 
 
