@@ -77,10 +77,11 @@ def save_timeline(media: str | Path, timeline: LatentTimeline) -> Path:
 
 
 def load_timeline(media: str | Path) -> tuple[LatentTimeline | None, str]:
-    """The sidecar of `media` if it exists and still matches the file; else None and the reason."""
+    """The sidecar of `media` if it exists and still matches the file; else None and the reason, worded to
+    follow the clip's name ("beach.mp4 has no saved latents")."""
     path = sidecar_path(media)
     if not path.is_file():
-        return None, "no latent sidecar"
+        return None, "has no saved latents"
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -95,10 +96,10 @@ def load_timeline(media: str | Path) -> tuple[LatentTimeline | None, str]:
         )
     except (OSError, KeyError, ValueError, SafetensorError) as error:
         log.warning("unreadable latent sidecar %s: %s", path, error)
-        return None, "its latent sidecar is unreadable"
+        return None, "has saved latents that cannot be read"
     if latents.ndim != 4:
-        return None, "its latent sidecar is unreadable"
+        return None, "has saved latents that cannot be read"
     if metadata.get("media_sha256") != media_digest(media):
-        return None, "the clip changed since its latents were saved"
+        return None, "changed since its latents were saved"
     return timeline, "ok"
 

@@ -329,7 +329,7 @@ class VideoPipeline:
                 torch.cuda.empty_cache()
             raise
 
-        notes = [f"{Path(p.item.source).name}: {p.timeline_note}" for p in placed if p.timeline_note]
+        notes = [p.timeline_note for p in placed if p.timeline_note]
         for i in sorted(best.cut_after_first):
             notes.append(f"{Path(placed[i].item.source).name}: copied from its second frame (its first lies in a "
                          f"generated latent; the model's frame there joins more smoothly)")
@@ -382,9 +382,13 @@ class VideoPipeline:
         return placed
 
     def _usable_timeline(self, placed: PlacedItem, request: GenerationRequest) -> tuple[LatentTimeline | None, str]:
+        """The clip's saved latents if they fit the request, and a note for the creator saying what was used
+        (the clip by its file name: an upload keeps the name it was uploaded under)."""
+        name = Path(placed.item.source).name
+        re_encoded = "so it was re-encoded from its pixels (slightly less faithful)"
         timeline, reason = load_timeline(placed.item.source)
         if timeline is None:
-            return None, f"{reason}; conditioning on re-encoded pixels"
+            return None, f"{name} {reason}, {re_encoded}"
         expected = (int(self.vae.config.z_dim), request.height // self.spatial, request.width // self.spatial)
         problems = []
         if (timeline.latents.shape[0], *timeline.latents.shape[2:]) != expected:
@@ -402,8 +406,8 @@ class VideoPipeline:
                 timeline.latent_ending_at(placed.start + placed.count - 1) is None:
             problems.append("its latents do not cover the context frames")
         if problems:
-            return None, "saved latents unusable (" + "; ".join(problems) + "); conditioning on re-encoded pixels"
-        return timeline, "conditioned on saved latents"
+            return None, f"{name}'s saved latents do not fit this request ({'; '.join(problems)}), {re_encoded}"
+        return timeline, f"{name} was continued from its saved latents, exactly as it was generated"
 
     def _check_placement(self, placed: list[PlacedItem], request: GenerationRequest) -> None:
         """Items must sit on the causal VAE's latent grid: latent 0 holds frame 0 alone, every later latent

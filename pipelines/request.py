@@ -31,6 +31,22 @@ def _is_number(value: Any) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
 
 
+def unicode_problem(text: str) -> str | None:
+    """Why `text` is not valid Unicode, or None. A lone surrogate (a raw API's JSON may carry "\\ud800", a
+    shell's undecodable bytes become \\udc80-\\udcff) is not a character: no file or JSON encoder takes it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"it holds a lone surrogate, U+{ord(text[error.start]):04X}, which is not a character"
+    return None
+
+
+def _require_text(value: Any, name: str, valid: str) -> None:
+    _require(isinstance(value, str), name, value, valid)
+    problem = unicode_problem(value)
+    _require(problem is None, name, value, f"text in valid Unicode; {problem} (type it again, or send it as UTF-8)")
+
+
 def _require(ok: bool, name: str, value: Any, valid: str) -> None:
     if not ok:
         raise ValueError(f"{name} = {value!r} is not valid: {valid}")
@@ -129,9 +145,9 @@ class GenerationRequest:
 
         if isinstance(self.conditioning, list):
             object.__setattr__(self, "conditioning", tuple(self.conditioning))
-        _require(isinstance(self.prompt, str) and self.prompt.strip() != "", "prompt", self.prompt,
-                 "a non-empty text describing the video")
-        _require(isinstance(self.negative_prompt, str), "negative_prompt", self.negative_prompt, "a text (may be empty)")
+        _require_text(self.prompt, "prompt", "a non-empty text describing the video")
+        _require(self.prompt.strip() != "", "prompt", self.prompt, "a non-empty text describing the video")
+        _require_text(self.negative_prompt, "negative_prompt", "a text (may be empty)")
         _require(self.mode in MODES, "mode", self.mode, f"one of {', '.join(MODES)}")
         for name in ("width", "height"):
             value = getattr(self, name)
@@ -143,7 +159,8 @@ class GenerationRequest:
         _require(_is_number(self.guidance_scale) and 0 <= self.guidance_scale <= 50, "guidance_scale",
                  self.guidance_scale, "a number in [0, 50] (values <= 1 turn guidance off)")
         _require(_is_int(self.seed) and 0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
-        _require(self.sampler in SAMPLERS, "sampler", self.sampler, f"one of {', '.join(SAMPLERS)}")
+        _require(isinstance(self.sampler, str) and self.sampler in SAMPLERS, "sampler", self.sampler,
+                 f"one of {', '.join(SAMPLERS)}")
         _require(self.shift is None or (_is_number(self.shift) and 0 < self.shift <= 100), "shift", self.shift,
                  "None (the checkpoint's own) or a number in (0, 100]")
         _require(all(isinstance(item, ConditioningItem) for item in self.conditioning), "conditioning",

@@ -158,12 +158,13 @@ def media_size(path: str | Path, limits: MediaLimits = DEFAULT_LIMITS) -> tuple[
 
 # ---- writing ---------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def atomic_path(path: str | Path, replace: bool = True) -> Iterator[Path]:
-    """A temporary path beside `path` that is renamed onto it when the block succeeds. With `replace=False`
-    it is linked into place instead, which fails with FileExistsError rather than replace a file there."""
+def atomic_path(path: str | Path, replace: bool = True, scratch: str | Path | None = None) -> Iterator[Path]:
+    """A temporary path beside `path` (or in `scratch`, a folder on the same file system where a crash's
+    leftovers are swept) that is renamed onto it when the block succeeds. With `replace=False` it is linked
+    into place instead, which fails with FileExistsError rather than replace a file there."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=scratch or path.parent)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -301,8 +301,8 @@ class StudioApp:
             raise gr.Error(f"{name} is not in the history")
         video = str(entry.media) if entry.media.suffix == ".mp4" else None
         image = str(entry.media) if video is None else None
-        return video, image, _lineage_markdown(self.history.lineage(entry.media), self.history.children(entry.media)), \
-            entry.sidecar
+        return video, image, _lineage_markdown(self.history.lineage(entry.media), self.history.children(entry.media),
+                                               self.history.uploads), entry.sidecar
 
     def reproduce_values(self, name: str | None) -> dict[str, Any]:
         """The settings of an output as values for its tab's widgets (by widget name)."""
@@ -312,6 +312,15 @@ class StudioApp:
         if entry is None:
             raise gr.Error(f"{name} is not in the history")
         r = GenerationRequest.from_dict(entry.sidecar["request"])
+        missing: list[str] = []
+
+        def source(path: str | None, what: str) -> str | None:
+            """Only a file in the outputs folder goes back: a sidecar may name any path (see History.inside)."""
+            kept = self.history.inside(path) if path else None
+            if path and kept is None:
+                missing.append(what)
+            return None if kept is None else str(kept)
+
         tab = TAB_OF_MODE[r.mode]
         size = f"{r.width}x{r.height}"
         label = next((k for k, v in self.presets.items() if v == (r.width, r.height)), f"custom · {size}")
@@ -323,18 +332,23 @@ class StudioApp:
             values.update(one_frame=r.mode == "image", seconds=r.num_frames / r.fps if r.mode == "t2v" else None,
                           image_first=self.info.image_first if r.image_first is None else r.image_first)
         elif r.mode == "animate":
-            values.update(image=items[0].source, seconds=r.num_frames / r.fps)
+            values.update(image=source(items[0].source, "the still"), seconds=r.num_frames / r.fps)
         elif r.mode in ("extend", "loop"):
             item = items[0]
             new = r.num_frames - sum(i.source_count or 0 for i in items)
-            values.update(video=item.source, context=item.source_count, seconds=new / r.fps, loop=r.mode == "loop",
-                          direction="forward" if item.frame_index == 0 else "backward", candidates=r.best_of)
+            values.update(video=source(item.source, "the clip"), context=item.source_count, seconds=new / r.fps,
+                          loop=r.mode == "loop", direction="forward" if item.frame_index == 0 else "backward",
+                          candidates=r.best_of)
         elif r.mode == "restyle":
-            values.update(video=r.init_video, strength=r.init_strength)
+            values.update(video=source(r.init_video, "the footage"), strength=r.init_strength)
         elif r.mode == "connect":
             new = r.num_frames - sum(i.source_count or 0 for i in items)
-            values.update(clip_a=items[0].source, clip_b=items[1].source, context=items[0].source_count,
-                          seconds=new / r.fps, candidates=r.best_of)
+            values.update(clip_a=source(items[0].source, "clip A"), clip_b=source(items[1].source, "clip B"),
+                          context=items[0].source_count, seconds=new / r.fps, candidates=r.best_of)
+        if missing:
+            one = len(missing) == 1
+            values["note"] = (f"{' and '.join(missing).capitalize()} {'is' if one else 'are'} not in the outputs "
+                              f"folder, so only the other settings were loaded: add {'it' if one else 'them'} again.")
         return values
 
 
@@ -353,20 +367,29 @@ def _status_html(job: Job, ahead: int = 0) -> str:
             f"<span>{detail}</span></div>")
 
 
-def _lineage_markdown(levels: list[list[Any]], children: list[Entry]) -> str:
+def _literal(text: str) -> str:
+    """`text` as Markdown that shows it as it is: every ASCII punctuation mark backslash-escaped (CommonMark and
+    marked, Gradio's renderer, take an escape before any of them), so a prompt or a file name forms no image,
+    link, URL, HTML tag, entity or emphasis; line breaks become spaces."""
+    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", " ".join(text.split()))
+
+
+def _lineage_markdown(levels: list[list[Any]], children: list[Entry], uploads: Path | None = None) -> str:
+    """Prompts and file names come from whoever made the outputs: all of them are shown literally."""
     if not levels:
         return ""
     lines = []
     for depth, level in enumerate(levels):
         for node in level:
             if isinstance(node, Entry):
-                text = f"**{node.media.name}** ({node.mode}: {node.prompt[:60]})"
+                text = f"**{_literal(node.media.name)}** ({node.mode}: {_literal(node.prompt[:60])})"
             else:
-                text = f"{Path(node).name} (upload)"
+                where = "uploaded" if uploads is not None and Path(node).is_relative_to(uploads) else "not an output"
+                text = f"{_literal(Path(node).name)} ({where})"
             lines.append(f"{'  ' * depth}- {'' if depth == 0 else 'made from '}{text}")
     if children:
         lines.append("")
-        lines.append("Used by: " + ", ".join(c.media.name for c in children))
+        lines.append("Used by: " + ", ".join(_literal(c.media.name) for c in children))
     return "\n".join(lines)
 
 
@@ -570,6 +593,8 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
         def load_settings(name: str | None):
             values = app.reproduce_values(name)
             tab = values.pop("tab")
+            if "note" in values:
+                gr.Warning(values.pop("note"))
             updates: dict[Any, Any] = {tabs: gr.Tabs(selected=tab)}
             for key, value in values.items():
                 widget = widget_names[tab].get(key)

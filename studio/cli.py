@@ -127,9 +127,31 @@ def _frames(args: argparse.Namespace, mode_kind: str, fps: float, temporal: int,
     return snapped
 
 
+def _typed_text(value: str | None, flag: str) -> str | None:
+    """A text argument as it was typed. Python decodes argv as UTF-8, keeping other bytes as lone surrogates
+    (\\udc80-\\udcff), which no file or JSON reader takes: a shell in Latin-1 or Windows-1252 sends 'caf\\xe9'
+    for 'café'. Those bytes are read as Windows-1252 (Latin-1 for the five bytes it leaves undefined), what such
+    a shell sent, and a note says so; text no shell can send is left for the request to refuse."""
+    from pipelines.request import unicode_problem
+
+    if value is None or unicode_problem(value) is None:
+        return value
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value
+    try:
+        text = raw.decode("cp1252")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    print(f"note: {flag} is not UTF-8; read it as Windows-1252 (Latin-1): {text!r}")
+    return text
+
+
 def build_request(args: argparse.Namespace, defaults: Any, temporal: int, grid: int):
     from pipelines import modes
 
+    args.prompt, args.negative = _typed_text(args.prompt, "--prompt"), _typed_text(args.negative, "--negative")
     fps = args.fps if args.fps is not None else defaults.fps
     width, height = defaults.width, defaults.height
     source = args.image if args.mode == "animate" else args.video

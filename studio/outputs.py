@@ -24,16 +24,23 @@ import logging
 import os
 import re
 import shutil
+import stat
 import sys
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pipelines.request import GenerationRequest, unicode_problem
+
 log = logging.getLogger("studio.outputs")
 
 MEDIA_SUFFIXES = (".mp4", ".gif", ".png")
+MAX_SIDECAR_BYTES = 16 << 20  # ours are a few KB; more is not a sidecar this studio wrote
+MAX_SIDECAR_DEPTH = 32  # ours nest 4 deep; Gradio's JSON encoder (orjson) refuses 255
+MAX_UPLOAD_NAME_BYTES = 120
 
 
 def versions() -> dict[str, str]:
@@ -202,6 +209,64 @@ class Entry:
         return list(self.sidecar.get("parents", []))
 
 
+class BadEntry(ValueError):
+    """Why a file in the outputs folder is not listed in the history (logged, never raised to a user)."""
+
+
+def _plain(value: Any, repaired: list[str], depth: int = 0) -> Any:
+    """A parsed sidecar value as every consumer can take it, or BadEntry: nesting at most MAX_SIDECAR_DEPTH,
+    integers within 64 bits (what Gradio's JSON encoder takes), text in valid Unicode. Lone surrogates (an
+    older version wrote prompts holding them) become U+FFFD, each repaired string counted in `repaired`."""
+    if depth > MAX_SIDECAR_DEPTH:
+        raise BadEntry(f"its sidecar nests more than {MAX_SIDECAR_DEPTH} levels deep")
+    if isinstance(value, str):
+        if unicode_problem(value) is None:
+            return value
+        repaired.append(value)
+        return re.sub("[\ud800-\udfff]", "\ufffd", value)
+    if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**64:
+        raise BadEntry("its sidecar holds an integer beyond 64 bits")
+    if isinstance(value, list):
+        return [_plain(item, repaired, depth + 1) for item in value]
+    if isinstance(value, dict):
+        return {_plain(k, repaired, depth + 1): _plain(v, repaired, depth + 1) for k, v in value.items()}
+    return value
+
+
+def _check_shape(data: Any) -> None:
+    """The fields the studio reads from a sidecar, as it reads them: a valid request, a list of parent paths,
+    whole numbers for sizes and counts."""
+    if not isinstance(data, dict):
+        raise BadEntry("its sidecar is not a JSON object")
+    try:
+        GenerationRequest.from_dict(data.get("request"))
+    except (ValueError, TypeError) as error:  # TypeError: belt and braces, the request raises ValueError
+        raise BadEntry(f"its request is not valid ({str(error)[:200]})") from None
+    parents = data.get("parents", [])
+    if not isinstance(parents, list) or not all(isinstance(p, str) and p for p in parents):
+        raise BadEntry("its 'parents' is not a list of paths")
+    for key in ("bytes", "frames", "width", "height"):
+        if key in data and (not isinstance(data[key], int) or isinstance(data[key], bool)):
+            raise BadEntry(f"its {key!r} is not a whole number")
+    notes = data.get("notes", [])
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise BadEntry("its 'notes' is not a list of texts")
+
+
+def upload_name(name: str) -> str:
+    """The name an upload is kept under: the creator's own, made safe to keep and to show. Control, format
+    (bidirectional overrides, zero-width) and surrogate characters go, any space becomes a plain one, no leading
+    dot, at most MAX_UPLOAD_NAME_BYTES bytes, the suffix in lower case (the media check reads it). Markdown and
+    HTML in it stay, as they are the name; they are escaped wherever it is shown."""
+    name = unicodedata.normalize("NFC", Path(name).name)
+    name = "".join(" " if c.isspace() else c for c in name if unicodedata.category(c)[0] != "C")
+    stem, suffix = os.path.splitext(name)
+    stem, suffix = stem.strip(" .") or "upload", suffix.lower()
+    while len((stem + suffix).encode()) > MAX_UPLOAD_NAME_BYTES:
+        stem = stem[:-1]
+    return stem + suffix
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -220,6 +285,7 @@ class History:
         self.uploads.mkdir(exist_ok=True)
         (self.folder / LOCK_NAME).touch()
         self._digests: dict[tuple[str, int, int], str] = {}
+        self._reported: dict[str, tuple[str, tuple[int, int] | None]] = {}  # file -> what was logged, for which
 
     def sweep(self) -> list[Path]:
         """Delete what a crash left: `atomic_path` temporaries, and the files of an output (by this studio's
@@ -254,21 +320,43 @@ class History:
 
     def keep_upload(self, path: str | Path) -> Path:
         """Where an input file lives for good: an output or an earlier upload with the same bytes (so a
-        re-uploaded result keeps its lineage and saved latents), else a content-addressed copy in uploads/."""
+        re-uploaded result keeps its lineage and saved latents), else a copy in uploads/<content hash>/ under
+        the name it was uploaded with (Gradio's temporary copy keeps it): the folder makes the copy
+        content-addressed, the name is what notes and lineage call it. The first name given to some bytes
+        is the one kept."""
         from pipelines.video_io import atomic_path
 
         source = Path(path).resolve()
         if source.is_relative_to(self.folder):
             return source
-        digest = _sha256(source)
+        digest, size = _sha256(source), source.stat().st_size
         for entry in self.entries():
-            if entry.media.stat().st_size == source.stat().st_size and self._digest(entry.media) == digest:
-                return entry.media
-        target = self.uploads / f"{digest[:16]}{source.suffix.lower()}"
-        if not target.exists():
-            with atomic_path(target) as tmp:
-                shutil.copyfile(source, tmp)
+            try:
+                if entry.media.stat().st_size == size and self._digest(entry.media) == digest:
+                    return entry.media
+            except OSError:  # deleted since it was listed
+                continue
+        folder = self.uploads / digest[:16]
+        if folder.is_dir():
+            kept = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and not p.is_symlink()
+                          and p.is_file())
+            if kept:
+                return kept[0]
+        target = folder / upload_name(source.name)
+        with atomic_path(target, scratch=self.uploads) as tmp:  # a crash's leftover lies where sweep looks
+            shutil.copyfile(source, tmp)
         return target
+
+    def inside(self, path: str | Path) -> Path | None:
+        """`path` resolved (links followed), if it is a regular file in the outputs folder or under its
+        uploads: the only files the studio hands back to a browser. Else None."""
+        try:
+            resolved = Path(path).resolve()
+        except (OSError, RuntimeError, ValueError):
+            return None
+        if not (resolved.parent == self.folder or resolved.is_relative_to(self.uploads)) or not resolved.is_file():
+            return None
+        return resolved
 
     def _digest(self, media: Path) -> str:
         stat = media.stat()
@@ -278,11 +366,11 @@ class History:
         return self._digests[key]
 
     def entries(self) -> list[Entry]:
-        """Whole outputs, newest first: those whose sidecar parses and whose media file exists."""
+        """Whole outputs, newest first: those `read` accepts."""
         found = []
         for sidecar in self.folder.glob("*.json"):
             media = sidecar.with_suffix("")
-            if media.suffix.lower() not in MEDIA_SUFFIXES or not media.is_file():
+            if media.suffix.lower() not in MEDIA_SUFFIXES or not os.path.lexists(media):
                 continue
             entry = self.read(media)
             if entry is not None:
@@ -290,19 +378,61 @@ class History:
         return sorted(found, key=lambda e: e.media.name, reverse=True)
 
     def read(self, media: str | Path) -> Entry | None:
-        media = Path(media)
+        """The output `media` as an Entry, or None (with a log line) unless it is whole and well formed: a
+        regular file in this folder (not a link), its sidecar a regular file that parses into the shape the
+        studio reads (`_check_shape`, `_plain`) and records the file's size. The one place a sidecar is
+        checked: everything that lists, shows, reproduces or walks the history can trust an Entry."""
+        media = Path(os.path.abspath(media))
         try:
-            data = json.loads(sidecar_of(media).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            log.warning("skipping %s: unreadable sidecar (%s)", media.name, error)
+            return Entry(media, self._read(media))
+        except BadEntry as why:
+            self._report(media, f"skipping {media.name!r}: {why}")
             return None
-        if not isinstance(data, dict) or not isinstance(data.get("request"), dict):
-            return None
-        size = media.stat().st_size if media.is_file() else -1
+
+    def _read(self, media: Path) -> dict[str, Any]:
+        if media.parent != self.folder:
+            raise BadEntry("it is not in the outputs folder")
+        if unicode_problem(media.name) is not None:
+            raise BadEntry("its file name is not valid Unicode")
+        if media.is_symlink() or not media.is_file():
+            raise BadEntry("it is not a regular file (a link, a folder or missing)")
+        sidecar = sidecar_of(media)
+        try:
+            info = os.lstat(sidecar)
+            if not stat.S_ISREG(info.st_mode):
+                raise BadEntry("its sidecar is not a regular file (a link or a folder)")
+            if info.st_size > MAX_SIDECAR_BYTES:
+                raise BadEntry(f"its sidecar is {info.st_size} bytes, more than a sidecar holds")
+            data = json.loads(sidecar.read_bytes().decode("utf-8"))
+        except OSError as error:
+            raise BadEntry(f"its sidecar cannot be read ({error.strerror or error})") from None
+        except UnicodeDecodeError:
+            raise BadEntry("its sidecar is not UTF-8 text") from None
+        except RecursionError:
+            raise BadEntry("its sidecar nests too deep to read") from None
+        except ValueError as error:  # not JSON, or an integer of more digits than Python converts
+            raise BadEntry(f"its sidecar is not valid JSON ({str(error)[:120]})") from None
+        repaired: list[str] = []
+        data = _plain(data, repaired)
+        _check_shape(data)
+        size = media.stat().st_size
         if data.get("bytes", size) != size:
-            log.warning("skipping %s: %d bytes on disk, %d written", media.name, size, data["bytes"])
-            return None
-        return Entry(media.resolve(), data)
+            raise BadEntry(f"{size} bytes on disk, {data['bytes']} written (unfinished or changed)")
+        if repaired:
+            self._report(media, f"{media.name!r}: {len(repaired)} text(s) in its sidecar are not valid Unicode "
+                                "(lone surrogates); shown with U+FFFD in their place")
+        return data
+
+    def _report(self, media: Path, message: str) -> None:
+        """Log about a file once while it stays the same, not on every listing."""
+        try:
+            info = os.lstat(sidecar_of(media))
+            state = (info.st_mtime_ns, info.st_size)
+        except OSError:
+            state = None
+        if self._reported.get(str(media)) != (message, state):
+            self._reported[str(media)] = (message, state)
+            log.warning("%s", message)
 
     def lineage(self, media: str | Path) -> list[list[Entry | Path]]:
         """Generations back from `media`: [[media], [its parents], [their parents], ...]; a parent that is
@@ -322,7 +452,7 @@ class History:
                     if path in seen:
                         continue
                     seen.add(path)
-                    entry = self.read(path) if sidecar_of(path).is_file() else None
+                    entry = self.read(path) if path.parent == self.folder and sidecar_of(path).is_file() else None
                     parents.append(entry or path)
             if not parents:
                 return levels

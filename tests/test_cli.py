@@ -62,7 +62,7 @@ def test_every_mode_through_the_cli(tiny_model_dir, tmp_path, capsys):
     parents = json.loads((tmp_path / "connect.mp4.json").read_text())["parents"]
     assert parents == [str(base), str(tmp_path / "forward.mp4")]
     out = capsys.readouterr().out
-    assert "conditioned on saved latents" in out
+    assert "was continued from its saved latents" in out
     loop_meta = json.loads((tmp_path / "loop.mp4.json").read_text())
     assert loop_meta["request"]["best_of"] == 2 and len(loop_meta["joins"]) == 2  # the seam and the wrap
     assert "joins " in out and "x the median step" in out

@@ -93,7 +93,8 @@ def test_animate_holds_the_still_and_records_it_as_parent(client, tmp_path):
                                       api_name="/animate"))
     assert probe(result["output"]) == (9, 32, 32)
     parent = Path(result["sidecar"]["parents"][0])
-    assert parent.parent.name == "uploads" and np.array_equal(np.asarray(Image.open(parent)), still)
+    assert parent.parent.parent.name == "uploads" and parent.name == "still.png"  # uploads/<hash>/<its name>
+    assert np.array_equal(np.asarray(Image.open(parent)), still)
 
 
 @pytest.mark.parametrize("direction", ["forward", "backward"])
@@ -129,7 +130,7 @@ def test_loop_and_restyle_and_connect(client, base_clip, tmp_path):
                                       *SETTINGS, 0.375, 8, api_name="/connect"))
     assert probe(joined["output"]) == (9 + 3 + 9, 32, 32)
     parents = joined["sidecar"]["parents"]
-    assert parents[0] == base_clip["output"] and Path(parents[1]).parent.name == "uploads"
+    assert parents[0] == base_clip["output"] and Path(parents[1]).parent.parent.name == "uploads"
 
 
 def test_bad_input_is_a_message_not_a_traceback(client):
