@@ -11,6 +11,7 @@ import html
 import logging
 import re
 import secrets
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -165,6 +166,7 @@ class StudioApp:
         self.info = info
         self.history = engine.history
         self.presets = size_presets(info)
+        self.previews = Path(tempfile.mkdtemp(prefix="studio-previews-"))  # in the temp folder Gradio reads from
 
     # requests, one builder per tab ----------------------------------------------------------------------
     def _keep(self, value: Any, what: str) -> str:
@@ -235,25 +237,40 @@ class StudioApp:
                 # Updates at most every UPDATE_INTERVAL_S: each one costs the generation CPU time in Gradio.
                 if not state.finished and time.monotonic() - sent >= UPDATE_INTERVAL_S:
                     sent = time.monotonic()
-                    preview = state.preview if state.preview is not shown else gr.skip()
+                    preview = self._preview_file(job) if state.preview is not shown else gr.skip()
                     shown = state.preview
                     yield (_status_html(state, self.engine.ahead_of(state)), preview, gr.skip(), gr.skip(),
                            gr.skip(), gr.skip(), built.seed)
+            if job.status == "failed":
+                raise gr.Error(job.message)
+            if job.status == "cancelled":
+                yield (_status_html(job), self._preview_file(job), gr.skip(), gr.skip(),
+                       {"status": "cancelled", "step": job.step, "total": job.total}, gr.skip(), built.seed)
+                return
+            entry = job.entry
+            downloads = [str(entry.media)] + ([str(entry.media.with_suffix(".gif"))] if entry.sidecar.get("gif") else [])
+            result = {"status": "done", "output": str(entry.media), "sidecar": entry.sidecar}
+            video = str(entry.media) if entry.media.suffix == ".mp4" else None
+            yield (_status_html(job), str(entry.media) if video is None else self._preview_file(job), video,
+                   downloads, result, str(entry.media), built.seed)
         finally:
             if not job.finished:  # the browser went away or Gradio cancelled the event
                 self.engine.cancel(job_id=job.id)
-        if job.status == "failed":
-            raise gr.Error(job.message)
-        if job.status == "cancelled":
-            yield (_status_html(job), job.preview, gr.skip(), gr.skip(), {"status": "cancelled", "step": job.step,
-                                                                           "total": job.total}, gr.skip(), built.seed)
-            return
-        entry = job.entry
-        downloads = [str(entry.media)] + ([str(entry.media.with_suffix(".gif"))] if entry.sidecar.get("gif") else [])
-        result = {"status": "done", "output": str(entry.media), "sidecar": entry.sidecar}
-        video = str(entry.media) if entry.media.suffix == ".mp4" else None
-        yield (_status_html(job), str(entry.media) if video is None else job.preview, video, downloads, result,
-               str(entry.media), built.seed)
+            for sent_file in self.previews.glob(f"job{job.id}-*.png"):  # Gradio has its own copies by now
+                sent_file.unlink(missing_ok=True)
+
+    def _preview_file(self, job: Job) -> str | None:
+        """The job's preview as a file of its own. Gradio stores an image value under its content's hash,
+        rewriting that file in place each time, so two sessions showing the same preview (the same seed)
+        could each be served the other's half-written file; a file value is copied into its cache
+        atomically."""
+        from pipelines.video_io import write_png
+
+        if job.preview is None:
+            return None
+        path = self.previews / f"job{job.id}-{job.step}.png"
+        write_png(path, job.preview)
+        return str(path)
 
     def cancel(self, request: gr.Request | None = None) -> str:
         asked = self.engine.cancel(session=request.session_hash if request is not None else None)
