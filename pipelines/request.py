@@ -21,6 +21,9 @@ ITEM_OUTPUTS = ("window", "source", "omit")
 REQUEST_FORMAT = 1
 MAX_SEED = 2**64 - 1
 MAX_BEST_OF = 16
+# The text encoders read at most max_sequence_length tokens (512 for Wan's umT5, about 2,000 characters of
+# English) and drop the rest, so a longer prompt only costs tokenising and sidecar space.
+MAX_PROMPT_CHARS = 4000
 
 
 def _is_int(value: Any) -> bool:
@@ -132,6 +135,11 @@ class GenerationRequest:
         _require(isinstance(self.prompt, str) and self.prompt.strip() != "", "prompt", self.prompt,
                  "a non-empty text describing the video")
         _require(isinstance(self.negative_prompt, str), "negative_prompt", self.negative_prompt, "a text (may be empty)")
+        for name in ("prompt", "negative_prompt"):
+            text = getattr(self, name)
+            if len(text) > MAX_PROMPT_CHARS:  # not _require: the message must not repeat the text
+                raise ValueError(f"{name} is {len(text):,} characters long: at most {MAX_PROMPT_CHARS:,} (the text "
+                                 "encoder reads only the first few hundred words)")
         _require(self.mode in MODES, "mode", self.mode, f"one of {', '.join(MODES)}")
         for name in ("width", "height"):
             value = getattr(self, name)
