@@ -496,7 +496,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                         extra["t2v"] = {"one_frame": one_frame, "image_first": image_first}
                         t2v_go = gr.Button("Generate", variant="primary", elem_id="t2v-generate")
                     with gr.Tab(TABS["animate"], id="animate"):
-                        image = ImageFile(label="Still (becomes the first frame)", height=200)
+                        image = ImageFile(label="Still (becomes the first frame)", type="filepath", height=200)
                         c = shared("animate", True, seconds_default)
                         fitted_view(image, c.size)
                         extra["animate"] = {"image": image}

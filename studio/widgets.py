@@ -51,14 +51,16 @@ class ImageFile(_Undecoded, gr.Image):
 
     what = "The image"
 
-    def __init__(self, **kwargs: Any):
-        super().__init__(type="filepath", **kwargs)
-
-    def get_block_name(self) -> str:  # the browser's Image component
+    # The browser's own Image component draws it (not a custom component of this name).
+    def get_block_name(self) -> str:
         return "image"
 
     def get_block_class(self) -> str:
         return "image"
+
+    @classmethod
+    def get_component_class_id(cls) -> str:
+        return gr.Image.get_component_class_id()
 
     def preprocess(self, payload) -> str | None:
         if payload is None:
@@ -73,11 +75,15 @@ class VideoFile(_Undecoded, gr.Video):
 
     what = "The clip"
 
-    def get_block_name(self) -> str:  # the browser's Video component
+    def get_block_name(self) -> str:  # the browser's own Video component
         return "video"
 
     def get_block_class(self) -> str:
         return "video"
+
+    @classmethod
+    def get_component_class_id(cls) -> str:
+        return gr.Video.get_component_class_id()
 
     def preprocess(self, payload) -> str | None:
         path = super().preprocess(payload)
