@@ -167,3 +167,44 @@ def test_numbers_are_validated_not_coerced(studio, tmp_path):
     # -1, and only -1, means a random seed
     done = client.predict(*with_(2, -1), api_name="/t2v")
     assert done[4]["status"] == "done" and 0 <= done[4]["sidecar"]["request"]["seed"] < 2**31
+
+
+def test_requests_are_checked_and_kept_a_few_at_a_time(tmp_path):
+    """However many requests arrive at once, at most BUILDING_AT_ONCE check headers and copy uploads together."""
+    import threading
+
+    import gradio as gr
+
+    from studio.app import BUILDING_AT_ONCE, ModelInfo, StudioApp
+    from studio.engine import Engine
+    from studio.outputs import History
+
+    app = StudioApp(Engine(None, History(tmp_path)), ModelInfo("tiny", 32, 32, 9, 8.0, 2, 4.0, 16, 4))
+    lock, inside, most = threading.Lock(), [0], [0]
+    everyone_in = threading.Event()
+
+    def build():  # stands in for the checks and the copy; refuses, so that nothing reaches the engine
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+            if inside[0] == BUILDING_AT_ONCE + 1:
+                everyone_in.set()
+        everyone_in.wait(2)  # the bound holds them out: this gives up, and they enter two by two
+        with lock:
+            inside[0] -= 1
+        raise ValueError("refused")
+
+    errors = []
+
+    def request():
+        try:
+            list(app.stream(build, (), None))
+        except gr.Error as error:
+            errors.append(error.message)
+
+    threads = [threading.Thread(target=request) for _ in range(BUILDING_AT_ONCE + 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == ["refused"] * (BUILDING_AT_ONCE + 1) and most[0] == BUILDING_AT_ONCE
