@@ -41,6 +41,9 @@ class ModelDefaults:
     conditioning_strategy: str = "replace"
     max_sequence_length: int = 512
     image_first: bool = False  # text-to-video samples its first frame alone, then the clip (see generate)
+    # The most latent tokens (the DiT's patches over width, height and time) one request may have; None:
+    # LATENT_TOKEN_FACTOR times those of the default size and length (see VideoPipeline.check_request).
+    max_latent_tokens: int | None = None
 
     def guidance_for(self, mode: str) -> float:
         """The default guidance scale of a request of `mode`."""

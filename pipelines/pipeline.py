@@ -48,6 +48,11 @@ from pipelines.video_io import read_media
 # Saved latents decoded before a chained window: enough for the causal decoder's state to settle (its
 # temporal receptive field is a few latents), bounded so that long chains do not decode their whole past.
 DECODER_WARMUP_LATENTS = 16
+# Requests may have at most this many times the latent tokens of the model's default size and length (unless
+# its studio.json says max_latent_tokens): room for the UI's largest presets (1.5x the sides) at its longest
+# duration (10 s) at the default frame rate on every registered model (4.4x to 9.5x), while refusing what
+# runs for many minutes between two chances to cancel (a 4096x4096 frame on the embedded model is 205x).
+LATENT_TOKEN_FACTOR = 16
 
 
 @dataclass
@@ -179,9 +184,31 @@ class VideoPipeline:
                    defaults=read_defaults(folder, registry_defaults), device=device, low_vram=low_vram)
 
     # ---- model-dependent validation ---------------------------------------------------------------------
+    def latent_tokens(self, width: int, height: int, num_frames: int) -> int:
+        """How many tokens the DiT attends over for a window of this size: the work of one step grows with it."""
+        pt, ph, pw = self.patch_size
+        latent_frames = (num_frames - 1) // self.temporal + 1
+        return -(-latent_frames // pt) * (height // (self.spatial * ph)) * (width // (self.spatial * pw))
+
+    @property
+    def max_latent_tokens(self) -> int:
+        """The most tokens a request may have: the model's own figure (studio.json), else LATENT_TOKEN_FACTOR
+        times those of its default size and length."""
+        d = self.defaults
+        return d.max_latent_tokens or LATENT_TOKEN_FACTOR * self.latent_tokens(d.width, d.height, d.num_frames)
+
     def check_request(self, request: GenerationRequest) -> None:
         """Raise ValueError for what this model cannot take (the request checked the rest)."""
         check_grid(request, self.grid, self.temporal)
+        tokens, most = self.latent_tokens(request.width, request.height, request.num_frames), self.max_latent_tokens
+        if tokens > most:
+            d = self.defaults
+            usual = self.latent_tokens(d.width, d.height, d.num_frames)
+            frames = f"{request.num_frames} frame{'s' * (request.num_frames != 1)}"
+            raise ValueError(f"{request.width}x{request.height} at {frames} is more than this model "
+                             f"takes at once: {tokens:,} latent tokens, at most {most:,} (its default, "
+                             f"{d.width}x{d.height} at {d.num_frames} frames, is "
+                             f"{usual:,}); lower the size or the length")
         # Wan's rotary embedding has `rope_max_seq_len` positions per axis (1024 in Wan's checkpoints); past
         # them diffusers fails with a reshape error that names no setting.
         positions = getattr(self.transformer.config, "rope_max_seq_len", None)

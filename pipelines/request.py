@@ -21,6 +21,9 @@ ITEM_OUTPUTS = ("window", "source", "omit")
 REQUEST_FORMAT = 1
 MAX_SEED = 2**64 - 1
 MAX_BEST_OF = 16
+# The text encoders read at most max_sequence_length tokens (512 for Wan's umT5, about 2,000 characters of
+# English) and drop the rest, so a longer prompt only costs tokenising and sidecar space.
+MAX_PROMPT_CHARS = 4000
 
 
 def _is_int(value: Any) -> bool:
@@ -145,6 +148,11 @@ class GenerationRequest:
 
         if isinstance(self.conditioning, list):
             object.__setattr__(self, "conditioning", tuple(self.conditioning))
+        for name in ("prompt", "negative_prompt"):
+            text = getattr(self, name)
+            if isinstance(text, str) and len(text) > MAX_PROMPT_CHARS:  # not _require: the message must not repeat it
+                raise ValueError(f"{name} is {len(text):,} characters long: at most {MAX_PROMPT_CHARS:,} (the text "
+                                 "encoder reads only the first few hundred words)")
         _require_text(self.prompt, "prompt", "a non-empty text describing the video")
         _require(self.prompt.strip() != "", "prompt", self.prompt, "a non-empty text describing the video")
         _require_text(self.negative_prompt, "negative_prompt", "a text (may be empty)")

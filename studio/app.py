@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import re
 import secrets
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,15 +24,17 @@ import gradio as gr
 
 from pipelines import modes
 from pipelines.media_check import check_media
-from pipelines.request import GenerationRequest, default_guidance
+from pipelines.request import MAX_BEST_OF, MAX_SEED, GenerationRequest, default_guidance
 from pipelines.samplers import SAMPLERS
 from studio.engine import Engine, Job, QueueFull
 from studio.outputs import Entry
+from studio.widgets import ImageFile, VideoFile
 
 log = logging.getLogger("studio.app")
 
 MATCH_INPUT = "match the input"
 UPDATE_INTERVAL_S = 0.3  # progress updates to the page
+BUILDING_AT_ONCE = 2  # requests whose inputs are checked and kept at the same time (see StudioApp.stream)
 CANDIDATES = [1, 2, 4, 8]  # best_of choices for joins: each candidate costs a whole generation
 CANDIDATES_LABEL = "Candidates (keeps the smoothest join)"
 RATIOS = (("16:9", 16 / 9), ("1:1", 1.0), ("9:16", 9 / 16), ("4:3", 4 / 3), ("3:4", 3 / 4))
@@ -139,14 +143,57 @@ class Controls:
         return found + ([self.seconds] if self.seconds is not None else []) + [self.fps]
 
 
+def _number(value: Any, field: str, valid: str, whole: bool = False) -> Any:
+    """A widget's value as the number it is, never rounded: a gr.Error naming the field and what is valid
+    for anything else (empty, NaN, text, 2.7 where a whole number is needed)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise gr.Error(f"{field} is empty: enter {valid}")
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise gr.Error(f"{field} {value!r} is not valid: {valid}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (isinstance(value, float) and not math.isfinite(value)) or \
+            (whole and isinstance(value, float) and not value.is_integer()):
+        raise gr.Error(f"{field} {value!r} is not valid: {valid}")
+    return int(value) if whole else float(value)
+
+
 def _settings(negative: str, seed: float | None, steps: float, guidance: float, sampler: str,
               size: tuple[int, int]) -> dict[str, Any]:
-    if seed is None or seed < 0:
+    valid_seed = f"a whole number from 0 to {MAX_SEED}, or -1 for a random one"
+    seed = _number(seed, "Seed", valid_seed, whole=True)
+    if seed == -1:  # the one value that means "pick one"
         seed = secrets.randbelow(2**31)
-    if seed != int(seed):
-        raise gr.Error(f"seed {seed} is not valid: a whole number (or -1 for a random one)")
-    return dict(negative_prompt=negative or "", seed=int(seed), steps=int(steps), guidance_scale=float(guidance),
-                sampler=sampler, width=size[0], height=size[1])
+    if not 0 <= seed <= MAX_SEED:
+        raise gr.Error(f"Seed {seed} is not valid: {valid_seed}")
+    steps = _number(steps, "Steps", "a whole number from 1 to 100", whole=True)
+    return dict(negative_prompt=negative or "", seed=seed, steps=steps,
+                guidance_scale=_number(guidance, "Guidance", "a number from 0 to 15"), sampler=sampler,
+                width=size[0], height=size[1])
+
+
+def _fps(value: Any) -> float:
+    return _number(value, "Frames per second", "a number from 1 to 60")
+
+
+def _seconds(value: Any, field: str = "Duration") -> float:
+    seconds = _number(value, field, "a number of seconds from 0.25 to 10")
+    if seconds <= 0:
+        raise gr.Error(f"{field} {seconds:g} is not valid: a number of seconds from 0.25 to 10")
+    return seconds
+
+
+def _candidates(value: Any) -> int:
+    return _number(value, "Candidates", f"a whole number from 1 to {MAX_BEST_OF}", whole=True)
+
+
+def _context(value: Any) -> int:
+    return _number(value, "Context frames", "one of the counts listed", whole=True)
 
 
 def _media(value: Any, what: str) -> str:
@@ -167,6 +214,7 @@ class StudioApp:
         self.history = engine.history
         self.presets = size_presets(info)
         self.previews = Path(tempfile.mkdtemp(prefix="studio-previews-"))  # in the temp folder Gradio reads from
+        self._building = threading.BoundedSemaphore(BUILDING_AT_ONCE)
 
     # requests, one builder per tab ----------------------------------------------------------------------
     def _keep(self, value: Any, what: str) -> str:
@@ -179,25 +227,25 @@ class StudioApp:
                     image_first=None):
         settings = _settings(negative, seed, steps, guidance, sampler, _size_for(size, None, self.info))
         if one_frame:
-            return modes.text_to_image(prompt, fps=float(fps), **settings)
-        frames = modes.frames_for_seconds(float(seconds), float(fps), "window", self.info.temporal)
+            return modes.text_to_image(prompt, fps=_fps(fps), **settings)
+        frames = modes.frames_for_seconds(_seconds(seconds), _fps(fps), "window", self.info.temporal)
         image_first = None if image_first is None or frames == 1 else bool(image_first)
-        return modes.text_to_video(prompt, num_frames=frames, fps=float(fps), image_first=image_first, **settings)
+        return modes.text_to_video(prompt, num_frames=frames, fps=_fps(fps), image_first=image_first, **settings)
 
     def request_animate(self, image, prompt, negative, seed, steps, guidance, sampler, size, seconds, fps):
         image = self._keep(image, "an image to animate")
         settings = _settings(negative, seed, steps, guidance, sampler, _size_for(size, image, self.info))
-        frames = modes.frames_for_seconds(float(seconds), float(fps), "window", self.info.temporal)
-        return modes.animate(image, prompt, num_frames=frames, fps=float(fps), **settings)
+        frames = modes.frames_for_seconds(_seconds(seconds), _fps(fps), "window", self.info.temporal)
+        return modes.animate(image, prompt, num_frames=frames, fps=_fps(fps), **settings)
 
     def request_extend(self, video, direction, context, make_loop, candidates, prompt, negative, seed, steps, guidance,
                        sampler, size, seconds, fps):
         video = self._keep(video, "a clip to extend")
         settings = _settings(negative, seed, steps, guidance, sampler, _size_for(size, video, self.info))
         kind = "loop" if make_loop else "extend"
-        new = modes.frames_for_seconds(float(seconds), float(fps), kind, self.info.temporal)
-        common = dict(context_frames=int(context), temporal=self.info.temporal, fps=float(fps),
-                      best_of=int(candidates), **settings)
+        new = modes.frames_for_seconds(_seconds(seconds), _fps(fps), kind, self.info.temporal)
+        common = dict(context_frames=_context(context), temporal=self.info.temporal, fps=_fps(fps),
+                      best_of=_candidates(candidates), **settings)
         if make_loop:
             return modes.loop(video, prompt, new, **common)
         return modes.extend(video, prompt, new, direction=direction, **common)
@@ -205,24 +253,29 @@ class StudioApp:
     def request_restyle(self, video, strength, prompt, negative, seed, steps, guidance, sampler, size, fps):
         video = self._keep(video, "a clip to restyle")
         settings = _settings(negative, seed, steps, guidance, sampler, _size_for(size, video, self.info))
-        return modes.restyle(video, prompt, strength=float(strength), temporal=self.info.temporal, fps=float(fps),
-                             **settings)
+        strength = _number(strength, "Strength", "a number from 0.05 to 1")
+        return modes.restyle(video, prompt, strength=strength, temporal=self.info.temporal, fps=_fps(fps), **settings)
 
     def request_connect(self, clip_a, clip_b, context, candidates, prompt, negative, seed, steps, guidance, sampler,
                         size, seconds, fps):
         clip_a, clip_b = self._keep(clip_a, "clip A"), self._keep(clip_b, "clip B")
         settings = _settings(negative, seed, steps, guidance, sampler, _size_for(size, clip_a, self.info))
-        new = modes.frames_for_seconds(float(seconds), float(fps), "connect", self.info.temporal)
-        return modes.connect(clip_a, clip_b, prompt, new, context_frames=int(context), temporal=self.info.temporal,
-                             fps=float(fps), best_of=int(candidates), **settings)
+        new = modes.frames_for_seconds(_seconds(seconds), _fps(fps), "connect", self.info.temporal)
+        return modes.connect(clip_a, clip_b, prompt, new, context_frames=_context(context), temporal=self.info.temporal,
+                             fps=_fps(fps), best_of=_candidates(candidates), **settings)
 
     # running -------------------------------------------------------------------------------------------
     def stream(self, build, args: tuple, request: gr.Request | None) -> Iterator[tuple]:
         """Build the request (errors become a message), run it, and yield
         (status, preview, video, downloads, result, last output, last seed) as it goes."""
         try:
-            built: GenerationRequest = build(*args)
-            self.engine.pipe.check_request(built)
+            # Header checks and upload copies, a few at a time however many requests arrive at once (the
+            # widgets decode nothing, so this is all the work a request costs before the engine's queue).
+            with self._building:
+                built: GenerationRequest = build(*args)
+                self.engine.pipe.check_request(built)
+        except gr.Error:  # already the sentence for the user (gr.Error is a ValueError: str() would quote it)
+            raise
         except ValueError as error:
             raise gr.Error(str(error)) from None
         session = request.session_hash if request is not None else ""
@@ -273,7 +326,9 @@ class StudioApp:
         return str(path)
 
     def cancel(self, request: gr.Request | None = None) -> str:
-        asked = self.engine.cancel(session=request.session_hash if request is not None else None)
+        session = request.session_hash if request is not None else None
+        # A caller without a session (a raw API call) has no jobs of its own: it cancels nothing.
+        asked = self.engine.cancel(session=session) if session else 0
         return "Cancelling after the current step..." if asked else "Nothing is running."
 
     # send to -------------------------------------------------------------------------------------------
@@ -450,7 +505,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                     w.change(lambda s, f: length_text(s, f, kind, info), [seconds_w, fps], frames_note, queue=False,
                              api_visibility="private")
             with gr.Row():
-                seed = gr.Number(value=-1, label="Seed (-1: random)", precision=0, elem_id=f"{tab}-seed")
+                seed = gr.Number(value=-1, label="Seed (-1: random)", elem_id=f"{tab}-seed")  # no precision: it would round
                 gr.Button("Random", size="sm", scale=0).click(lambda: -1, None, seed, queue=False,
                                                                              api_visibility="private")
                 gr.Button("Reuse last", size="sm", scale=0).click(
@@ -484,13 +539,13 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                         extra["t2v"] = {"one_frame": one_frame, "image_first": image_first}
                         t2v_go = gr.Button("Generate", variant="primary", elem_id="t2v-generate")
                     with gr.Tab(TABS["animate"], id="animate"):
-                        image = gr.Image(label="Still (becomes the first frame)", type="filepath", height=200)
+                        image = ImageFile(label="Still (becomes the first frame)", type="filepath", height=200)
                         c = shared("animate", True, seconds_default)
                         fitted_view(image, c.size)
                         extra["animate"] = {"image": image}
                         animate_go = gr.Button("Animate", variant="primary", elem_id="animate-generate")
                     with gr.Tab(TABS["extend"], id="extend"):
-                        ext_video = gr.Video(label="Clip", format=None, height=200)
+                        ext_video = VideoFile(label="Clip", format=None, height=200)
                         with gr.Row():
                             direction = gr.Radio(["forward", "backward"], value="forward", label="Direction")
                             context = gr.Dropdown([1, 5, 9, 13, 17], value=9, label="Context frames the model sees")
@@ -503,7 +558,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                                            "loop": make_loop, "candidates": ext_candidates}
                         extend_go = gr.Button("Extend", variant="primary", elem_id="extend-generate")
                     with gr.Tab(TABS["restyle"], id="restyle"):
-                        rs_video = gr.Video(label="Footage", format=None, height=200)
+                        rs_video = VideoFile(label="Footage", format=None, height=200)
                         strength = gr.Slider(0.05, 1.0, value=0.7, step=0.05,
                                              label="Strength (how far the footage is noised before repainting)")
                         c = shared("restyle", True, None)
@@ -512,8 +567,8 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                         restyle_go = gr.Button("Restyle", variant="primary", elem_id="restyle-generate")
                     with gr.Tab(TABS["connect"], id="connect"):
                         with gr.Row():
-                            clip_a = gr.Video(label="Clip A (before)", format=None, height=180)
-                            clip_b = gr.Video(label="Clip B (after)", format=None, height=180)
+                            clip_a = VideoFile(label="Clip A (before)", format=None, height=180)
+                            clip_b = VideoFile(label="Clip B (after)", format=None, height=180)
                         with gr.Row():
                             cn_context = gr.Dropdown([5, 9, 13, 17], value=9, label="Context frames of each clip")
                             cn_candidates = gr.Dropdown(CANDIDATES, value=1, label=CANDIDATES_LABEL,

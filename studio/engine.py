@@ -110,11 +110,14 @@ class Engine:
             return sum(other < job.id for other in self._jobs)
 
     def cancel(self, session: str | None = None, job_id: int | None = None) -> int:
-        """Ask the session's (or one) unfinished jobs to stop; they stop after the current step. Returns how
-        many were asked."""
+        """Ask a session's unfinished jobs (or the one job `job_id`, of that session when one is given) to
+        stop; they stop after the current step. Returns how many were asked. With neither, none is asked:
+        leaving the session out must never reach other people's jobs."""
+        if not session and job_id is None:
+            return 0
         with self._registry:
             chosen = [j for j in self._jobs.values() if not j.finished and
-                      (job_id is None or j.id == job_id) and (session is None or j.session == session)]
+                      (job_id is None or j.id == job_id) and (not session or j.session == session)]
         for job in chosen:
             job.cancel.set()
             job._notify()

@@ -49,8 +49,10 @@ def ti2v(ti2v_components) -> VideoPipeline:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, wan21_components) -> Path:
     folder = tmp_path_factory.mktemp("models") / "tiny-wan"
+    # max_latent_tokens: the tiny model's default (32x32x9, 12 tokens) is far smaller than the runs that must
+    # outlast a Cancel (test_browser: 96x96 at 121 frames, 1116 tokens), so it states its own budget.
     studio = {"width": 32, "height": 32, "num_frames": 9, "fps": 8.0, "steps": 2, "guidance_scale": 4.0,
-              "join_guidance_scale": 1.5, "max_sequence_length": 16}
+              "join_guidance_scale": 1.5, "max_sequence_length": 16, "max_latent_tokens": 1200}
     return save_diffusers_folder(wan21_components, folder, studio)
 
 

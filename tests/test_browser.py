@@ -106,3 +106,28 @@ def test_generate_play_cancel_and_screenshot(browser, studio_url):
     step = int(text.split("cancelled at step ")[1].split(" ")[0])
     assert step < 100
     browser.save_screenshot(str(screenshots / "studio-cancelled.png"))
+
+
+def test_animate_and_extend_from_files_uploaded_in_the_page(browser, studio_url, tmp_path):
+    """The upload widgets (studio/widgets.py) render as Gradio's own Image and Video and take a file."""
+    from conftest import moving_square
+    from pipelines.video_io import write_mp4, write_png
+
+    write_png(tmp_path / "still.png", moving_square(1, 48, 32)[0])
+    write_mp4(tmp_path / "clip.mp4", moving_square(9), 8)
+    wait = WebDriverWait(browser, 120)
+    browser.get(studio_url)
+    for tab, upload, name in (("Animate Image", tmp_path / "still.png", "animate"),
+                              ("Extend & Loop", tmp_path / "clip.mp4", "extend")):
+        wait.until(lambda d: any(b.text == tab for b in d.find_elements(By.CSS_SELECTOR, "button[role=tab]")))
+        next(b for b in browser.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text == tab).click()
+        field = wait.until(lambda d: [i for panel in d.find_elements(By.CSS_SELECTOR, "[role=tabpanel]")
+                                      if panel.is_displayed()
+                                      for i in panel.find_elements(By.CSS_SELECTOR, "input[type=file]")])
+        field[0].send_keys(str(upload))  # the tab's first upload: the still, the clip
+        wait.until(lambda d: any(e.is_displayed() for e in  # the server read it and shows it fitted
+                                 d.find_elements(By.XPATH, "//*[contains(text(), 'The model sees it at')]")))
+        browser.find_element(By.CSS_SELECTOR, f"#{name}-prompt textarea").send_keys("a square moves")
+        before = status_text(browser)  # "Ready.", then the animation's "Done in ...: 9 frames", unlike extend's
+        browser.find_element(By.CSS_SELECTOR, f"#{name}-generate").click()
+        wait.until(lambda d: "Done in" in status_text(d) and status_text(d) != before)

@@ -1,0 +1,90 @@
+"""Upload widgets that hand the studio the uploaded file itself, undecoded.
+
+Gradio's own input handling runs before any handler: `gr.Image` opens the file with Pillow (so a text file
+named .png fails with Gradio's raw "Could not preprocess input component" message) and decodes a `data:`
+URL given in place of a file, whatever its size, before `--max-upload` or the studio's 50 MP check; a file
+whose path is an http(s) URL is downloaded. These widgets take only files uploaded to this server and pass
+their paths on, so that every input reaches `pipelines.media_check` as a file, whose headers are checked
+before anything decodes it. The browser shows them as Gradio's own Image and Video.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from gradio import utils
+
+NOT_A_FILE = "{what} must be sent as a file uploaded to the studio; links and data: URLs are not accepted"
+
+
+def _local(path: Any, what: str, cache: str) -> str:
+    """The path of a file uploaded to this server, or a gr.Error saying what to send instead."""
+    if not isinstance(path, str) or not path:
+        raise gr.Error(f"{what} arrived without its file; upload it again")
+    if path.startswith(("http://", "https://", "data:")) or "://" in path:
+        raise gr.Error(NOT_A_FILE.format(what=what))
+    if not utils.is_in_or_equal(path, cache):
+        raise gr.Error(f"{what} ({Path(path).name}) was not uploaded to the studio; upload the file")
+    return path
+
+
+class _Undecoded:
+    """Refuses remote files before Gradio downloads them (its cache step runs before `preprocess`)."""
+
+    what = "The file"
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path):
+        if isinstance(url_or_file_path, str) and "://" in url_or_file_path:
+            raise gr.Error(NOT_A_FILE.format(what=self.what))
+        return await super().async_move_resource_to_block_cache(url_or_file_path)
+
+    def move_resource_to_block_cache(self, url_or_file_path):
+        if isinstance(url_or_file_path, str) and "://" in url_or_file_path:
+            raise gr.Error(NOT_A_FILE.format(what=self.what))
+        return super().move_resource_to_block_cache(url_or_file_path)
+
+
+class ImageFile(_Undecoded, gr.Image):
+    """`gr.Image` whose value is the uploaded file's path; the picture is never opened here."""
+
+    what = "The image"
+
+    # The browser's own Image component draws it (not a custom component of this name).
+    def get_block_name(self) -> str:
+        return "image"
+
+    def get_block_class(self) -> str:
+        return "image"
+
+    @classmethod
+    def get_component_class_id(cls) -> str:
+        return gr.Image.get_component_class_id()
+
+    def preprocess(self, payload) -> str | None:
+        if payload is None:
+            return None
+        if payload.url and payload.url.startswith("data:"):
+            raise gr.Error(NOT_A_FILE.format(what=self.what))
+        return _local(payload.path, self.what, self.GRADIO_CACHE)
+
+
+class VideoFile(_Undecoded, gr.Video):
+    """`gr.Video` that takes only uploaded files (never a link); it already passes the path undecoded."""
+
+    what = "The clip"
+
+    def get_block_name(self) -> str:  # the browser's own Video component
+        return "video"
+
+    def get_block_class(self) -> str:
+        return "video"
+
+    @classmethod
+    def get_component_class_id(cls) -> str:
+        return gr.Video.get_component_class_id()
+
+    def preprocess(self, payload) -> str | None:
+        path = super().preprocess(payload)
+        return None if path is None else _local(path, self.what, self.GRADIO_CACHE)
