@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -88,11 +89,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---- from arguments to a request ------------------------------------------------------------------------
 def _require_file(path: str | None, flag: str, mode: str) -> str:
+    """The input's absolute path: the sidecar records it, and `reproduce` may run from another folder."""
     if not path:
         raise UsageError(f"{mode} needs {flag}")
     if not Path(path).exists():
         raise UsageError(f"{flag} {path!r} does not exist")
-    return path
+    return str(Path(path).absolute())
+
+
+def writable_folder(folder: Path) -> str | None:
+    """Why files cannot be written into `folder` (created when missing), or None when they can."""
+    existing = folder
+    while not existing.exists():  # the folder is made at write time: its nearest existing ancestor decides
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{str(existing)!r} is a file, not a folder"
+    try:  # a real write: permission bits do not tell (root may write anywhere but /proc, a read-only mount)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=existing)
+    except OSError as error:
+        return f"{str(existing)!r} is not writable ({error.strerror or error})"
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
+def check_out_paths(out: Path, frames_out: str | None) -> None:
+    """Refuse an --out or --frames-out that cannot be written, before the model loads (a failed write after
+    a generation loses it)."""
+    if out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a folder: give a file name ending in .mp4, .gif or .png")
+    problem = writable_folder(out.parent)
+    if problem:
+        raise UsageError(f"--out {str(out)!r} cannot be written: {problem}")
+    if frames_out is not None:
+        folder = Path(frames_out)
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"--frames-out {frames_out!r} is a file: give a folder for the PNG frames")
+        problem = writable_folder(folder)
+        if problem:
+            raise UsageError(f"--frames-out {frames_out!r} cannot be written: {problem}")
 
 
 def _frames(args: argparse.Namespace, mode_kind: str, fps: float, temporal: int, default: int) -> int:
@@ -194,7 +231,23 @@ def _reproduced(args: argparse.Namespace):
         raise UsageError(f"--request {path!r} is not a readable JSON sidecar ({error})") from None
     if not isinstance(data, dict) or "request" not in data:
         raise UsageError(f"--request {path!r} holds no 'request': pass the .json written beside an output")
-    return GenerationRequest.from_dict(data["request"]), data.get("model")
+    request = GenerationRequest.from_dict(data["request"])
+    return _sources_beside(request, Path(path).absolute().parent), data.get("model")
+
+
+def _sources_beside(request: Any, folder: Path) -> Any:
+    """Older sidecars recorded sources as given, relative to the folder the CLI ran in: a relative source
+    that is not found from here is looked for relative to the sidecar's folder (where outputs usually sit)."""
+    import dataclasses
+
+    def found(source: str) -> str:
+        if Path(source).is_absolute() or Path(source).exists() or not (folder / source).exists():
+            return source
+        return str(folder / source)
+
+    items = tuple(dataclasses.replace(item, source=found(item.source)) for item in request.conditioning)
+    init = found(request.init_video) if request.init_video else request.init_video
+    return request.replace(conditioning=items, init_video=init)
 
 
 def _check_device(device: str | None) -> None:
@@ -252,6 +305,7 @@ def run(argv: list[str]) -> int:
     if args.mode != "reproduce":
         built = build_request(args, defaults, geometry.temporal, geometry.grid)
     out = Path(args.out) if args.out else Path("outputs") / f"{datetime.now():%Y%m%d-%H%M%S}-{args.mode}.mp4"
+    check_out_paths(out, args.frames_out)
     if out.suffix.lower() not in (".mp4", ".gif", ".png"):
         raise UsageError(f"--out {str(out)!r} is not valid: a .mp4, .gif or .png file")
     if out.suffix.lower() == ".png" and getattr(built, "mode", args.mode) != "image":

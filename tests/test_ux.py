@@ -46,3 +46,98 @@ def test_two_identical_requests_give_identical_mp4s(wan21, tmp_path):
         paths.append(tmp_path / name)
     assert _digest(paths[0]) == _digest(paths[1])
     assert np.array_equal(read_video(paths[0], 8.0), read_video(paths[1], 8.0))
+
+
+# ---- 18: the CLI and the server refuse a bad invocation before loading the model -----------------------
+def _one_line_error(capsys) -> tuple[str, str]:
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, captured.err
+    return err, captured.out
+
+
+@pytest.mark.parametrize("out, frames_out, message", [
+    ("{tmp}", None, "--out .* is a folder: give a file name"),
+    ("{tmp}/folder.mp4", None, "--out .*folder.mp4' is a folder: give a file name"),
+    ("/proc/x.png", None, "--out '/proc/x.png' cannot be written: '/proc' is not writable \\("),
+    ("{tmp}/afile/sub/x.mp4", None, "cannot be written: .*afile' is a file, not a folder"),
+    ("{tmp}/x.mp4", "{tmp}/afile", "--frames-out .*afile' is a file: give a folder"),
+])
+def test_cli_refuses_an_unwritable_out_before_loading(tiny_model_dir, tmp_path, capsys, out, frames_out, message):
+    import re
+
+    from studio.cli import main
+
+    (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "folder.mp4").mkdir()
+    mode = "image" if out.endswith(".png") else "t2v"
+    args = [mode, "--model", str(tiny_model_dir), "--prompt", "a ball", "--quiet", "--seed", "1",
+            "--out", out.replace("{tmp}", str(tmp_path))]
+    if frames_out:
+        args += ["--frames-out", frames_out.replace("{tmp}", str(tmp_path))]
+    assert main(args) == 2
+    err, out_text = _one_line_error(capsys)
+    assert re.search(message, err), err
+    assert "loaded" not in out_text  # refused before the weights were read
+    assert not [p for p in tmp_path.glob("*.mp4*") if p.is_file()] and (tmp_path / "afile").read_text() == "not a folder"
+
+
+@pytest.fixture
+def busy_port():
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server.getsockname()[1]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--port", "99999"], "--port 99999 is not valid: a port number from 1 to 65535"),
+    (["--port", "{busy}"], "--port {busy} on 127.0.0.1 cannot be used .*pick another --port"),
+    (["--outputs", "{tmp}/afile"], "--outputs .*afile' is a file: give a folder"),
+    (["--max-upload", "lots"], "--max-upload 'lots' is not valid: a whole number and a unit, e.g. 500MB"),
+    (["--auth", "nopassword"], "--auth must be user:password"),
+])
+def test_server_refuses_bad_arguments_before_loading(tiny_model_dir, tmp_path, capsys, caplog, busy_port, flags,
+                                                     message):
+    import re
+
+    from studio.serve import main
+
+    (tmp_path / "afile").write_text("not a folder")
+    flags = [f.replace("{tmp}", str(tmp_path)).replace("{busy}", str(busy_port)) for f in flags]
+    defaults = {"--outputs": str(tmp_path / "out"), "--port": str(busy_port + 1 if busy_port < 65535 else 1024)}
+    for flag, value in defaults.items():
+        if flag not in flags:
+            flags += [flag, value]
+    with caplog.at_level("INFO"):
+        assert main(["--model", str(tiny_model_dir), *flags]) == 2
+    err, _ = _one_line_error(capsys)
+    assert re.search(message.replace("{busy}", str(busy_port)), err), err
+    assert "loaded" not in caplog.text  # refused before the weights were read
+    assert (tmp_path / "afile").read_text() == "not a folder"
+
+
+def test_sidecars_record_absolute_sources_and_reproduce_runs_from_anywhere(tiny_model_dir, tmp_path, monkeypatch):
+    import json
+
+    from studio.cli import main
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    common = ["--model", str(tiny_model_dir), "--prompt", "a ball", "--quiet", "--seed", "2"]
+    assert main(["t2v", *common, "--frames", "9", "--out", "base.mp4"]) == 0
+    assert main(["extend", *common, "--video", "base.mp4", "--frames", "4", "--out", "more.mp4"]) == 0
+    sidecar = json.loads((work / "more.mp4.json").read_text())
+    assert sidecar["request"]["conditioning"][0]["source"] == str(work / "base.mp4")
+    assert sidecar["parents"] == [str(work / "base.mp4")]
+
+    # An older sidecar recorded the source as it was typed: reproduce finds it beside the sidecar.
+    sidecar["request"]["conditioning"][0]["source"] = "base.mp4"
+    (work / "old.mp4.json").write_text(json.dumps(sidecar))
+    monkeypatch.chdir(elsewhere)
+    for name in ("more", "old"):
+        assert main(["reproduce", "--request", str(work / f"{name}.mp4.json"), "--quiet",
+                     "--out", f"{name}-again.mp4"]) == 0, name
+        assert np.array_equal(read_video(elsewhere / f"{name}-again.mp4", 8.0), read_video(work / "more.mp4", 8.0))
