@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pipelines.request import ConditioningItem, GenerationRequest, nearest_valid
+from pipelines.request import ConditioningItem, GenerationRequest, frames_text, nearest_valid
 from pipelines.video_io import count_frames
 
 DEFAULT_CONTEXT_FRAMES = 9
@@ -55,7 +55,7 @@ def _context(requested: int | None, available: int, at_end: bool, temporal: int,
         raise ValueError(f"context_frames = {requested} is not valid: {temporal}k+1 frames"
                          f"{f', at least {minimum}' if minimum > 1 else ''} (1, 5, 9, 13, ... for this VAE)")
     if requested > available:
-        raise ValueError(f"context_frames = {requested} is more than {name} has ({available} frames)")
+        raise ValueError(f"context_frames = {requested} is more than {name} has ({frames_text(available)})")
     return requested
 
 

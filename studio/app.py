@@ -21,7 +21,7 @@ import gradio as gr
 
 from pipelines import modes
 from pipelines.media_check import check_media
-from pipelines.request import GenerationRequest, default_guidance
+from pipelines.request import GenerationRequest, default_guidance, frames_text
 from pipelines.samplers import SAMPLERS
 from studio.engine import Engine, Job, QueueFull
 from studio.outputs import Entry
@@ -111,8 +111,14 @@ def length_text(seconds: float, fps: float, kind: str, info: ModelInfo) -> str:
     if not fps or fps <= 0 or not seconds or seconds <= 0:
         return "Pick a positive duration and frame rate."
     frames = modes.frames_for_seconds(seconds, fps, kind, info.temporal)
-    noun = "new frames" if kind != "window" else "frames"
-    return f"{frames} {noun} = {frames / fps:.2f} s at {fps:g} fps"
+    noun = "new frame" if kind != "window" else "frame"
+    bridge = " (the bridge back to the start)" if kind == "loop" else ""
+    return f"{frames_text(frames, noun)}{bridge} = {frames / fps:.2f} s at {fps:g} fps"
+
+
+def extend_kind(make_loop: bool) -> str:
+    """The Extend tab's length rule and button: a loop's bridge is 4g-1 frames, an extension 4k."""
+    return "loop" if make_loop else "extend"
 
 
 # ---- widgets -> request ----------------------------------------------------------------------------------
@@ -225,6 +231,8 @@ class StudioApp:
             job = self.engine.submit(built, session or "")
         except QueueFull as full:
             raise gr.Error(str(full)) from None
+        # Progress counts every sampling pass; the status shows which pass and the user's own step count.
+        passes = (built.best_of, 2 if self.engine.pipe.uses_image_first(built) else 1)
         shown = None  # the preview last sent: Gradio encodes an image on every yield, so only new ones go out
         sent = 0.0
         try:
@@ -234,7 +242,7 @@ class StudioApp:
                     sent = time.monotonic()
                     preview = state.preview if state.preview is not shown else gr.skip()
                     shown = state.preview
-                    yield (_status_html(state, self.engine.ahead_of(state)), preview, gr.skip(), gr.skip(),
+                    yield (_status_html(state, self.engine.ahead_of(state), passes), preview, gr.skip(), gr.skip(),
                            gr.skip(), gr.skip(), built.seed)
         finally:
             if not job.finished:  # the browser went away or Gradio cancelled the event
@@ -335,7 +343,8 @@ class StudioApp:
         return values
 
 
-def _status_html(job: Job, ahead: int = 0) -> str:
+def _status_html(job: Job, ahead: int = 0, passes: tuple[int, int] = (1, 1)) -> str:
+    """The status line; `passes` is (candidates, stages per candidate) of the job's sampling."""
     if job.status == "waiting":
         return f"<div class='studio-status'>In the queue: {ahead} generation{'s' * (ahead != 1)} before this one.</div>"
     if job.status in ("cancelled", "failed", "done"):
@@ -343,11 +352,27 @@ def _status_html(job: Job, ahead: int = 0) -> str:
     total = max(job.total, 1)
     eta = job.eta
     rate = job.seconds_per_step
-    detail = f"step {job.step}/{job.total or '?'}"
+    detail = _step_text(job.step, job.total, *passes)
     if rate is not None:
         detail += f" · {rate:.2f} s/step · about {eta:.0f} s left"
     return (f"<div class='studio-status'><progress value='{job.step}' max='{total}'></progress> "
             f"<span>{detail}</span></div>")
+
+
+def _step_text(step: int, total: int, candidates: int = 1, stages: int = 1) -> str:
+    """"stage 1/2 (the first frame) · step 3/20": the engine counts the steps of every sampling pass
+    (candidates, image-first's two stages) as one run; people set the steps of one pass."""
+    count = candidates * stages
+    if not total or count == 1 or total % count:
+        return f"step {step}/{total or '?'}"
+    per = total // count
+    done = max(step - 1, 0) // per  # passes finished before this step
+    parts = []
+    if candidates > 1:
+        parts.append(f"candidate {done // stages + 1}/{candidates}")
+    if stages > 1:
+        parts.append(f"stage {done % stages + 1}/{stages} ({'the first frame' if done % stages == 0 else 'the clip'})")
+    return " · ".join(parts + [f"step {step - done * per}/{per}"])
 
 
 def _lineage_markdown(levels: list[list[Any]], children: list[Entry]) -> str:
@@ -390,7 +415,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
         fitted_views = []
 
         def shared(tab: str, media_input: bool, seconds: float | None, seconds_label: str = "Duration (s)",
-                   kind: str = "window") -> Controls:
+                   kind: str = "window", loop_box: gr.Checkbox | None = None) -> Controls:
             prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red ball bounces on a floor",
                                 elem_id=f"{tab}-prompt")
             with gr.Row():
@@ -403,9 +428,14 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                 fps = gr.Number(value=info.fps, label="Frames per second", minimum=1, maximum=60)
             if seconds_w is not None:
                 frames_note = gr.Markdown(length_text(seconds, info.fps, kind, info))
-                for w in (seconds_w, fps):
-                    w.change(lambda s, f: length_text(s, f, kind, info), [seconds_w, fps], frames_note, queue=False,
-                             api_visibility="private")
+                if loop_box is None:
+                    for w in (seconds_w, fps):
+                        w.change(lambda s, f: length_text(s, f, kind, info), [seconds_w, fps], frames_note,
+                                 queue=False, api_visibility="private")
+                else:  # the Extend tab: its checkbox turns the new frames into a loop's bridge
+                    for w in (seconds_w, fps, loop_box):
+                        w.change(lambda s, f, loop: length_text(s, f, extend_kind(loop), info),
+                                 [seconds_w, fps, loop_box], frames_note, queue=False, api_visibility="private")
             with gr.Row():
                 seed = gr.Number(value=-1, label="Seed (-1: random)", precision=0, elem_id=f"{tab}-seed")
                 gr.Button("Random", size="sm", scale=0).click(lambda: -1, None, seed, queue=False,
@@ -454,11 +484,13 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                             make_loop = gr.Checkbox(label="Make it loop (bridge the end back to the start)")
                             ext_candidates = gr.Dropdown(CANDIDATES, value=1, label=CANDIDATES_LABEL,
                                                          allow_custom_value=True)
-                        c = shared("extend", True, 2.0, "Seconds to add", "extend")
+                        c = shared("extend", True, 2.0, "Seconds to add", "extend", loop_box=make_loop)
                         fitted_view(ext_video, c.size)
                         extra["extend"] = {"video": ext_video, "direction": direction, "context": context,
                                            "loop": make_loop, "candidates": ext_candidates}
                         extend_go = gr.Button("Extend", variant="primary", elem_id="extend-generate")
+                        make_loop.change(lambda loop: gr.update(value=extend_kind(loop).capitalize()), make_loop,
+                                         extend_go, queue=False, api_visibility="private")
                     with gr.Tab(TABS["restyle"], id="restyle"):
                         rs_video = gr.Video(label="Footage", format=None, height=200)
                         strength = gr.Slider(0.05, 1.0, value=0.7, step=0.05,
@@ -532,6 +564,8 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
         ]
         for event in events:
             event.then(app.history_rows, None, [table, picked], queue=False, api_visibility="private")
+            # "Cancelling after the current step..." (or any note) ends with the job.
+            event.then(lambda: "", None, queue_info, queue=False, api_visibility="private")
         # Not queued: a cancel must get through when the queue is full.
         cancel.click(app.cancel, None, queue_info, api_name="cancel", queue=False, show_progress="hidden")
 

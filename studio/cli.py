@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pipelines import acceleration
-from pipelines.request import MODES
+from pipelines.request import MODES, frames_text
 
 log = logging.getLogger("studio.cli")
 
@@ -156,7 +156,7 @@ def _frames(args: argparse.Namespace, mode_kind: str, fps: float, temporal: int,
     if args.seconds <= 0:
         raise UsageError(f"--seconds {args.seconds:g} is not valid: a positive number")
     snapped = frames_for_seconds(args.seconds, fps, mode_kind, temporal)
-    print(f"note: --seconds {args.seconds:g} at {fps:g} fps snapped to {snapped} frames ({snapped / fps:.2f} s)")
+    print(f"note: --seconds {args.seconds:g} at {fps:g} fps snapped to {frames_text(snapped)} ({snapped / fps:.2f} s)")
     return snapped
 
 
@@ -337,7 +337,7 @@ def run(argv: list[str]) -> int:
                            temporal=geometry.temporal, fps=built.fps, **built.settings)
     sidecar = _generate_and_write(pipe, built, out, args.frames_out, args.quiet)
     joins = f", joins {', '.join(f'{x:.2f}' for x in sidecar['joins'])}x the median step" if sidecar["joins"] else ""
-    print(f"wrote {out} ({sidecar['frames']} frames, {sidecar['width']}x{sidecar['height']}, {sidecar['fps']:g} fps, "
+    print(f"wrote {out} ({frames_text(sidecar['frames'])}, {sidecar['width']}x{sidecar['height']}, {sidecar['fps']:g} fps, "
           f"seed {built.seed}{joins}) and {out.name}.json")
     return 0
 

@@ -141,3 +141,78 @@ def test_sidecars_record_absolute_sources_and_reproduce_runs_from_anywhere(tiny_
         assert main(["reproduce", "--request", str(work / f"{name}.mp4.json"), "--quiet",
                      "--out", f"{name}-again.mp4"]) == 0, name
         assert np.array_equal(read_video(elsewhere / f"{name}-again.mp4", 8.0), read_video(work / "more.mp4", 8.0))
+
+
+# ---- 15: labels say what happens ------------------------------------------------------------------------
+@pytest.fixture
+def studio_blocks(wan21, tmp_path):
+    """The studio's Blocks on the tiny pipeline, not served: its event wiring is called directly."""
+    from studio.app import ModelInfo, build
+    from studio.engine import Engine
+    from studio.outputs import History
+
+    engine = Engine(wan21, History(tmp_path / "outputs"))
+    demo = build(engine, ModelInfo.of(wan21))
+    yield demo, engine
+    demo.close()
+
+
+def _component(demo, **props):
+    return next(b for b in demo.blocks.values() if all(getattr(b, k, None) == v for k, v in props.items()))
+
+
+def _triggered_by(demo, block, event: str):
+    return [f for f in demo.fns.values() if (block._id, event) in f.targets]
+
+
+def test_the_loop_checkbox_changes_the_length_note_and_the_button(studio_blocks):
+    demo, _ = studio_blocks
+    loop_box = _component(demo, label="Make it loop (bridge the end back to the start)")
+    button = _component(demo, elem_id="extend-generate")
+    results = {}
+    for fn in _triggered_by(demo, loop_box, "change"):
+        values = {"Seconds to add": 2.0, "Frames per second": 8.0}
+        args = [True if i is loop_box else values[i.label] for i in fn.inputs]
+        out = fn.fn(*args)
+        for target, value in zip(fn.outputs, out if isinstance(out, tuple) else (out,)):
+            results[target._id] = value
+    assert results.get(button._id, {}).get("value") == "Loop"
+    notes = [v for v in results.values() if isinstance(v, str)]
+    # 2 s at 8 fps: a bridge has 4g-1 frames (15), an extension 4k (16)
+    assert notes and notes[0].startswith("15 new frames (the bridge back to the start) = 1.88 s"), notes
+
+
+def test_one_frame_is_singular():
+    from pipelines.request import frames_text
+    from studio.app import ModelInfo, length_text
+
+    info = ModelInfo("tiny", 32, 32, 9, 8.0, 2, 4.0, 16, 4)
+    assert length_text(0.1, 8.0, "window", info) == "1 frame = 0.12 s at 8 fps"
+    assert frames_text(1) == "1 frame" and frames_text(9) == "9 frames"
+    with pytest.raises(ValueError, match=r"\(1 frame\)$"):
+        modes._context(9, 1, False, 4, "the clip")
+
+
+def test_image_first_progress_counts_the_steps_the_user_set(wan21):
+    from studio.app import _status_html
+    from studio.engine import Job
+
+    request = modes.text_to_video("a ball", num_frames=9, fps=8.0, steps=20, width=32, height=32, image_first=True)
+    assert wan21.uses_image_first(request)
+    passes = (1, 2)
+    job = Job(1, "s", request, Path("x.mp4"), status="running", step=3, total=40)
+    assert "stage 1/2 (the first frame) · step 3/20" in _status_html(job, 0, passes)
+    job.step = 23
+    assert "stage 2/2 (the clip) · step 3/20" in _status_html(job, 0, passes)
+    job.step, job.total = 45, 80  # best of 2 candidates, each in two stages
+    assert "candidate 2/2 · stage 1/2 (the first frame) · step 5/20" in _status_html(job, 0, (2, 2))
+
+
+def test_the_cancel_note_clears_when_the_job_ends(studio_blocks):
+    demo, _ = studio_blocks
+    queue_info = _component(demo, elem_id="queue-info")
+    runs = [i for i, f in demo.fns.items() if f.api_name in ("t2v", "animate", "extend", "restyle", "connect")]
+    assert len(runs) == 5
+    for run in runs:
+        after = [f for f in demo.fns.values() if f.trigger_after == run and queue_info in f.outputs]
+        assert after and after[0].fn() == "", demo.fns[run].api_name
