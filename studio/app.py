@@ -275,6 +275,20 @@ class StudioApp:
         write_png(target, frames[-1])
         return str(target)
 
+    def send_values(self, output: str | None, target: str, missing: str = "Generate a clip first.") -> tuple[str, str, Any]:
+        """(the target tab's input, the prompt, the seed) of an output sent to another tab: the clip itself,
+        or for Animate its last frame. A one-frame result is an image, which only Animate takes."""
+        if not output:
+            raise gr.Error(missing)
+        entry = self.history.read(self.history.folder / Path(output).name)  # only outputs of this folder
+        if entry is None:
+            raise gr.Error(f"{Path(output).name} is not in the history")
+        if target != "animate" and entry.media.suffix.lower() == ".png":
+            raise gr.Error(f"{entry.media.name} is one frame (an image), not a clip: use \"→ Animate\" to make a clip "
+                           "from it first.")
+        media = self.last_frame(str(entry.media)) if target == "animate" else str(entry.media)
+        return media, entry.prompt, entry.sidecar["request"].get("seed")
+
     def fitted(self, media: Any, size: str) -> tuple[Any, str]:
         """The input as the model will see it: cover-scaled and centre-cropped to the chosen size."""
         from pipelines.video_io import fit_frames, is_image, read_image, read_video
@@ -522,6 +536,10 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                             hist_image = gr.Image(label="Image", interactive=False, height=220)
                         lineage = gr.Markdown()
                         reproduce = gr.Button("Reproduce (load its settings into its tab)")
+                        with gr.Row():  # the selected entry, as the result panel's buttons send the last result
+                            entry_send = {target: gr.Button(label, size="sm") for target, label in (
+                                ("extend", "→ Extend"), ("restyle", "→ Restyle"), ("connect_a", "→ Connect A"),
+                                ("connect_b", "→ Connect B"), ("animate", "→ Animate last frame"))}
                         with gr.Accordion("Sidecar", open=False):
                             sidecar = gr.JSON()
             with gr.Column(scale=2):
@@ -569,20 +587,22 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
         # Not queued: a cancel must get through when the queue is full.
         cancel.click(app.cancel, None, queue_info, api_name="cancel", queue=False, show_progress="hidden")
 
-        # send to: the result moves into another tab's input, and that tab opens
-        def sender(tab: str):
+        # send to: the result (or the selected History entry) moves into another tab's input with its prompt
+        # and seed, and that tab opens
+        def sender(target: str, missing: str):
             def send(output: str | None):
-                if not output:
-                    raise gr.Error("Generate a clip first.")
-                return gr.Tabs(selected=tab), output
+                return (gr.Tabs(selected=TAB_OF_MODE.get(target, "connect")), *app.send_values(output, target, missing))
             return send
 
-        send_extend.click(sender("extend"), last_output, [tabs, ext_video], queue=False, api_name="send_to_extend")
-        send_restyle.click(sender("restyle"), last_output, [tabs, rs_video], queue=False, api_name="send_to_restyle")
-        send_a.click(sender("connect"), last_output, [tabs, clip_a], queue=False, api_name="send_to_connect_a")
-        send_b.click(sender("connect"), last_output, [tabs, clip_b], queue=False, api_name="send_to_connect_b")
-        send_animate.click(lambda out: (gr.Tabs(selected="animate"), app.last_frame(out)), last_output,
-                           [tabs, image], queue=False, api_name="send_to_animate")
+        send_targets = {"extend": (send_extend, ext_video), "restyle": (send_restyle, rs_video),
+                        "connect_a": (send_a, clip_a), "connect_b": (send_b, clip_b), "animate": (send_animate, image)}
+        for target, (button, widget) in send_targets.items():
+            tab = controls[TAB_OF_MODE.get(target, "connect")]
+            button.click(sender(target, "Generate a clip first."), last_output, [tabs, widget, tab.prompt, tab.seed],
+                         queue=False, api_name=f"send_to_{target}")
+            entry_send[target].click(sender(target, "Pick an output in the history first."), picked,
+                                     [tabs, widget, tab.prompt, tab.seed], queue=False,
+                                     api_name=f"send_entry_to_{target}")
 
         # history
         demo.load(app.history_rows, None, [table, picked], queue=False, api_visibility="private")

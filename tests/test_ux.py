@@ -216,3 +216,41 @@ def test_the_cancel_note_clears_when_the_job_ends(studio_blocks):
     for run in runs:
         after = [f for f in demo.fns.values() if f.trigger_after == run and queue_info in f.outputs]
         assert after and after[0].fn() == "", demo.fns[run].api_name
+
+
+# ---- 12: send-to sends what the user sees, with its prompt and seed ---------------------------------------
+def test_send_to_refuses_an_image_for_a_clip_slot_and_sends_history_entries(tiny_model_dir, tmp_path):
+    from gradio_client import Client
+
+    from conftest import launched_studio
+
+    settings = ("", 7, 2, 4.0, "default", "1:1 · 32x32")
+    with launched_studio(tiny_model_dir, tmp_path / "outputs") as (url, _):
+        maker = Client(url, verbose=False)
+        image = maker.predict("a lighthouse", *settings, 1.0, 8, True, api_name="/t2v")[4]
+        assert image["output"].endswith(".png")
+        for target in ("extend", "restyle", "connect_a", "connect_b"):
+            with pytest.raises(Exception, match=r"is one frame \(an image\), not a clip: use .*Animate"):
+                maker.predict(api_name=f"/send_to_{target}")
+        still, prompt, seed = maker.predict(api_name="/send_to_animate")
+        assert np.array_equal(np.asarray(__import__("PIL.Image").Image.open(still)),
+                              np.asarray(__import__("PIL.Image").Image.open(image["output"])))
+        assert (prompt, seed) == ("a lighthouse", 7)
+        clip = maker.predict("a red ball", "", 11, 2, 4.0, "default", "1:1 · 32x32", 1.0, 8, False,
+                             api_name="/t2v")[4]
+
+        # Another session, fresh: it has no last result, but the History entry it picks is sent.
+        viewer = Client(url, verbose=False)
+        with pytest.raises(Exception, match="Generate a clip first"):
+            viewer.predict(api_name="/send_to_extend")
+        with pytest.raises(Exception, match="Pick an output in the history first"):
+            viewer.predict(None, api_name="/send_entry_to_extend")
+        viewer.predict(api_name="/history")  # what opening the page does: the History list for this session
+        name = Path(clip["output"]).name
+        sent, prompt, seed = viewer.predict(name, api_name="/send_entry_to_extend")
+        sent = sent["video"] if isinstance(sent, dict) else sent
+        assert Path(sent).read_bytes() == Path(clip["output"]).read_bytes() and (prompt, seed) == ("a red ball", 11)
+        with pytest.raises(Exception, match="is one frame"):
+            viewer.predict(Path(image["output"]).name, api_name="/send_entry_to_connect_b")
+        still, prompt, _ = viewer.predict(name, api_name="/send_entry_to_animate")
+        assert prompt == "a red ball" and Path(still).is_file()
