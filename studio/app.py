@@ -275,7 +275,8 @@ class StudioApp:
         write_png(target, frames[-1])
         return str(target)
 
-    def send_values(self, output: str | None, target: str, missing: str = "Generate a clip first.") -> tuple[str, str, Any]:
+    def send_values(self, output: str | None, target: str,
+                    missing: str = "Generate a clip first.") -> tuple[str, str, Any]:
         """(the target tab's input, the prompt, the seed) of an output sent to another tab: the clip itself,
         or for Animate its last frame. A one-frame result is an image, which only Animate takes."""
         if not output:
@@ -284,25 +285,37 @@ class StudioApp:
         if entry is None:
             raise gr.Error(f"{Path(output).name} is not in the history")
         if target != "animate" and entry.media.suffix.lower() == ".png":
-            raise gr.Error(f"{entry.media.name} is one frame (an image), not a clip: use \"→ Animate\" to make a clip "
-                           "from it first.")
+            raise gr.Error(f"{entry.media.name} is one frame (an image), not a clip: use \"→ Animate\" to make "
+                           "a clip from it first.")
         media = self.last_frame(str(entry.media)) if target == "animate" else str(entry.media)
         return media, entry.prompt, entry.sidecar["request"].get("seed")
 
-    def fitted(self, media: Any, size: str) -> tuple[Any, str]:
-        """The input as the model will see it: cover-scaled and centre-cropped to the chosen size."""
-        from pipelines.video_io import fit_frames, is_image, read_image, read_video
+    def fitted(self, media: Any, size: str, fps: float | None = None) -> tuple[Any, str]:
+        """The input as the model will see it: cover-scaled and centre-cropped to the chosen size, read at the
+        tab's frame rate; the note says what changes (real footage is often far larger and faster)."""
+        from pipelines.media_check import video_info
+        from pipelines.video_io import fit_frames, is_image, media_size, read_image, read_video
 
         if not media:
             return None, ""
         path = _media(media, "a file")
+        fps = float(fps) if fps and fps > 0 else self.info.fps
         try:
             width, height = _size_for(size, path, self.info)
-            first = read_image(path) if is_image(path) else read_video(path, self.info.fps, max_frames=1)
+            first = read_image(path) if is_image(path) else read_video(path, fps, max_frames=1)
             frame = fit_frames(first[:1], width, height)[0]
+            source = video_info(path) if not is_image(path) and not Path(path).is_dir() else None
+            source_size = media_size(path)
         except (ValueError, OSError) as error:
             return None, f"Cannot read this file: {error}"
-        return frame, f"The model sees it at {width}x{height} (scaled to cover, centre cropped)."
+        made = f"the model makes {width}x{height} (scaled to cover, centre cropped)"
+        if source is None:
+            what = "image is" if is_image(path) else "frames are"
+            return frame, f"Your {what} {source_size[0]}x{source_size[1]}; {made}."
+        rate = f" at {source.fps:g} fps" if source.fps else ""
+        length = f", {source.seconds:.1f} s" if source.seconds else ""
+        frames = f": {frames_text(round(source.seconds * fps))} of it" if source.seconds else ""
+        return frame, f"Your clip is {source.width}x{source.height}{rate}{length}; {made} at {fps:g} fps{frames}."
 
     # history -------------------------------------------------------------------------------------------
     def history_rows(self) -> tuple[list[list[Any]], Any]:
@@ -466,11 +479,12 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
             controls[tab] = found
             return found
 
-        def fitted_view(media: gr.components.Component, size: gr.Dropdown) -> None:
+        def fitted_view(media: gr.components.Component, controls: Controls) -> None:
             view = gr.Image(label="As the model sees it", interactive=False, height=160)
             note = gr.Markdown()
-            for trigger in (media.change, size.change):
-                trigger(app.fitted, [media, size], [view, note], queue=False, api_visibility="private")
+            for trigger in (media.change, controls.size.change, controls.fps.change):
+                trigger(app.fitted, [media, controls.size, controls.fps], [view, note], queue=False,
+                        api_visibility="private")
             fitted_views.append(view)
 
         with gr.Row():
@@ -487,7 +501,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                     with gr.Tab(TABS["animate"], id="animate"):
                         image = gr.Image(label="Still (becomes the first frame)", type="filepath", height=200)
                         c = shared("animate", True, seconds_default)
-                        fitted_view(image, c.size)
+                        fitted_view(image, c)
                         extra["animate"] = {"image": image}
                         animate_go = gr.Button("Animate", variant="primary", elem_id="animate-generate")
                     with gr.Tab(TABS["extend"], id="extend"):
@@ -499,7 +513,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                             ext_candidates = gr.Dropdown(CANDIDATES, value=1, label=CANDIDATES_LABEL,
                                                          allow_custom_value=True)
                         c = shared("extend", True, 2.0, "Seconds to add", "extend", loop_box=make_loop)
-                        fitted_view(ext_video, c.size)
+                        fitted_view(ext_video, c)
                         extra["extend"] = {"video": ext_video, "direction": direction, "context": context,
                                            "loop": make_loop, "candidates": ext_candidates}
                         extend_go = gr.Button("Extend", variant="primary", elem_id="extend-generate")
@@ -507,10 +521,10 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                                          extend_go, queue=False, api_visibility="private")
                     with gr.Tab(TABS["restyle"], id="restyle"):
                         rs_video = gr.Video(label="Footage", format=None, height=200)
-                        strength = gr.Slider(0.05, 1.0, value=0.7, step=0.05,
+                        strength = gr.Slider(0.05, 1.0, value=modes.DEFAULT_RESTYLE_STRENGTH, step=0.05,
                                              label="Strength (how far the footage is noised before repainting)")
                         c = shared("restyle", True, None)
-                        fitted_view(rs_video, c.size)
+                        fitted_view(rs_video, c)
                         extra["restyle"] = {"video": rs_video, "strength": strength}
                         restyle_go = gr.Button("Restyle", variant="primary", elem_id="restyle-generate")
                     with gr.Tab(TABS["connect"], id="connect"):
@@ -522,7 +536,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                             cn_candidates = gr.Dropdown(CANDIDATES, value=1, label=CANDIDATES_LABEL,
                                                         allow_custom_value=True)
                         c = shared("connect", True, 1.0, "Transition length (s)", "connect")
-                        fitted_view(clip_a, c.size)
+                        fitted_view(clip_a, c)
                         extra["connect"] = {"clip_a": clip_a, "clip_b": clip_b, "context": cn_context,
                                             "candidates": cn_candidates}
                         connect_go = gr.Button("Connect", variant="primary", elem_id="connect-generate")

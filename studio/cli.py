@@ -43,6 +43,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.loading import MODELS
+    from pipelines.modes import DEFAULT_RESTYLE_STRENGTH
     from pipelines.samplers import SAMPLERS
 
     p = _Parser(prog="launch.py generate", description="Generate a clip without the browser studio.")
@@ -66,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (<= 1 turns it off; the model's "
                                                 "default for the mode when omitted)")
     p.add_argument("--strength", type=float,
-                   help="restyle: how far the clip is noised (0-1, default 0.7); animate: how firmly the still is held")
+                   help="restyle: how far the clip is noised (0-1, default "
+                        f"{DEFAULT_RESTYLE_STRENGTH:g}); animate: how firmly the still is held")
     p.add_argument("--context-frames", type=int, help="extend, loop, connect: frames of each clip the model sees")
     p.add_argument("--seed", type=int, help="random seed (random when omitted; recorded in the sidecar)")
     p.add_argument("--best-of", type=int, default=1, metavar="N",
@@ -201,7 +203,8 @@ def build_request(args: argparse.Namespace, defaults: Any, temporal: int, grid: 
         video = _require_file(args.video, "--video", mode)
         given = args.frames is not None or args.seconds is not None
         frames = _frames(args, "window", fps, temporal, None) if given else None
-        return modes.restyle(video, prompt, strength=0.7 if args.strength is None else args.strength,
+        strength = modes.DEFAULT_RESTYLE_STRENGTH if args.strength is None else args.strength
+        return modes.restyle(video, prompt, strength=strength,
                              num_frames=frames, temporal=temporal, fps=fps, **settings)
     if mode == "extend":
         video = _require_file(args.video, "--video", mode)
@@ -337,7 +340,8 @@ def run(argv: list[str]) -> int:
                            temporal=geometry.temporal, fps=built.fps, **built.settings)
     sidecar = _generate_and_write(pipe, built, out, args.frames_out, args.quiet)
     joins = f", joins {', '.join(f'{x:.2f}' for x in sidecar['joins'])}x the median step" if sidecar["joins"] else ""
-    print(f"wrote {out} ({frames_text(sidecar['frames'])}, {sidecar['width']}x{sidecar['height']}, {sidecar['fps']:g} fps, "
+    print(f"wrote {out} ({frames_text(sidecar['frames'])}, {sidecar['width']}x{sidecar['height']}, "
+          f"{sidecar['fps']:g} fps, "
           f"seed {built.seed}{joins}) and {out.name}.json")
     return 0
 

@@ -111,7 +111,8 @@ def invalid_argument(args: argparse.Namespace) -> str | None:
     if problem:
         return f"--outputs {str(args.outputs)!r} cannot be written: {problem}"
     if not MAX_UPLOAD_FORMAT.match(args.max_upload):
-        return f"--max-upload {args.max_upload!r} is not valid: a whole number and a unit, e.g. 500MB (b, kb, mb, gb, tb)"
+        return (f"--max-upload {args.max_upload!r} is not valid: a whole number and a unit, e.g. 500MB "
+                "(b, kb, mb, gb, tb)")
     if args.auth is not None:
         user, _, password = args.auth.partition(":")
         if not user or not password:

@@ -79,7 +79,8 @@ def test_cli_refuses_an_unwritable_out_before_loading(tiny_model_dir, tmp_path, 
     err, out_text = _one_line_error(capsys)
     assert re.search(message, err), err
     assert "loaded" not in out_text  # refused before the weights were read
-    assert not [p for p in tmp_path.glob("*.mp4*") if p.is_file()] and (tmp_path / "afile").read_text() == "not a folder"
+    assert not [p for p in tmp_path.glob("*.mp4*") if p.is_file()]
+    assert (tmp_path / "afile").read_text() == "not a folder"
 
 
 @pytest.fixture
@@ -254,3 +255,41 @@ def test_send_to_refuses_an_image_for_a_clip_slot_and_sends_history_entries(tiny
             viewer.predict(Path(image["output"]).name, api_name="/send_entry_to_connect_b")
         still, prompt, _ = viewer.predict(name, api_name="/send_entry_to_animate")
         assert prompt == "a red ball" and Path(still).is_file()
+
+
+# ---- 16: real footage is explained up front -------------------------------------------------------------
+def test_the_fitted_note_says_what_becomes_of_real_footage(wan21, tmp_path):
+    from studio.app import ModelInfo, StudioApp
+    from studio.engine import Engine
+    from studio.outputs import History
+
+    app = StudioApp(Engine(wan21, History(tmp_path / "outputs")), ModelInfo.of(wan21))
+    footage = tmp_path / "footage.mp4"
+    write_mp4(footage, moving_square(100, 320, 176), 25.0)  # 4 s of 25 fps footage, larger than the model's
+    frame, note = app.fitted({"path": str(footage)}, "match the input", 8.0)
+    assert note == ("Your clip is 320x176 at 25 fps, 4.0 s; the model makes 48x16 (scaled to cover, centre cropped) "
+                    "at 8 fps: 32 frames of it."), note
+    assert frame.shape == (16, 48, 3)
+    _, note = app.fitted({"path": str(footage)}, "1:1 · 32x32", 4.0)
+    assert note.endswith("the model makes 32x32 (scaled to cover, centre cropped) at 4 fps: 16 frames of it.")
+    still = tmp_path / "still.png"
+    __import__("PIL.Image").Image.fromarray(moving_square(1, 64, 48)[0]).save(still)
+    _, note = app.fitted(str(still), "match the input")
+    assert note == "Your image is 64x48; the model makes 32x32 (scaled to cover, centre cropped)."
+
+
+def test_restyle_defaults_to_one_measured_strength_in_the_cli_and_the_studio(tiny_model_dir, tmp_path, studio_blocks):
+    import json
+
+    from studio.cli import main
+
+    assert modes.DEFAULT_RESTYLE_STRENGTH == 0.3  # the measured knee on the embedded model (see pipelines/modes.py)
+    clip = tmp_path / "clip.mp4"
+    write_mp4(clip, moving_square(9, 32, 32), 8.0)
+    assert main(["restyle", "--model", str(tiny_model_dir), "--prompt", "pastel", "--quiet", "--seed", "1", "--steps", "4",
+                 "--video", str(clip), "--out", str(tmp_path / "r.mp4")]) == 0
+    request = json.loads((tmp_path / "r.mp4.json").read_text())["request"]
+    assert request["init_strength"] == modes.DEFAULT_RESTYLE_STRENGTH
+    demo, _ = studio_blocks
+    slider = _component(demo, label="Strength (how far the footage is noised before repainting)")
+    assert slider.value == modes.DEFAULT_RESTYLE_STRENGTH
