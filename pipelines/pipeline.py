@@ -31,6 +31,7 @@ from pipelines.request import (
     ConditioningItem,
     GenerationRequest,
     check_grid,
+    frames_text,
     nearest_valid,
 )
 from pipelines.samplers import make_scheduler
@@ -224,6 +225,14 @@ class VideoPipeline:
                     raise ValueError(f"{name} = {value} is more than this model can place: at most "
                                      f"{positions * self.spatial * patch} pixels")
 
+    def uses_image_first(self, request: GenerationRequest) -> bool:
+        """Whether the request samples its first frame alone before the clip (two sampling passes per
+        candidate, each of `steps` steps): text-to-video of more than one latent frame, by request or by the
+        model's default."""
+        chosen = self.defaults.image_first if request.image_first is None else request.image_first
+        return bool(chosen) and request.mode == "t2v" and (request.num_frames - 1) // self.temporal > 0 and \
+            not request.conditioning and request.init_video is None
+
     # ---- latents <-> pixels ----------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, frames: np.ndarray) -> torch.Tensor:
@@ -289,8 +298,7 @@ class VideoPipeline:
             lap("encode_conditioning")
 
             strategy = request.conditioning_strategy or self.defaults.conditioning_strategy
-            image_first = (self.defaults.image_first if request.image_first is None else request.image_first) and \
-                request.mode == "t2v" and shape[2] > 1 and not placed and init_latents is None
+            image_first = self.uses_image_first(request)
             per_candidate = 2 if image_first else 1  # sampling passes: image-first samples its first frame first
             passes = request.best_of * per_candidate
 
@@ -391,7 +399,7 @@ class VideoPipeline:
         if len(frames) < request.num_frames:
             longest = len(frames) - (len(frames) - 1) % self.temporal
             raise ValueError(f"num_frames = {request.num_frames} is more than init_video has at {request.fps:g} fps "
-                             f"({len(frames)} frames); valid: at most {longest}")
+                             f"({frames_text(len(frames))}); valid: at most {longest}")
         return frames[:request.num_frames]
 
     def _place(self, item: ConditioningItem, request: GenerationRequest, sources: dict[str, np.ndarray]) -> PlacedItem:
@@ -402,7 +410,7 @@ class VideoPipeline:
         count = available if item.source_count is None else item.source_count
         if available < 1 or count > available:
             raise ValueError(f"conditioning {item.source!r}: frames {item.source_start}..{item.source_start + count - 1} "
-                             f"requested but the clip has {len(frames)} frames at {request.fps:g} fps")
+                             f"requested but the clip has {frames_text(len(frames))} at {request.fps:g} fps")
         placed = PlacedItem(item, frames, item.source_start, count)
         if item.output == "source" and request.use_saved_latents:
             placed.timeline, placed.timeline_note = self._usable_timeline(placed, request)

@@ -55,6 +55,11 @@ def _require(ok: bool, name: str, value: Any, valid: str) -> None:
         raise ValueError(f"{name} = {value!r} is not valid: {valid}")
 
 
+def frames_text(count: int, noun: str = "frame") -> str:
+    """"1 frame", "9 frames": counts shown to people."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def nearest_valid(value: int, multiple: int, offset: int = 0, minimum: int = 1) -> list[int]:
     """The valid values (offset + k * multiple, at least `minimum`) next to `value`."""
     below = max(minimum, offset + ((value - offset) // multiple) * multiple)

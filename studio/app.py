@@ -24,7 +24,7 @@ import gradio as gr
 
 from pipelines import modes
 from pipelines.media_check import check_media
-from pipelines.request import MAX_BEST_OF, MAX_SEED, GenerationRequest, default_guidance
+from pipelines.request import MAX_BEST_OF, MAX_SEED, GenerationRequest, default_guidance, frames_text
 from pipelines.samplers import SAMPLERS
 from studio.engine import Engine, Job, QueueFull
 from studio.outputs import Entry
@@ -119,8 +119,14 @@ def length_text(seconds: float, fps: float, kind: str, info: ModelInfo) -> str:
     if not fps or fps <= 0 or not seconds or seconds <= 0:
         return "Pick a positive duration and frame rate."
     frames = modes.frames_for_seconds(seconds, fps, kind, info.temporal)
-    noun = "new frames" if kind != "window" else "frames"
-    return f"{frames} {noun} = {frames / fps:.2f} s at {fps:g} fps"
+    noun = "new frame" if kind != "window" else "frame"
+    bridge = " (the bridge back to the start)" if kind == "loop" else ""
+    return f"{frames_text(frames, noun)}{bridge} = {frames / fps:.2f} s at {fps:g} fps"
+
+
+def extend_kind(make_loop: bool) -> str:
+    """The Extend tab's length rule and button: a loop's bridge is 4g-1 frames, an extension 4k."""
+    return "loop" if make_loop else "extend"
 
 
 # ---- widgets -> request ----------------------------------------------------------------------------------
@@ -283,6 +289,8 @@ class StudioApp:
             job = self.engine.submit(built, session or "")
         except QueueFull as full:
             raise gr.Error(str(full)) from None
+        # Progress counts every sampling pass; the status shows which pass and the user's own step count.
+        passes = (built.best_of, 2 if self.engine.pipe.uses_image_first(built) else 1)
         shown = None  # the preview last sent: Gradio encodes an image on every yield, so only new ones go out
         sent = 0.0
         try:
@@ -292,7 +300,7 @@ class StudioApp:
                     sent = time.monotonic()
                     preview = self._preview_file(job) if state.preview is not shown else gr.skip()
                     shown = state.preview
-                    yield (_status_html(state, self.engine.ahead_of(state)), preview, gr.skip(), gr.skip(),
+                    yield (_status_html(state, self.engine.ahead_of(state), passes), preview, gr.skip(), gr.skip(),
                            gr.skip(), gr.skip(), built.seed)
             if job.status == "failed":
                 raise gr.Error(job.message)
@@ -342,20 +350,47 @@ class StudioApp:
         write_png(target, frames[-1])
         return str(target)
 
-    def fitted(self, media: Any, size: str) -> tuple[Any, str]:
-        """The input as the model will see it: cover-scaled and centre-cropped to the chosen size."""
-        from pipelines.video_io import fit_frames, is_image, read_image, read_video
+    def send_values(self, output: str | None, target: str,
+                    missing: str = "Generate a clip first.") -> tuple[str, str, Any]:
+        """(the target tab's input, the prompt, the seed) of an output sent to another tab: the clip itself,
+        or for Animate its last frame. A one-frame result is an image, which only Animate takes."""
+        if not output:
+            raise gr.Error(missing)
+        entry = self.history.read(self.history.folder / Path(output).name)  # only outputs of this folder
+        if entry is None:
+            raise gr.Error(f"{Path(output).name} is not in the history")
+        if target != "animate" and entry.media.suffix.lower() == ".png":
+            raise gr.Error(f"{entry.media.name} is one frame (an image), not a clip: use \"→ Animate\" to make "
+                           "a clip from it first.")
+        media = self.last_frame(str(entry.media)) if target == "animate" else str(entry.media)
+        return media, entry.prompt, entry.sidecar["request"].get("seed")
+
+    def fitted(self, media: Any, size: str, fps: float | None = None) -> tuple[Any, str]:
+        """The input as the model will see it: cover-scaled and centre-cropped to the chosen size, read at the
+        tab's frame rate; the note says what changes (real footage is often far larger and faster)."""
+        from pipelines.media_check import video_info
+        from pipelines.video_io import fit_frames, is_image, media_size, read_image, read_video
 
         if not media:
             return None, ""
         path = _media(media, "a file")
+        fps = float(fps) if fps and fps > 0 else self.info.fps
         try:
             width, height = _size_for(size, path, self.info)
-            first = read_image(path) if is_image(path) else read_video(path, self.info.fps, max_frames=1)
+            first = read_image(path) if is_image(path) else read_video(path, fps, max_frames=1)
             frame = fit_frames(first[:1], width, height)[0]
+            source = video_info(path) if not is_image(path) and not Path(path).is_dir() else None
+            source_size = media_size(path)
         except (ValueError, OSError) as error:
             return None, f"Cannot read this file: {error}"
-        return frame, f"The model sees it at {width}x{height} (scaled to cover, centre cropped)."
+        made = f"the model makes {width}x{height} (scaled to cover, centre cropped)"
+        if source is None:
+            what = "image is" if is_image(path) else "frames are"
+            return frame, f"Your {what} {source_size[0]}x{source_size[1]}; {made}."
+        rate = f" at {source.fps:g} fps" if source.fps else ""
+        length = f", {source.seconds:.1f} s" if source.seconds else ""
+        frames = f": {frames_text(round(source.seconds * fps))} of it" if source.seconds else ""
+        return frame, f"Your clip is {source.width}x{source.height}{rate}{length}; {made} at {fps:g} fps{frames}."
 
     # history -------------------------------------------------------------------------------------------
     def history_rows(self) -> tuple[list[list[Any]], Any]:
@@ -424,7 +459,8 @@ class StudioApp:
         return values
 
 
-def _status_html(job: Job, ahead: int = 0) -> str:
+def _status_html(job: Job, ahead: int = 0, passes: tuple[int, int] = (1, 1)) -> str:
+    """The status line; `passes` is (candidates, stages per candidate) of the job's sampling."""
     if job.status == "waiting":
         return f"<div class='studio-status'>In the queue: {ahead} generation{'s' * (ahead != 1)} before this one.</div>"
     if job.status in ("cancelled", "failed", "done"):
@@ -432,11 +468,27 @@ def _status_html(job: Job, ahead: int = 0) -> str:
     total = max(job.total, 1)
     eta = job.eta
     rate = job.seconds_per_step
-    detail = f"step {job.step}/{job.total or '?'}"
+    detail = _step_text(job.step, job.total, *passes)
     if rate is not None:
         detail += f" · {rate:.2f} s/step · about {eta:.0f} s left"
     return (f"<div class='studio-status'><progress value='{job.step}' max='{total}'></progress> "
             f"<span>{detail}</span></div>")
+
+
+def _step_text(step: int, total: int, candidates: int = 1, stages: int = 1) -> str:
+    """"stage 1/2 (the first frame) · step 3/20": the engine counts the steps of every sampling pass
+    (candidates, image-first's two stages) as one run; people set the steps of one pass."""
+    count = candidates * stages
+    if not total or count == 1 or total % count:
+        return f"step {step}/{total or '?'}"
+    per = total // count
+    done = max(step - 1, 0) // per  # passes finished before this step
+    parts = []
+    if candidates > 1:
+        parts.append(f"candidate {done // stages + 1}/{candidates}")
+    if stages > 1:
+        parts.append(f"stage {done % stages + 1}/{stages} ({'the first frame' if done % stages == 0 else 'the clip'})")
+    return " · ".join(parts + [f"step {step - done * per}/{per}"])
 
 
 def _literal(text: str) -> str:
@@ -488,7 +540,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
         fitted_views = []
 
         def shared(tab: str, media_input: bool, seconds: float | None, seconds_label: str = "Duration (s)",
-                   kind: str = "window") -> Controls:
+                   kind: str = "window", loop_box: gr.Checkbox | None = None) -> Controls:
             prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red ball bounces on a floor",
                                 elem_id=f"{tab}-prompt")
             with gr.Row():
@@ -501,9 +553,14 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                 fps = gr.Number(value=info.fps, label="Frames per second", minimum=1, maximum=60)
             if seconds_w is not None:
                 frames_note = gr.Markdown(length_text(seconds, info.fps, kind, info))
-                for w in (seconds_w, fps):
-                    w.change(lambda s, f: length_text(s, f, kind, info), [seconds_w, fps], frames_note, queue=False,
-                             api_visibility="private")
+                if loop_box is None:
+                    for w in (seconds_w, fps):
+                        w.change(lambda s, f: length_text(s, f, kind, info), [seconds_w, fps], frames_note,
+                                 queue=False, api_visibility="private")
+                else:  # the Extend tab: its checkbox turns the new frames into a loop's bridge
+                    for w in (seconds_w, fps, loop_box):
+                        w.change(lambda s, f, loop: length_text(s, f, extend_kind(loop), info),
+                                 [seconds_w, fps, loop_box], frames_note, queue=False, api_visibility="private")
             with gr.Row():
                 seed = gr.Number(value=-1, label="Seed (-1: random)", elem_id=f"{tab}-seed")  # no precision: it would round
                 gr.Button("Random", size="sm", scale=0).click(lambda: -1, None, seed, queue=False,
@@ -520,11 +577,12 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
             controls[tab] = found
             return found
 
-        def fitted_view(media: gr.components.Component, size: gr.Dropdown) -> None:
+        def fitted_view(media: gr.components.Component, controls: Controls) -> None:
             view = gr.Image(label="As the model sees it", interactive=False, height=160)
             note = gr.Markdown()
-            for trigger in (media.change, size.change):
-                trigger(app.fitted, [media, size], [view, note], queue=False, api_visibility="private")
+            for trigger in (media.change, controls.size.change, controls.fps.change):
+                trigger(app.fitted, [media, controls.size, controls.fps], [view, note], queue=False,
+                        api_visibility="private")
             fitted_views.append(view)
 
         with gr.Row():
@@ -541,7 +599,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                     with gr.Tab(TABS["animate"], id="animate"):
                         image = ImageFile(label="Still (becomes the first frame)", type="filepath", height=200)
                         c = shared("animate", True, seconds_default)
-                        fitted_view(image, c.size)
+                        fitted_view(image, c)
                         extra["animate"] = {"image": image}
                         animate_go = gr.Button("Animate", variant="primary", elem_id="animate-generate")
                     with gr.Tab(TABS["extend"], id="extend"):
@@ -552,17 +610,19 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                             make_loop = gr.Checkbox(label="Make it loop (bridge the end back to the start)")
                             ext_candidates = gr.Dropdown(CANDIDATES, value=1, label=CANDIDATES_LABEL,
                                                          allow_custom_value=True)
-                        c = shared("extend", True, 2.0, "Seconds to add", "extend")
-                        fitted_view(ext_video, c.size)
+                        c = shared("extend", True, 2.0, "Seconds to add", "extend", loop_box=make_loop)
+                        fitted_view(ext_video, c)
                         extra["extend"] = {"video": ext_video, "direction": direction, "context": context,
                                            "loop": make_loop, "candidates": ext_candidates}
                         extend_go = gr.Button("Extend", variant="primary", elem_id="extend-generate")
+                        make_loop.change(lambda loop: gr.update(value=extend_kind(loop).capitalize()), make_loop,
+                                         extend_go, queue=False, api_visibility="private")
                     with gr.Tab(TABS["restyle"], id="restyle"):
                         rs_video = VideoFile(label="Footage", format=None, height=200)
-                        strength = gr.Slider(0.05, 1.0, value=0.7, step=0.05,
+                        strength = gr.Slider(0.05, 1.0, value=modes.DEFAULT_RESTYLE_STRENGTH, step=0.05,
                                              label="Strength (how far the footage is noised before repainting)")
                         c = shared("restyle", True, None)
-                        fitted_view(rs_video, c.size)
+                        fitted_view(rs_video, c)
                         extra["restyle"] = {"video": rs_video, "strength": strength}
                         restyle_go = gr.Button("Restyle", variant="primary", elem_id="restyle-generate")
                     with gr.Tab(TABS["connect"], id="connect"):
@@ -574,7 +634,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                             cn_candidates = gr.Dropdown(CANDIDATES, value=1, label=CANDIDATES_LABEL,
                                                         allow_custom_value=True)
                         c = shared("connect", True, 1.0, "Transition length (s)", "connect")
-                        fitted_view(clip_a, c.size)
+                        fitted_view(clip_a, c)
                         extra["connect"] = {"clip_a": clip_a, "clip_b": clip_b, "context": cn_context,
                                             "candidates": cn_candidates}
                         connect_go = gr.Button("Connect", variant="primary", elem_id="connect-generate")
@@ -588,6 +648,10 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                             hist_image = gr.Image(label="Image", interactive=False, height=220)
                         lineage = gr.Markdown()
                         reproduce = gr.Button("Reproduce (load its settings into its tab)")
+                        with gr.Row():  # the selected entry, as the result panel's buttons send the last result
+                            entry_send = {target: gr.Button(label, size="sm") for target, label in (
+                                ("extend", "→ Extend"), ("restyle", "→ Restyle"), ("connect_a", "→ Connect A"),
+                                ("connect_b", "→ Connect B"), ("animate", "→ Animate last frame"))}
                         with gr.Accordion("Sidecar", open=False):
                             sidecar = gr.JSON()
             with gr.Column(scale=2):
@@ -630,23 +694,27 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
         ]
         for event in events:
             event.then(app.history_rows, None, [table, picked], queue=False, api_visibility="private")
+            # "Cancelling after the current step..." (or any note) ends with the job.
+            event.then(lambda: "", None, queue_info, queue=False, api_visibility="private")
         # Not queued: a cancel must get through when the queue is full.
         cancel.click(app.cancel, None, queue_info, api_name="cancel", queue=False, show_progress="hidden")
 
-        # send to: the result moves into another tab's input, and that tab opens
-        def sender(tab: str):
+        # send to: the result (or the selected History entry) moves into another tab's input with its prompt
+        # and seed, and that tab opens
+        def sender(target: str, missing: str):
             def send(output: str | None):
-                if not output:
-                    raise gr.Error("Generate a clip first.")
-                return gr.Tabs(selected=tab), output
+                return (gr.Tabs(selected=TAB_OF_MODE.get(target, "connect")), *app.send_values(output, target, missing))
             return send
 
-        send_extend.click(sender("extend"), last_output, [tabs, ext_video], queue=False, api_name="send_to_extend")
-        send_restyle.click(sender("restyle"), last_output, [tabs, rs_video], queue=False, api_name="send_to_restyle")
-        send_a.click(sender("connect"), last_output, [tabs, clip_a], queue=False, api_name="send_to_connect_a")
-        send_b.click(sender("connect"), last_output, [tabs, clip_b], queue=False, api_name="send_to_connect_b")
-        send_animate.click(lambda out: (gr.Tabs(selected="animate"), app.last_frame(out)), last_output,
-                           [tabs, image], queue=False, api_name="send_to_animate")
+        send_targets = {"extend": (send_extend, ext_video), "restyle": (send_restyle, rs_video),
+                        "connect_a": (send_a, clip_a), "connect_b": (send_b, clip_b), "animate": (send_animate, image)}
+        for target, (button, widget) in send_targets.items():
+            tab = controls[TAB_OF_MODE.get(target, "connect")]
+            button.click(sender(target, "Generate a clip first."), last_output, [tabs, widget, tab.prompt, tab.seed],
+                         queue=False, api_name=f"send_to_{target}")
+            entry_send[target].click(sender(target, "Pick an output in the history first."), picked,
+                                     [tabs, widget, tab.prompt, tab.seed], queue=False,
+                                     api_name=f"send_entry_to_{target}")
 
         # history
         demo.load(app.history_rows, None, [table, picked], queue=False, api_visibility="private")

@@ -10,12 +10,13 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from pipelines import acceleration
-from pipelines.request import MODES
+from pipelines.request import MODES, frames_text
 
 log = logging.getLogger("studio.cli")
 
@@ -43,6 +44,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.loading import MODELS
+    from pipelines.modes import DEFAULT_RESTYLE_STRENGTH
     from pipelines.samplers import SAMPLERS
 
     p = _Parser(prog="launch.py generate", description="Generate a clip without the browser studio.")
@@ -66,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (<= 1 turns it off; the model's "
                                                 "default for the mode when omitted)")
     p.add_argument("--strength", type=float,
-                   help="restyle: how far the clip is noised (0-1, default 0.7); animate: how firmly the still is held")
+                   help="restyle: how far the clip is noised (0-1, default "
+                        f"{DEFAULT_RESTYLE_STRENGTH:g}); animate: how firmly the still is held")
     p.add_argument("--context-frames", type=int, help="extend, loop, connect: frames of each clip the model sees")
     p.add_argument("--seed", type=int, help="random seed (random when omitted; recorded in the sidecar)")
     p.add_argument("--best-of", type=int, default=1, metavar="N",
@@ -92,11 +95,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---- from arguments to a request ------------------------------------------------------------------------
 def _require_file(path: str | None, flag: str, mode: str) -> str:
+    """The input's absolute path: the sidecar records it, and `reproduce` may run from another folder."""
     if not path:
         raise UsageError(f"{mode} needs {flag}")
     if not Path(path).exists():
         raise UsageError(f"{flag} {path!r} does not exist")
-    return path
+    return str(Path(path).absolute())
+
+
+def writable_folder(folder: Path) -> str | None:
+    """Why files cannot be written into `folder` (created when missing), or None when they can."""
+    existing = folder
+    while not existing.exists():  # the folder is made at write time: its nearest existing ancestor decides
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{str(existing)!r} is a file, not a folder"
+    try:  # a real write: permission bits do not tell (root may write anywhere but /proc, a read-only mount)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=existing)
+    except OSError as error:
+        return f"{str(existing)!r} is not writable ({error.strerror or error})"
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
+def check_out_paths(out: Path, frames_out: str | None) -> None:
+    """Refuse an --out or --frames-out that cannot be written, before the model loads (a failed write after
+    a generation loses it)."""
+    if out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a folder: give a file name ending in .mp4, .gif or .png")
+    problem = writable_folder(out.parent)
+    if problem:
+        raise UsageError(f"--out {str(out)!r} cannot be written: {problem}")
+    if frames_out is not None:
+        folder = Path(frames_out)
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"--frames-out {frames_out!r} is a file: give a folder for the PNG frames")
+        problem = writable_folder(folder)
+        if problem:
+            raise UsageError(f"--frames-out {frames_out!r} cannot be written: {problem}")
 
 
 def _frames(args: argparse.Namespace, mode_kind: str, fps: float, temporal: int, default: int) -> int:
@@ -123,7 +162,7 @@ def _frames(args: argparse.Namespace, mode_kind: str, fps: float, temporal: int,
     if args.seconds <= 0:
         raise UsageError(f"--seconds {args.seconds:g} is not valid: a positive number")
     snapped = frames_for_seconds(args.seconds, fps, mode_kind, temporal)
-    print(f"note: --seconds {args.seconds:g} at {fps:g} fps snapped to {snapped} frames ({snapped / fps:.2f} s)")
+    print(f"note: --seconds {args.seconds:g} at {fps:g} fps snapped to {frames_text(snapped)} ({snapped / fps:.2f} s)")
     return snapped
 
 
@@ -190,7 +229,8 @@ def build_request(args: argparse.Namespace, defaults: Any, temporal: int, grid: 
         video = _require_file(args.video, "--video", mode)
         given = args.frames is not None or args.seconds is not None
         frames = _frames(args, "window", fps, temporal, None) if given else None
-        return modes.restyle(video, prompt, strength=0.7 if args.strength is None else args.strength,
+        strength = modes.DEFAULT_RESTYLE_STRENGTH if args.strength is None else args.strength
+        return modes.restyle(video, prompt, strength=strength,
                              num_frames=frames, temporal=temporal, fps=fps, **settings)
     if mode == "extend":
         video = _require_file(args.video, "--video", mode)
@@ -220,7 +260,23 @@ def _reproduced(args: argparse.Namespace):
         raise UsageError(f"--request {path!r} is not a readable JSON sidecar ({error})") from None
     if not isinstance(data, dict) or "request" not in data:
         raise UsageError(f"--request {path!r} holds no 'request': pass the .json written beside an output")
-    return GenerationRequest.from_dict(data["request"]), data.get("model")
+    request = GenerationRequest.from_dict(data["request"])
+    return _sources_beside(request, Path(path).absolute().parent), data.get("model")
+
+
+def _sources_beside(request: Any, folder: Path) -> Any:
+    """Older sidecars recorded sources as given, relative to the folder the CLI ran in: a relative source
+    that is not found from here is looked for relative to the sidecar's folder (where outputs usually sit)."""
+    import dataclasses
+
+    def found(source: str) -> str:
+        if Path(source).is_absolute() or Path(source).exists() or not (folder / source).exists():
+            return source
+        return str(folder / source)
+
+    items = tuple(dataclasses.replace(item, source=found(item.source)) for item in request.conditioning)
+    init = found(request.init_video) if request.init_video else request.init_video
+    return request.replace(conditioning=items, init_video=init)
 
 
 def _check_device(device: str | None) -> None:
@@ -278,6 +334,7 @@ def run(argv: list[str]) -> int:
     if args.mode != "reproduce":
         built = build_request(args, defaults, geometry.temporal, geometry.grid)
     out = Path(args.out) if args.out else None
+    check_out_paths(out if out is not None else DEFAULT_OUTPUTS / "new.mp4", args.frames_out)
     if out is not None and out.suffix.lower() not in (".mp4", ".gif", ".png"):
         raise UsageError(f"--out {str(out)!r} is not valid: a .mp4, .gif or .png file")
     if out is not None and out.suffix.lower() == ".png" and getattr(built, "mode", args.mode) != "image":
@@ -310,7 +367,8 @@ def run(argv: list[str]) -> int:
                            temporal=geometry.temporal, fps=built.fps, **built.settings)
     out, sidecar = _generate_and_write(pipe, built, out, args.frames_out, args)
     joins = f", joins {', '.join(f'{x:.2f}' for x in sidecar['joins'])}x the median step" if sidecar["joins"] else ""
-    print(f"wrote {out} ({sidecar['frames']} frames, {sidecar['width']}x{sidecar['height']}, {sidecar['fps']:g} fps, "
+    print(f"wrote {out} ({frames_text(sidecar['frames'])}, {sidecar['width']}x{sidecar['height']}, "
+          f"{sidecar['fps']:g} fps, "
           f"seed {built.seed}{joins}) and {out.name}.json")
     return 0
 

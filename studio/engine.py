@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.request import frames_text
 from studio.outputs import DiskFull, Entry, History
 
 log = logging.getLogger("studio.engine")
@@ -185,7 +186,7 @@ class Engine:
             job.out, _ = self.history.write(result, gif=True)
             job.entry = self.history.read(job.out)
             seconds = time.perf_counter() - (job.started or time.perf_counter())
-            message = f"Done in {seconds:.1f} s: {len(result.frames)} frames at {result.fps:g} fps."
+            message = f"Done in {seconds:.1f} s: {frames_text(len(result.frames))} at {result.fps:g} fps."
             return "done", message + "".join(f" Note: {n}" for n in result.notes)
         except GenerationCancelled as stop:
             return "cancelled", f"Cancelled ({stop})."

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
+import socket
 import sys
 import time
 from pathlib import Path
@@ -87,6 +89,37 @@ def launch_kwargs(args: argparse.Namespace, history) -> dict:
                 show_error=True, footer_links=["api"])
 
 
+MAX_UPLOAD_FORMAT = re.compile(r"^\s*\d+\s*(b|kb|mb|gb|tb)\s*$", re.IGNORECASE)  # what Gradio parses
+
+
+def invalid_argument(args: argparse.Namespace) -> str | None:
+    """The first argument that would fail only after the model has loaded (minutes for a real checkpoint), as
+    one line saying what is valid; None when all are usable."""
+    from studio.cli import writable_folder
+
+    if not 1 <= args.port <= 65535:
+        return f"--port {args.port} is not valid: a port number from 1 to 65535"
+    try:
+        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        socket.create_server((args.host, args.port), family=family).close()  # what the server will bind
+    except OSError as error:
+        return (f"--port {args.port} on {args.host} cannot be used ({error.strerror or error}): another program "
+                "(perhaps another studio) is listening there; pick another --port")
+    if args.outputs.exists() and not args.outputs.is_dir():
+        return f"--outputs {str(args.outputs)!r} is a file: give a folder for the outputs and history"
+    problem = writable_folder(args.outputs)
+    if problem:
+        return f"--outputs {str(args.outputs)!r} cannot be written: {problem}"
+    if not MAX_UPLOAD_FORMAT.match(args.max_upload):
+        return (f"--max-upload {args.max_upload!r} is not valid: a whole number and a unit, e.g. 500MB "
+                "(b, kb, mb, gb, tb)")
+    if args.auth is not None:
+        user, _, password = args.auth.partition(":")
+        if not user or not password:
+            return "--auth must be user:password"
+    return None
+
+
 def main(argv: list[str]) -> int:
     from pipelines.loading import ModelNotAvailable
 
@@ -101,6 +134,10 @@ def main(argv: list[str]) -> int:
                     args.host, "" if args.auth else " (no --auth given)")
     if args.queue_size < 1:
         print(f"error: --queue-size {args.queue_size} is not valid: at least 1", file=sys.stderr)
+        return 2
+    problem = invalid_argument(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
         demo, history = create(args.model, args.outputs, args.device, args.low_vram, args.queue_size, speed=args)

@@ -23,7 +23,6 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from conftest import launched_studio  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -56,7 +55,7 @@ def status_text(driver) -> str:
     return driver.find_element(By.CSS_SELECTOR, "#status").text
 
 
-def test_generate_play_cancel_and_screenshot(browser, studio_url):
+def test_generate_play_cancel_and_screenshot(browser, studio_url, tmp_path):
     wait = WebDriverWait(browser, 120)
     browser.get(studio_url)
     prompt = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#t2v-prompt textarea")))
@@ -73,7 +72,8 @@ def test_generate_play_cancel_and_screenshot(browser, studio_url):
     assert 1.0 <= duration <= 1.3  # 9 frames at 8 fps
     assert browser.execute_script("return arguments[0].videoWidth;", video) == 32
 
-    screenshots = Path(os.environ.get("STUDIO_SCREENSHOTS", ROOT / "outputs" / "screenshots"))
+    # The test's own folder unless asked for elsewhere: never the user's outputs/.
+    screenshots = Path(os.environ.get("STUDIO_SCREENSHOTS", tmp_path / "screenshots"))
     screenshots.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(screenshots / "studio.png"))
     assert (screenshots / "studio.png").stat().st_size > 10_000

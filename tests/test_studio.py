@@ -190,10 +190,11 @@ def test_send_to_moves_the_last_result_into_another_tab(server):
     with pytest.raises(Exception, match="Generate a clip first"):
         client.predict(api_name="/send_to_extend")
     made = result_of(client.predict("a blue star", *SETTINGS, 1.0, 8, False, api_name="/t2v"))
-    sent = client.predict(api_name="/send_to_extend")
+    sent, prompt, seed = client.predict(api_name="/send_to_extend")  # the clip, with its prompt and seed
     sent_path = sent["video"] if isinstance(sent, dict) else sent
     assert Path(sent_path).read_bytes() == Path(made["output"]).read_bytes()
-    still = client.predict(api_name="/send_to_animate")
+    assert (prompt, seed) == ("a blue star", 7)
+    still, _, _ = client.predict(api_name="/send_to_animate")
     assert np.array_equal(np.asarray(Image.open(still)), read_media(made["output"], 8)[-1])
     # and the sent clip extends with the result as its parent
     result = result_of(client.predict(handle_file(sent_path), "forward", 9, False, 1, "more", *SETTINGS, 0.5, 8,
