@@ -135,14 +135,34 @@ def loop(clip: str, prompt: str, new_frames: int, context_frames: int | None = N
 
 
 def restyle(video: str, prompt: str, strength: float = DEFAULT_RESTYLE_STRENGTH, num_frames: int | None = None,
-            temporal: int = 4, fps: float = 16.0, **settings: Any) -> GenerationRequest:
-    """SDEdit: noise the clip to `strength` and denoise it under the new prompt. By default the window is the
-    longest 4k+1 frames the clip holds."""
+            temporal: int = 4, fps: float = 16.0, start: int = 0, **settings: Any) -> GenerationRequest:
+    """SDEdit: noise the clip to `strength` and denoise it under the new prompt. The window starts on the
+    clip's frame `start` (the trim's in point); by default it is the longest 4k+1 frames the clip holds from
+    there."""
     if num_frames is None:
-        length = clip_length(video, fps)
-        num_frames = length - (length - 1) % temporal
+        left = clip_length(video, fps) - start
+        if left < 1:
+            raise ValueError(f"the trim starts at frame {start}, after the clip's end at {fps:g} fps "
+                             f"({clip_length(video, fps) / fps:.2f} s)")
+        num_frames = left - (left - 1) % temporal
     return GenerationRequest(prompt=prompt, mode="restyle", init_video=video, init_strength=strength,
-                             num_frames=num_frames, fps=fps, **settings)
+                             init_start=start, num_frames=num_frames, fps=fps, **settings)
+
+
+def trim(start_s: float, end_s: float | None, fps: float, temporal: int = 4) -> tuple[int, int | None]:
+    """(first frame, window frames) of a trim given in seconds: the window is the longest 4k+1 frames from
+    `start_s` that end by `end_s` (None: the clip's end, left to the builder)."""
+    if not math.isfinite(start_s) or start_s < 0:
+        raise ValueError(f"trim start = {start_s:g} s is not valid: 0 or more seconds into the clip")
+    start = round(start_s * fps)
+    if end_s is None:
+        return start, None
+    if not math.isfinite(end_s) or end_s <= start_s:
+        raise ValueError(f"trim end = {end_s:g} s is not valid: after the start ({start_s:g} s)")
+    span = round(end_s * fps) - start
+    if span < 1:
+        raise ValueError(f"the trim {start_s:g}-{end_s:g} s holds no frame at {fps:g} fps")
+    return start, span - (span - 1) % temporal
 
 
 BUILDERS = {

@@ -93,6 +93,11 @@ class GenerationResult:
             return source
         return None
 
+    @property
+    def audio_start(self) -> float:
+        """Seconds into `audio_source` where the output's audio starts: the restyle's trim."""
+        return self.request.init_start / self.request.fps
+
 
 @dataclass
 class _Candidate:
@@ -396,11 +401,13 @@ class VideoPipeline:
         if request.init_video is None:
             return None
         frames = read_media(request.init_video, request.fps, size=(request.width, request.height))
-        if len(frames) < request.num_frames:
-            longest = len(frames) - (len(frames) - 1) % self.temporal
-            raise ValueError(f"num_frames = {request.num_frames} is more than init_video has at {request.fps:g} fps "
-                             f"({frames_text(len(frames))}); valid: at most {longest}")
-        return frames[:request.num_frames]
+        start = request.init_start
+        if len(frames) - start < request.num_frames:
+            left = max(len(frames) - start, 0)
+            longest = left - (left - 1) % self.temporal if left else 0
+            raise ValueError(f"num_frames = {request.num_frames} is more than init_video has from frame {start} at "
+                             f"{request.fps:g} fps ({frames_text(left)}); valid: at most {longest}")
+        return frames[start:start + request.num_frames]
 
     def _place(self, item: ConditioningItem, request: GenerationRequest, sources: dict[str, np.ndarray]) -> PlacedItem:
         if item.source not in sources:

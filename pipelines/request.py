@@ -124,6 +124,8 @@ class GenerationRequest:
     `num_frames` is the length of the window the model samples. Modes that splice source clips (extend,
     loop, connect) return more frames than that: see `ConditioningItem.output`. `best_of` > 1 samples that
     many candidates (seeds `seed`, `seed + 1`, ...) and keeps the one whose joins are smoothest.
+    `init_start` is the frame of `init_video` (read at `fps`) that a restyle's window starts on: the trim's
+    in point.
     `image_first` samples a text-to-video clip in two stages, its first frame alone and then the clip with
     that frame held (None: the model's default; see `VideoPipeline.generate`).
     """
@@ -144,6 +146,7 @@ class GenerationRequest:
     conditioning_strategy: str | None = None
     init_video: str | None = None
     init_strength: float | None = None
+    init_start: int = 0
     use_saved_latents: bool = True
     best_of: int = 1
     image_first: bool | None = None
@@ -186,9 +189,12 @@ class GenerationRequest:
                  f"None (the model's default) or one of {', '.join(CONDITIONING_STRATEGIES)}")
         _require(self.init_video is None or (isinstance(self.init_video, str) and self.init_video != ""),
                  "init_video", self.init_video, "None or a path to a video")
+        _require(_is_int(self.init_start) and self.init_start >= 0, "init_start", self.init_start,
+                 "an integer >= 0 (the frame of init_video, at the request's fps, that the window starts on)")
         if self.init_video is None:
             _require(self.init_strength is None, "init_strength", self.init_strength,
                      "None unless init_video is given (strength is how far the init video is noised)")
+            _require(self.init_start == 0, "init_start", self.init_start, "0 unless init_video is given")
         else:
             _require(_is_number(self.init_strength) and 0 < self.init_strength <= 1, "init_strength",
                      self.init_strength, "a number in (0, 1] (1 = start from pure noise)")

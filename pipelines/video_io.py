@@ -213,9 +213,9 @@ _TO_YUV = dict(format="yuv420p", threads=1,
 
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: float, audio_from: str | Path | None = None,
-              comment: str | None = None) -> None:
+              comment: str | None = None, audio_start: float = 0.0) -> None:
     """H.264 (yuv420p, CRF 17) MP4, byte-identical for the same frames (see X264_OPTIONS); copies the audio
-    of `audio_from`, trimmed to the clip, when it has one."""
+    of `audio_from` from `audio_start` seconds, trimmed to the clip, when it has one."""
     _, height, width, _ = frames.shape
     with contextlib.ExitStack() as stack:
         # The audio comes from an input clip: opened through the same gate as its frames.
@@ -238,22 +238,25 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, audio_from: str 
             out.mux(video.encode(picture))
         out.mux(video.encode())
         if audio_in is not None:
-            _copy_audio(source, audio_in, out, audio_out, duration=len(frames) / fps)
+            _copy_audio(source, audio_in, out, audio_out, duration=len(frames) / fps, start=audio_start)
 
 
-def _copy_audio(source, in_stream, out, audio, duration: float) -> None:
+def _copy_audio(source, in_stream, out, audio, duration: float, start: float = 0.0) -> None:
     rate = audio.codec_context.sample_rate
     resampler = av.AudioResampler(format="fltp", layout="stereo", rate=rate)
-    limit, written = int(duration * rate), 0
+    limit, written, skip = int(duration * rate), 0, int(round(start * rate))
     for frame in source.decode(in_stream):
         if written >= limit:  # the clip's length is reached: the rest of the track is never decoded
             break
         for chunk in resampler.resample(frame):
-            keep = min(chunk.samples, limit - written)
+            first = min(skip, chunk.samples)  # samples before the trim's in point
+            skip -= first
+            keep = min(chunk.samples - first, limit - written)
             if keep <= 0:
-                break
-            if keep < chunk.samples:
-                chunk = av.AudioFrame.from_ndarray(chunk.to_ndarray()[:, :keep], format="fltp", layout="stereo")
+                continue
+            if first or keep < chunk.samples:
+                chunk = av.AudioFrame.from_ndarray(chunk.to_ndarray()[:, first:first + keep], format="fltp",
+                                                   layout="stereo")
                 chunk.sample_rate = rate
             chunk.pts = written
             written += keep
@@ -288,11 +291,11 @@ def write_frames(folder: str | Path, frames: np.ndarray) -> list[Path]:
 
 
 def write_output(path: str | Path, frames: np.ndarray, fps: float, audio_from: str | Path | None = None,
-                 comment: str | None = None) -> None:
+                 comment: str | None = None, audio_start: float = 0.0) -> None:
     """Write by suffix: .mp4 (with audio and metadata), .gif, or .png (a one-frame result)."""
     suffix = Path(path).suffix.lower()
     if suffix == ".mp4":
-        write_mp4(path, frames, fps, audio_from=audio_from, comment=comment)
+        write_mp4(path, frames, fps, audio_from=audio_from, comment=comment, audio_start=audio_start)
     elif suffix == ".gif":
         write_gif(path, frames, fps)
     elif suffix == ".png":

@@ -256,11 +256,17 @@ class StudioApp:
             return modes.loop(video, prompt, new, **common)
         return modes.extend(video, prompt, new, direction=direction, **common)
 
-    def request_restyle(self, video, strength, prompt, negative, seed, steps, guidance, sampler, size, fps):
+    def request_restyle(self, video, strength, prompt, negative, seed, steps, guidance, sampler, size, fps,
+                        trim_from=0, trim_to=None):
         video = self._keep(video, "a clip to restyle")
         settings = _settings(negative, seed, steps, guidance, sampler, _size_for(size, video, self.info))
         strength = _number(strength, "Strength", "a number from 0.05 to 1")
-        return modes.restyle(video, prompt, strength=strength, temporal=self.info.temporal, fps=_fps(fps), **settings)
+        trim_from = _number(trim_from, "Trim from", "0 or more seconds into the clip")
+        empty = trim_to is None or (isinstance(trim_to, str) and not trim_to.strip())
+        trim_to = None if empty else _number(trim_to, "Trim to", "a time in seconds after 'from', or empty for the end")
+        start, frames = modes.trim(trim_from, trim_to, _fps(fps), self.info.temporal)
+        return modes.restyle(video, prompt, strength=strength, num_frames=frames, start=start,
+                             temporal=self.info.temporal, fps=_fps(fps), **settings)
 
     def request_connect(self, clip_a, clip_b, context, candidates, prompt, negative, seed, steps, guidance, sampler,
                         size, seconds, fps):
@@ -447,7 +453,8 @@ class StudioApp:
                           loop=r.mode == "loop", direction="forward" if item.frame_index == 0 else "backward",
                           candidates=r.best_of)
         elif r.mode == "restyle":
-            values.update(video=source(r.init_video, "the footage"), strength=r.init_strength)
+            values.update(video=source(r.init_video, "the footage"), strength=r.init_strength,
+                          trim_from=r.init_start / r.fps, trim_to=(r.init_start + r.num_frames) / r.fps)
         elif r.mode == "connect":
             new = r.num_frames - sum(i.source_count or 0 for i in items)
             values.update(clip_a=source(items[0].source, "clip A"), clip_b=source(items[1].source, "clip B"),
@@ -621,9 +628,14 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                         rs_video = VideoFile(label="Footage", format=None, height=200)
                         strength = gr.Slider(0.05, 1.0, value=modes.DEFAULT_RESTYLE_STRENGTH, step=0.05,
                                              label="Strength (how far the footage is noised before repainting)")
+                        with gr.Row():  # for footage longer than the model's window: which part to restyle
+                            trim_from = gr.Number(value=0, label="Trim: from (s)", minimum=0, elem_id="restyle-from")
+                            trim_to = gr.Number(value=None, label="to (s; empty: as far as the model's window goes)",
+                                                minimum=0, elem_id="restyle-to")
                         c = shared("restyle", True, None)
                         fitted_view(rs_video, c)
-                        extra["restyle"] = {"video": rs_video, "strength": strength}
+                        extra["restyle"] = {"video": rs_video, "strength": strength, "trim_from": trim_from,
+                                            "trim_to": trim_to}
                         restyle_go = gr.Button("Restyle", variant="primary", elem_id="restyle-generate")
                     with gr.Tab(TABS["connect"], id="connect"):
                         with gr.Row():
@@ -687,8 +699,8 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
             extend_go.click(handler(app.request_extend),
                             [ext_video, direction, context, make_loop, ext_candidates] + e.inputs(),
                             api_name="extend", **run_args),
-            restyle_go.click(handler(app.request_restyle), [rs_video, strength] + r.inputs(), api_name="restyle",
-                             **run_args),
+            restyle_go.click(handler(app.request_restyle), [rs_video, strength] + r.inputs() + [trim_from, trim_to],
+                             api_name="restyle", **run_args),
             connect_go.click(handler(app.request_connect), [clip_a, clip_b, cn_context, cn_candidates] + k.inputs(),
                              api_name="connect", **run_args),
         ]

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", help="extend, loop, restyle: the clip; connect: clip A")
     p.add_argument("--video-b", help="connect: clip B")
     p.add_argument("--direction", choices=("forward", "backward"), default="forward", help="extend: which way")
+    p.add_argument("--start", type=float, default=0.0, metavar="SECONDS",
+                   help="restyle: where in the clip the window starts (the trim's in point; --frames or --seconds "
+                        "is its length)")
     p.add_argument("--frames", type=int, help="frames of the clip; for extend, loop and connect the new frames")
     p.add_argument("--seconds", type=float, help="length instead of --frames, snapped to a valid frame count")
     p.add_argument("--fps", type=float, help="frames per second (the model's default when omitted)")
@@ -214,6 +217,8 @@ def build_request(args: argparse.Namespace, defaults: Any, temporal: int, grid: 
         raise UsageError(f"{mode} needs --prompt")
     if args.strength is not None and mode not in ("restyle", "animate"):
         raise UsageError(f"--strength applies to restyle and animate, not {mode}")
+    if args.start and mode != "restyle":
+        raise UsageError(f"--start applies to restyle, not {mode}")
     if args.image_first is not None and mode != "t2v":
         raise UsageError(f"--image-first applies to t2v, not {mode}")
     if mode == "t2v":
@@ -230,7 +235,8 @@ def build_request(args: argparse.Namespace, defaults: Any, temporal: int, grid: 
         given = args.frames is not None or args.seconds is not None
         frames = _frames(args, "window", fps, temporal, None) if given else None
         strength = modes.DEFAULT_RESTYLE_STRENGTH if args.strength is None else args.strength
-        return modes.restyle(video, prompt, strength=strength,
+        start = modes.trim(args.start, None, fps, temporal)[0]
+        return modes.restyle(video, prompt, strength=strength, start=start,
                              num_frames=frames, temporal=temporal, fps=fps, **settings)
     if mode == "extend":
         video = _require_file(args.video, "--video", mode)

@@ -173,7 +173,7 @@ def _write_files(result: Any, out: Path, frames_out: str | None, gif: bool, over
         "joins": result.join_ratios,  # each join's step over the clip's median step (1 = as smooth as the clip)
         "created": datetime.now().astimezone().isoformat(timespec="seconds"),
     }
-    write_output(out, result.frames, result.fps, audio_from=result.audio_source,
+    write_output(out, result.frames, result.fps, audio_from=result.audio_source, audio_start=result.audio_start,
                  comment=json.dumps({"request": sidecar["request"], "model": result.model_id}))
     if result.timeline is not None and out.suffix.lower() == ".mp4":
         sidecar["latents"] = save_timeline(out, result.timeline).name
