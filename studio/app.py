@@ -262,9 +262,10 @@ class StudioApp:
         settings = _settings(negative, seed, steps, guidance, sampler, _size_for(size, video, self.info))
         strength = _number(strength, "Strength", "a number from 0.05 to 1")
         trim_from = _number(trim_from, "Trim from", "0 or more seconds into the clip")
+        valid_to = "a time in seconds after 'from', or 0 for as far as the model's window goes"
         empty = trim_to is None or (isinstance(trim_to, str) and not trim_to.strip())
-        trim_to = None if empty else _number(trim_to, "Trim to", "a time in seconds after 'from', or empty for the end")
-        start, frames = modes.trim(trim_from, trim_to, _fps(fps), self.info.temporal)
+        trim_to = None if empty else _number(trim_to, "Trim to", valid_to)
+        start, frames = modes.trim(trim_from, trim_to or None, _fps(fps), self.info.temporal)  # 0: to the end
         return modes.restyle(video, prompt, strength=strength, num_frames=frames, start=start,
                              temporal=self.info.temporal, fps=_fps(fps), **settings)
 
@@ -630,7 +631,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                                              label="Strength (how far the footage is noised before repainting)")
                         with gr.Row():  # for footage longer than the model's window: which part to restyle
                             trim_from = gr.Number(value=0, label="Trim: from (s)", minimum=0, elem_id="restyle-from")
-                            trim_to = gr.Number(value=None, label="to (s; empty: as far as the model's window goes)",
+                            trim_to = gr.Number(value=0, label="to (s; 0: as far as the model's window goes)",
                                                 minimum=0, elem_id="restyle-to")
                         c = shared("restyle", True, None)
                         fitted_view(rs_video, c)

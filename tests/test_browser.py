@@ -126,7 +126,7 @@ def test_animate_and_extend_from_files_uploaded_in_the_page(browser, studio_url,
                                       for i in panel.find_elements(By.CSS_SELECTOR, "input[type=file]")])
         field[0].send_keys(str(upload))  # the tab's first upload: the still, the clip
         wait.until(lambda d: any(e.is_displayed() for e in  # the server read it and shows it fitted
-                                 d.find_elements(By.XPATH, "//*[contains(text(), 'The model sees it at')]")))
+                                 d.find_elements(By.XPATH, "//*[contains(text(), 'the model makes')]")))
         browser.find_element(By.CSS_SELECTOR, f"#{name}-prompt textarea").send_keys("a square moves")
         before = status_text(browser)  # "Ready.", then the animation's "Done in ...: 9 frames", unlike extend's
         browser.find_element(By.CSS_SELECTOR, f"#{name}-generate").click()

@@ -84,14 +84,15 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("mode, extra, message", [
-    ("restyle", ["--video", "{clip}", "--out", "{clip}"], "would write clip.mp4 over --video"),
+    ("restyle", ["--video", "{clip}", "--strength", "0.5", "--out", "{clip}"], "would write clip.mp4 over --video"),
     ("extend", ["--video", "{clip}", "--frames", "4", "--out", "{clip}"], "would write clip.mp4 over --video"),
     ("loop", ["--video", "{clip}", "--frames", "3", "--out", "{clip}"], "would write clip.mp4 over --video"),
     ("connect", ["--video", "{other}", "--video-b", "{clip}", "--frames", "3", "--out", "{clip}"],
      "would write clip.mp4 over --video-b"),
-    ("restyle", ["--video", "{frames}", "--out", "{new}", "--frames-out", "{frames}"],
+    ("restyle", ["--video", "{frames}", "--strength", "0.5", "--out", "{new}", "--frames-out", "{frames}"],
      "--frames-out .* is where --video lives"),
-    ("restyle", ["--video", "{clip}", "--out", "{clip}", "--overwrite"], "would write clip.mp4 over --video"),
+    ("restyle", ["--video", "{clip}", "--strength", "0.5", "--out", "{clip}", "--overwrite"],
+     "would write clip.mp4 over --video"),
     ("t2v", ["--out", "{clip}"], "clip.mp4, clip.mp4.latents.safetensors, clip.mp4.json already exists; .*--overwrite"),
 ])
 def test_the_cli_never_writes_over_its_input_or_an_existing_output(tiny_model_dir, clip, capsys, mode, extra,
