@@ -103,3 +103,50 @@ def launched_studio(model_dir: Path, outputs: Path, *flags: str, **options):
         yield url, history
     finally:
         demo.close()
+
+
+# The tiny model's settings as the tabs' API takes them: negative, seed, steps, guidance, sampler, size.
+SIZE = "1:1 · 32x32"
+API_SETTINGS = ("", 7, 2, 4.0, "default", SIZE)
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory) -> Path:
+    """The outputs folder of the module's studio (`server`)."""
+    return tmp_path_factory.mktemp("studio-outputs")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, outputs):
+    """One studio on the tiny model for the module's tests: (url, history)."""
+    with launched_studio(tiny_model_dir, outputs, queue_size=4) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server[0], verbose=False)
+
+
+def clip_with_audio(path, frames: np.ndarray, fps: float, seconds: float, rising: bool = False) -> None:
+    """An MP4 of `frames` with a 440 Hz tone of `seconds`; `rising`: it gets louder second by second, so where
+    a copy of it starts can be heard."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=int(fps))
+        video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        audio = out.add_stream("aac", rate=44100)
+        for f in frames:
+            out.mux(video.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        out.mux(video.encode())
+        t = np.arange(int(44100 * seconds)) / 44100
+        tone = ((0.25 * t if rising else 0.3) * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+        for start in range(0, len(tone), 1024):
+            chunk = np.stack([tone[start:start + 1024]] * 2)
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts = 44100, start
+            out.mux(audio.encode(frame))
+        out.mux(audio.encode())

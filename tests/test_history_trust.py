@@ -23,30 +23,13 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from markdown_it import MarkdownIt  # noqa: E402
 
-from conftest import launched_studio  # noqa: E402
+from conftest import API_SETTINGS, launched_studio  # noqa: E402
 from pipelines.video_io import write_mp4  # noqa: E402
 from studio.outputs import History  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SIZE = "1:1 · 32x32"
-SETTINGS = ("", 7, 2, 4.0, "default", SIZE)  # negative, seed, steps, guidance, sampler, size
+SETTINGS = API_SETTINGS
 T2V = (*SETTINGS, 1.0, 8, False, False)  # seconds, fps, one frame, image first
-
-
-@pytest.fixture(scope="module")
-def outputs(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("trust-outputs")
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_dir, outputs):
-    with launched_studio(tiny_model_dir, outputs, queue_size=4) as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-def client(server) -> Client:
-    return Client(server[0], verbose=False)
 
 
 def result_of(outputs: tuple) -> dict:

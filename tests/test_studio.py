@@ -16,27 +16,10 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
 from pipelines.video_io import read_media, write_mp4  # noqa: E402
-from conftest import launched_studio  # noqa: E402
+from conftest import API_SETTINGS, launched_studio  # noqa: E402
 from studio.serve import create  # noqa: E402
 
-SIZE = "1:1 · 32x32"
-SETTINGS = ("", 7, 2, 4.0, "default", SIZE)  # negative, seed, steps, guidance, sampler, size
-
-
-@pytest.fixture(scope="module")
-def outputs(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("studio-outputs")
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_dir, outputs):
-    with launched_studio(tiny_model_dir, outputs, queue_size=4) as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-def client(server) -> Client:
-    return Client(server[0], verbose=False)
+SETTINGS = API_SETTINGS
 
 
 def probe(path: str | Path) -> tuple[int, int, int]:

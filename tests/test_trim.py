@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import launched_studio, moving_square
+from conftest import clip_with_audio, launched_studio, moving_square
 from pipelines import restyle
 from pipelines.video_io import read_media
 from studio import cli
@@ -18,27 +18,7 @@ from studio.outputs import History
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
-SETTINGS = ("", 7, 4, 4.0, "default", "1:1 · 32x32")  # negative, seed, steps, guidance, sampler, size
-
-
-def clip_with_rising_audio(path, frames: np.ndarray, fps: float) -> None:
-    """A clip whose audio gets louder second by second, so where a copy of it starts can be heard."""
-    seconds = len(frames) / fps
-    with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=int(fps))
-        video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        audio = out.add_stream("aac", rate=44100)
-        for f in frames:
-            out.mux(video.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-        out.mux(video.encode())
-        t = np.arange(int(44100 * seconds)) / 44100
-        tone = (0.25 * t * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-        for start in range(0, len(tone), 1024):
-            chunk = np.stack([tone[start:start + 1024]] * 2)
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout="stereo")
-            frame.sample_rate, frame.pts = 44100, start
-            out.mux(audio.encode(frame))
-        out.mux(audio.encode())
+SETTINGS = ("", 7, 4, 4.0, "default", "1:1 · 32x32")  # negative, seed, steps (4: strength 0.5 runs 2), ...
 
 
 def loudness(path, seconds: float = 0.25) -> float:
@@ -51,7 +31,7 @@ def loudness(path, seconds: float = 0.25) -> float:
 @pytest.fixture
 def footage(tmp_path):
     path = tmp_path / "footage.mp4"
-    clip_with_rising_audio(path, moving_square(32), fps=8)  # 4 s: longer than the tiny model's 9-frame window
+    clip_with_audio(path, moving_square(32), fps=8, seconds=4.0, rising=True)  # longer than the 9-frame window
     return path
 
 

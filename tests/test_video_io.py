@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import moving_square
+from conftest import clip_with_audio, moving_square
 from pipelines.video_io import fit_frames, read_media, read_video, write_gif, write_mp4, write_output
 
 
@@ -48,29 +48,11 @@ def test_unreadable_inputs_say_what_is_wrong(tmp_path):
         read_video(tmp_path / "notes.txt", fps=8)
 
 
-def _clip_with_audio(path, frames, fps, seconds):
-    with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
-        audio = out.add_stream("aac", rate=44100)
-        for f in frames:
-            out.mux(video.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-        out.mux(video.encode())
-        t = np.arange(int(44100 * seconds)) / 44100
-        tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-        for start in range(0, len(tone), 1024):
-            chunk = np.stack([tone[start:start + 1024]] * 2)
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout="stereo")
-            frame.sample_rate, frame.pts = 44100, start
-            out.mux(audio.encode(frame))
-        out.mux(audio.encode())
-
-
 def test_restyle_keeps_the_audio_track(wan21, tmp_path):
     from pipelines import restyle
     from studio.outputs import write_result
 
-    _clip_with_audio(tmp_path / "talk.mp4", moving_square(9), fps=8, seconds=1.5)
+    clip_with_audio(tmp_path / "talk.mp4", moving_square(9), fps=8, seconds=1.5)
     request = restyle(str(tmp_path / "talk.mp4"), "a blue square", strength=0.5, width=32, height=32, fps=8.0,
                       steps=2, seed=1)
     result = wan21.generate(request)
