@@ -16,11 +16,13 @@ from typing import Any
 
 MODES = ("t2v", "image", "animate", "extend", "loop", "restyle", "connect")
 JOIN_MODES = ("extend", "loop", "connect")  # their new frames meet copied-through clips at joins
+MODE_ITEMS = {"animate": 1, "extend": 1, "loop": 2, "connect": 2}  # conditioning items each mode reads by position
 CONDITIONING_STRATEGIES = ("per_token", "replace")
 ITEM_OUTPUTS = ("window", "source", "omit")
 REQUEST_FORMAT = 1
 MAX_SEED = 2**64 - 1
 MAX_BEST_OF = 16
+MAX_CONDITIONING_ITEMS = 64  # keyframes and clips one window holds; far above any mode's
 # The text encoders read at most max_sequence_length tokens (512 for Wan's umT5, about 2,000 characters of
 # English) and drop the rest, so a longer prompt only costs tokenising and sidecar space.
 MAX_PROMPT_CHARS = 4000
@@ -179,6 +181,8 @@ class GenerationRequest:
                  f"one of {', '.join(SAMPLERS)}")
         _require(self.shift is None or (_is_number(self.shift) and 0 < self.shift <= 100), "shift", self.shift,
                  "None (the checkpoint's own) or a number in (0, 100]")
+        _require(len(self.conditioning) <= MAX_CONDITIONING_ITEMS, "conditioning", f"{len(self.conditioning)} items",
+                 f"at most {MAX_CONDITIONING_ITEMS} items")
         _require(all(isinstance(item, ConditioningItem) for item in self.conditioning), "conditioning",
                  self.conditioning, "a sequence of ConditioningItem")
         for item in self.conditioning:
@@ -187,8 +191,13 @@ class GenerationRequest:
         _require(self.conditioning_strategy is None or self.conditioning_strategy in CONDITIONING_STRATEGIES,
                  "conditioning_strategy", self.conditioning_strategy,
                  f"None (the model's default) or one of {', '.join(CONDITIONING_STRATEGIES)}")
+        held = MODE_ITEMS.get(self.mode, 0)
+        _require(len(self.conditioning) >= held, "conditioning", self.conditioning,
+                 f"at least {held} item{'s' * (held != 1)} for {self.mode} (what it holds: pipelines.modes builds them)")
         _require(self.init_video is None or (isinstance(self.init_video, str) and self.init_video != ""),
                  "init_video", self.init_video, "None or a path to a video")
+        _require(self.mode != "restyle" or self.init_video is not None, "init_video", self.init_video,
+                 "the footage to restyle (a path to a video) for restyle")
         _require(_is_int(self.init_start) and self.init_start >= 0, "init_start", self.init_start,
                  "an integer >= 0 (the frame of init_video, at the request's fps, that the window starts on)")
         if self.init_video is None:
@@ -239,6 +248,8 @@ class GenerationRequest:
         _require(not missing, "request keys", missing, f"a request needs {', '.join(sorted(required))}")
         raw_items = data.get("conditioning", ())
         _require(isinstance(raw_items, (list, tuple)), "conditioning", raw_items, "a list of conditioning items")
+        _require(len(raw_items) <= MAX_CONDITIONING_ITEMS, "conditioning", f"{len(raw_items)} items",
+                 f"at most {MAX_CONDITIONING_ITEMS} items")  # before building them
         items = []
         for raw in raw_items:
             _require(isinstance(raw, dict), "conditioning item", raw, "an object with a 'source' and placement")

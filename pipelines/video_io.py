@@ -278,11 +278,14 @@ def write_png(path: str | Path, frame: np.ndarray) -> None:
         Image.fromarray(frame).save(tmp, format="PNG")
 
 
+FRAME_FILES = "frame_[0-9][0-9][0-9][0-9][0-9].png"  # what write_frames writes, and replaces
+
+
 def write_frames(folder: str | Path, frames: np.ndarray) -> list[Path]:
     """Every frame as a lossless PNG (frame_00000.png, ...), the sequence editors import."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("frame_[0-9][0-9][0-9][0-9][0-9].png"):  # a longer earlier clip's frames
+    for stale in folder.glob(FRAME_FILES):  # a longer earlier clip's frames
         stale.unlink()
     paths = [folder / f"frame_{i:05d}.png" for i in range(len(frames))]
     for p, frame in zip(paths, frames):

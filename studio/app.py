@@ -27,12 +27,13 @@ from pipelines.media_check import check_media
 from pipelines.request import MAX_BEST_OF, MAX_SEED, GenerationRequest, default_guidance, frames_text
 from pipelines.samplers import SAMPLERS
 from studio.engine import Engine, Job, QueueFull
-from studio.outputs import Entry
+from studio.outputs import Entry, upload_name
 from studio.widgets import ImageFile, VideoFile
 
 log = logging.getLogger("studio.app")
 
 MATCH_INPUT = "match the input"
+BROWSER_MAX_SEED = 2**53 - 1  # the largest whole number a browser's Number widget (a JavaScript double) holds exactly
 UPDATE_INTERVAL_S = 0.3  # progress updates to the page
 BUILDING_AT_ONCE = 2  # requests whose inputs are checked and kept at the same time (see StudioApp.stream)
 CANDIDATES = [1, 2, 4, 8]  # best_of choices for joins: each candidate costs a whole generation
@@ -97,6 +98,8 @@ def default_preset(info: ModelInfo) -> str:
 
 def parse_size(label: str) -> tuple[int, int] | None:
     """(width, height) of a preset label, or None for "match the input"."""
+    if label is not None and not isinstance(label, str):
+        raise gr.Error(f"size {label!r} is not valid: a preset's label, or WIDTHxHEIGHT")
     found = re.search(r"(\d+)x(\d+)$", label or "")
     if not found:
         if label == MATCH_INPUT:
@@ -171,11 +174,12 @@ def _number(value: Any, field: str, valid: str, whole: bool = False) -> Any:
 
 def _settings(negative: str, seed: float | None, steps: float, guidance: float, sampler: str,
               size: tuple[int, int]) -> dict[str, Any]:
-    valid_seed = f"a whole number from 0 to {MAX_SEED}, or -1 for a random one"
+    valid_seed = (f"a whole number from 0 to {BROWSER_MAX_SEED}, or -1 for a random one (larger seeds, up to "
+                  f"{MAX_SEED}: the command line)")
     seed = _number(seed, "Seed", valid_seed, whole=True)
     if seed == -1:  # the one value that means "pick one"
         seed = secrets.randbelow(2**31)
-    if not 0 <= seed <= MAX_SEED:
+    if not 0 <= seed <= BROWSER_MAX_SEED:
         raise gr.Error(f"Seed {seed} is not valid: {valid_seed}")
     steps = _number(steps, "Steps", "a whole number from 1 to 100", whole=True)
     return dict(negative_prompt=negative or "", seed=seed, steps=steps,
@@ -353,7 +357,7 @@ class StudioApp:
         if not output:
             raise gr.Error("Generate a clip first.")
         frames = read_media(output, self.info.fps)
-        target = self.history.uploads / f"{Path(output).stem}.last.png"
+        target = self.history.uploads / upload_name(f"{Path(output).stem}.last.png")  # a long stem is cut
         write_png(target, frames[-1])
         return str(target)
 
@@ -460,10 +464,15 @@ class StudioApp:
             new = r.num_frames - sum(i.source_count or 0 for i in items)
             values.update(clip_a=source(items[0].source, "clip A"), clip_b=source(items[1].source, "clip B"),
                           context=items[0].source_count, seconds=new / r.fps, candidates=r.best_of)
+        if r.seed > BROWSER_MAX_SEED:  # the page would round it and silently make another clip
+            values["seed"] = None
+            values["note"] = (f"Its seed, {r.seed}, is larger than a browser holds exactly, so the seed was not "
+                              f"loaded: reproduce it with `python launch.py generate reproduce`. ")
         if missing:
             one = len(missing) == 1
-            values["note"] = (f"{' and '.join(missing).capitalize()} {'is' if one else 'are'} not in the outputs "
-                              f"folder, so only the other settings were loaded: add {'it' if one else 'them'} again.")
+            values["note"] = values.get("note", "") + (
+                f"{' and '.join(missing).capitalize()} {'is' if one else 'are'} not in the outputs folder, so only "
+                f"the other settings were loaded: add {'it' if one else 'them'} again.")
         return values
 
 

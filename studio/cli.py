@@ -127,9 +127,11 @@ def writable_folder(folder: Path) -> str | None:
 def check_out_paths(out: Path, frames_out: str | None) -> None:
     """Refuse an --out or --frames-out that cannot be written, before the model loads (a failed write after
     a generation loses it)."""
+    from studio.outputs import name_problem
+
     if out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a folder: give a file name ending in .mp4, .gif or .png")
-    problem = writable_folder(out.parent)
+    problem = name_problem(out) or writable_folder(out.parent)
     if problem:
         raise UsageError(f"--out {str(out)!r} cannot be written: {problem}")
     if frames_out is not None:
@@ -261,13 +263,22 @@ def _reproduced(args: argparse.Namespace):
 
     path = _require_file(args.request, "--request", "reproduce")
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise UsageError(f"--request {path!r} is not a readable JSON sidecar ({error})") from None
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except OSError as error:
+        raise UsageError(f"--request {path!r} cannot be read ({error.strerror or error})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--request {path!r} is not UTF-8 text, so not a sidecar this studio wrote") from None
+    except RecursionError:
+        raise UsageError(f"--request {path!r} nests too deep to be a sidecar this studio wrote") from None
+    except ValueError as error:  # not JSON, or an integer longer than Python converts
+        raise UsageError(f"--request {path!r} is not a readable JSON sidecar ({str(error)[:120]})") from None
     if not isinstance(data, dict) or "request" not in data:
         raise UsageError(f"--request {path!r} holds no 'request': pass the .json written beside an output")
+    model = data.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise UsageError(f"--request {path!r} records a model that is not a name ({model!r:.60}); pass --model")
     request = GenerationRequest.from_dict(data["request"])
-    return _sources_beside(request, Path(path).absolute().parent), data.get("model")
+    return _sources_beside(request, Path(path).absolute().parent), model
 
 
 def _sources_beside(request: Any, folder: Path) -> Any:
@@ -405,6 +416,7 @@ def _inputs_of(built: Any, args: argparse.Namespace) -> list[tuple[str, Path]]:
 def _check_targets(out: Path | None, args: argparse.Namespace, inputs: list[tuple[str, Path]]) -> None:
     """Before anything loads: the run never writes over what it reads, nor over an existing file unless
     --overwrite names exactly that path."""
+    from pipelines.video_io import FRAME_FILES
     from studio.outputs import files_of
 
     targets = [] if out is None else files_of(out, gif=False, latents=out.suffix.lower() == ".mp4")
@@ -423,6 +435,11 @@ def _check_targets(out: Path | None, args: argparse.Namespace, inputs: list[tupl
     if existing and not args.overwrite:
         raise UsageError(f"--out {str(out)!r}: {', '.join(existing)} already exists; choose another name, or add "
                          "--overwrite to replace it")
+    if frames_out is not None and frames_out.is_dir() and not args.overwrite:
+        held = sorted(frames_out.glob(FRAME_FILES))
+        if held:
+            raise UsageError(f"--frames-out {args.frames_out!r} already holds {len(held)} frame files "
+                             f"({held[0].name}...); choose an empty folder, or add --overwrite to replace them")
 
 
 def _generate_and_write(pipe: Any, request: Any, out: Path | None, frames_out: str | None,

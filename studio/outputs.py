@@ -94,6 +94,24 @@ def files_of(out: Path, gif: bool, latents: bool) -> list[Path]:
     return files + [sidecar_of(out)]
 
 
+def name_problem(out: Path) -> str | None:
+    """Why the files of output `out` cannot be created in its folder for the length of their names, or None.
+    The longest name is a temporary one (`atomic_path`'s `.STEM.XXXXXXXX.partial.SUFFIX` of the latents)."""
+    folder = out.parent
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    longest = max(len(f".{p.stem}.XXXXXXXX.partial{p.suffix}".encode())
+                  for p in files_of(out, gif=True, latents=True))
+    if longest <= limit:
+        return None
+    return (f"its name is too long for this file system: at most {limit - (longest - len(out.name.encode()))} bytes "
+            f"(it has {len(out.name.encode())})")
+
+
 @contextlib.contextmanager
 def _folder_lock(folder: Path, exclusive: bool) -> Iterator[None]:
     """The outputs folder's lock, where the folder has one (History makes it; a CLI --out elsewhere needs none)."""
@@ -239,12 +257,14 @@ def _check_shape(data: Any) -> None:
     if not isinstance(data, dict):
         raise BadEntry("its sidecar is not a JSON object")
     try:
-        GenerationRequest.from_dict(data.get("request"))
+        request = GenerationRequest.from_dict(data.get("request"))
     except (ValueError, TypeError) as error:  # TypeError: belt and braces, the request raises ValueError
         raise BadEntry(f"its request is not valid ({str(error)[:200]})") from None
     parents = data.get("parents", [])
     if not isinstance(parents, list) or not all(isinstance(p, str) and p for p in parents):
         raise BadEntry("its 'parents' is not a list of paths")
+    if len(parents) > len(request.conditioning) + 1:  # a parent per source: lineage walks each of them
+        raise BadEntry(f"it names {len(parents)} parents for {len(request.conditioning) + 1} sources at most")
     for key in ("bytes", "frames", "width", "height"):
         if key in data and (not isinstance(data[key], int) or isinstance(data[key], bool)):
             raise BadEntry(f"its {key!r} is not a whole number")

@@ -52,7 +52,8 @@ def test_bad_fields_name_the_field_and_what_is_valid(field, value, message):
 
 def test_image_first_is_for_text_to_video_only():
     assert GenerationRequest(**BASE, image_first=True).image_first is True
-    assert GenerationRequest(**{**BASE, "mode": "animate"}, image_first=False).image_first is False
+    still = (ConditioningItem("a.png"),)
+    assert GenerationRequest(**{**BASE, "mode": "animate"}, conditioning=still, image_first=False).image_first is False
     for bad in (dict(mode="animate", conditioning=(ConditioningItem("a.png"),)), dict(num_frames=1),
                 dict(mode="restyle", init_video="c.mp4", init_strength=0.5)):
         with pytest.raises(ValueError, match="image_first = True is not valid: .*text-to-video"):
@@ -94,3 +95,16 @@ def test_unknown_keys_in_json_are_refused():
     data["format"] = 99
     with pytest.raises(ValueError, match="format"):
         GenerationRequest.from_dict(data)
+
+
+@pytest.mark.parametrize("mode, fields, message", [
+    ("extend", {}, "conditioning = \\(\\) is not valid: at least 1 item for extend"),
+    ("connect", {"conditioning": (ConditioningItem("a.mp4"),)}, "at least 2 items for connect"),
+    ("loop", {}, "at least 2 items for loop"),
+    ("animate", {}, "at least 1 item for animate"),
+    ("restyle", {}, "init_video = None is not valid: the footage to restyle"),
+])
+def test_a_mode_without_what_it_holds_is_refused(mode, fields, message):
+    """A hand-made or edited request (a crafted sidecar) must not reach code that reads its items by position."""
+    with pytest.raises(ValueError, match=message):
+        GenerationRequest(**{**BASE, "mode": mode, **fields})

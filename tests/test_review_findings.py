@@ -1,0 +1,114 @@
+"""What the independent adversarial review of issue 27 found, pinned: the CLI's frame folder and long names,
+crafted sidecars given to `reproduce`, a crafted entry with many parents, seeds a browser cannot hold, and a
+size sent as something other than a label."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import API_SETTINGS, launched_studio
+from studio import cli
+from studio.outputs import History
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client  # noqa: E402
+
+
+def run(tiny_model_dir, *args) -> int:
+    return cli.main([*args[:1], "--model", str(tiny_model_dir), "--prompt", "a ball", "--quiet", *args[1:]])
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+
+def test_frames_out_never_replaces_frames_already_there_unasked(tiny_model_dir, tmp_path, capsys):
+    folder = tmp_path / "F"
+    folder.mkdir()
+    for i in range(25):
+        (folder / f"frame_{i:05d}.png").write_text("mine")
+    assert run(tiny_model_dir, "image", "--frames-out", str(folder), "--out", str(tmp_path / "a.png")) == 2
+    err = one_line(capsys)
+    assert "already holds 25 frame files" in err and "--overwrite" in err
+    assert sorted(p.read_text() for p in folder.iterdir()) == ["mine"] * 25
+    assert run(tiny_model_dir, "image", "--frames-out", str(folder), "--out", str(tmp_path / "b.png"),
+               "--overwrite") == 0
+    assert len(list(folder.iterdir())) == 1  # asked for: the image's one frame, the old ones gone
+
+
+@pytest.mark.parametrize("stem_bytes", [215, 240])
+def test_an_out_name_too_long_for_its_temporaries_is_refused_before_loading(tiny_model_dir, tmp_path, capsys,
+                                                                            stem_bytes):
+    out = tmp_path / ("n" * stem_bytes + ".mp4")
+    started = time.perf_counter()
+    assert run(tiny_model_dir, "t2v", "--frames", "5", "--out", str(out)) == 2
+    err = one_line(capsys)
+    assert "its name is too long for this file system: at most" in err and "loaded" not in capsys.readouterr().out
+    assert not list(tmp_path.iterdir()) and time.perf_counter() - started < 30
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"request": ' + "[" * 200_000 + "]" * 200_000 + "}", "nests too deep"),
+    ('{"request": {"prompt": "x"}, "model": 123}', "records a model that is not a name"),
+    ('{"request": {"prompt": "x"}, "model": ["a"]}', "records a model that is not a name"),
+    ('{"request": {"prompt": "x", "seed": ' + "9" * 5000 + "}}", "is not a readable JSON sidecar"),
+    (b'{"request": {"prompt": "caf\xe9"}}', "is not UTF-8 text"),
+    ('{"request": {"prompt": "x", "mode": "extend", "conditioning": []}}', "at least 1 item for extend"),
+])
+def test_reproduce_refuses_a_crafted_sidecar_in_one_line(tiny_model_dir, tmp_path, capsys, content, message):
+    sidecar = tmp_path / "crafted.mp4.json"
+    sidecar.write_bytes(content if isinstance(content, bytes) else content.encode())
+    code = cli.main(["reproduce", "--request", str(sidecar), "--quiet", "--out", str(tmp_path / "x.mp4")])
+    assert code == 2 and message in one_line(capsys)
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_an_entry_naming_more_parents_than_sources_is_skipped_fast(tmp_path, wan21):
+    from pipelines import text_to_video
+
+    history = History(tmp_path / "outputs")
+    out, sidecar = history.write(wan21.generate(text_to_video("a ball", num_frames=5, width=32, height=32, steps=1)))
+    crafted = history.folder / "o.mp4"
+    shutil.copyfile(out, crafted)
+    (history.folder / "o.mp4.json").write_text(json.dumps({**sidecar, "parents": ["/x"] * 300_000}))
+    started = time.perf_counter()
+    assert [e.media.name for e in history.entries()] == [out.name] and history.children(out) == []
+    assert time.perf_counter() - started < 10
+
+
+def test_seeds_a_browser_cannot_hold_are_refused_not_rounded(tiny_model_dir, tmp_path):
+    with launched_studio(tiny_model_dir, tmp_path / "outputs") as (url, history):
+        client = Client(url, verbose=False)
+        negative, _, steps, guidance, sampler, size = API_SETTINGS
+        with pytest.raises(Exception, match=r"Seed 9007199254740992 is not valid: .*9007199254740991.*command line"):
+            client.predict("a ball", negative, 2**53, steps, guidance, sampler, size, 1.0, 8, False, False,
+                           api_name="/t2v")
+        made = client.predict("a ball", *API_SETTINGS, 1.0, 8, False, False, api_name="/t2v")[4]
+        big = history.folder / "big-seed.mp4"  # what the CLI writes for --seed 18446744073709551615
+        shutil.copyfile(made["output"], big)
+        sidecar = {**made["sidecar"], "request": {**made["sidecar"]["request"], "seed": 2**64 - 1}}
+        (history.folder / "big-seed.mp4.json").write_text(json.dumps(sidecar))
+        values = client.predict("big-seed.mp4", api_name="/reproduce")
+        assert values["seed"] is None and "larger than a browser holds exactly" in values["note"]
+        with pytest.raises(Exception, match=r"size \['a'\] is not valid: a preset's label, or WIDTHxHEIGHT"):
+            client.predict("a ball", negative, 1, steps, guidance, sampler, ["a"], 1.0, 8, False, False,
+                           api_name="/t2v")
+
+
+def test_animate_from_the_last_frame_of_an_output_with_a_long_name(tiny_model_dir, tmp_path):
+    with launched_studio(tiny_model_dir, tmp_path / "outputs") as (url, history):
+        client = Client(url, verbose=False)
+        made = client.predict("a ball", *API_SETTINGS, 1.0, 8, False, False, api_name="/t2v")[4]
+        long = history.folder / ("L" * 246 + ".mp4")  # a legal name, that a CLI --out can make
+        shutil.copyfile(made["output"], long)
+        shutil.copyfile(made["output"] + ".json", f"{long}.json")
+        client.predict(api_name="/history")
+        still, prompt, seed = client.predict(long.name, api_name="/send_entry_to_animate")
+        assert Path(still).is_file() and (prompt, seed) == ("a ball", 7)
