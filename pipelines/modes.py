@@ -22,6 +22,7 @@ DEFAULT_CONTEXT_FRAMES = 9
 # a luminance-gradient correlation of 0.33 (the VAE's own round trip: 17.1 dB, 0.39); 0.4 kept 0.07-0.14 and
 # 0.5-0.7 nothing (0.00-0.03, 9.4-13.3 dB): above 0.3 the footage is no longer recognisable.
 DEFAULT_RESTYLE_STRENGTH = 0.3
+MAX_SECONDS = 3600  # longer than any clip the media check takes: a bound for durations typed anywhere
 MAX_ASPECT = 4.0  # widest (and tallest) output shape size_for picks from an input: 4:1
 
 
@@ -35,9 +36,17 @@ def new_frame_counts(mode: str, temporal: int = 4) -> tuple[int, int]:
     return (temporal, temporal) if mode == "extend" else (temporal - 1, temporal)
 
 
+def _check_seconds(seconds: float, name: str, minimum: float = 0.0) -> None:
+    if not math.isfinite(seconds) or not minimum <= seconds <= MAX_SECONDS:
+        raise ValueError(f"{name} = {seconds:g} s is not valid: a number of seconds from {minimum:g} to {MAX_SECONDS}")
+
+
 def frames_for_seconds(seconds: float, fps: float, kind: str, temporal: int = 4) -> int:
     """The valid frame count nearest to `seconds` at `fps` (halves go up): 4k+1 for a whole clip
     (kind "window"), else the new frames of extend, loop or connect."""
+    _check_seconds(seconds, "seconds")
+    if not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps = {fps:g} is not valid: a positive number of frames per second")
     first, step = (1, temporal) if kind == "window" else new_frame_counts(kind, temporal)
     return max(first, first + math.floor((seconds * fps - first) / step + 0.5) * step)
 
@@ -135,16 +144,21 @@ def loop(clip: str, prompt: str, new_frames: int, context_frames: int | None = N
 
 
 def restyle(video: str, prompt: str, strength: float = DEFAULT_RESTYLE_STRENGTH, num_frames: int | None = None,
-            temporal: int = 4, fps: float = 16.0, start: int = 0, **settings: Any) -> GenerationRequest:
+            temporal: int = 4, fps: float = 16.0, start: int = 0, window: int | None = None,
+            **settings: Any) -> GenerationRequest:
     """SDEdit: noise the clip to `strength` and denoise it under the new prompt. The window starts on the
     clip's frame `start` (the trim's in point); by default it is the longest 4k+1 frames the clip holds from
-    there."""
+    there, at most `window` (the model's own length, so that long footage is not one huge window)."""
+    length = clip_length(video, fps)
+    left = length - start
+    if left < 1:
+        raise ValueError(f"the trim starts at {start / fps:g} s, after the clip's end ({length / fps:.2f} s)")
     if num_frames is None:
-        left = clip_length(video, fps) - start
-        if left < 1:
-            raise ValueError(f"the trim starts at frame {start}, after the clip's end at {fps:g} fps "
-                             f"({clip_length(video, fps) / fps:.2f} s)")
-        num_frames = left - (left - 1) % temporal
+        num_frames = left if window is None else min(left, window)
+        num_frames -= (num_frames - 1) % temporal
+    elif num_frames > left:
+        raise ValueError(f"the trim {start / fps:g}-{(start + num_frames) / fps:g} s goes past the clip's end "
+                         f"({length / fps:.2f} s at {fps:g} fps)")
     return GenerationRequest(prompt=prompt, mode="restyle", init_video=video, init_strength=strength,
                              init_start=start, num_frames=num_frames, fps=fps, **settings)
 
@@ -152,12 +166,12 @@ def restyle(video: str, prompt: str, strength: float = DEFAULT_RESTYLE_STRENGTH,
 def trim(start_s: float, end_s: float | None, fps: float, temporal: int = 4) -> tuple[int, int | None]:
     """(first frame, window frames) of a trim given in seconds: the window is the longest 4k+1 frames from
     `start_s` that end by `end_s` (None: the clip's end, left to the builder)."""
-    if not math.isfinite(start_s) or start_s < 0:
-        raise ValueError(f"trim start = {start_s:g} s is not valid: 0 or more seconds into the clip")
+    _check_seconds(start_s, "trim start")
     start = round(start_s * fps)
     if end_s is None:
         return start, None
-    if not math.isfinite(end_s) or end_s <= start_s:
+    _check_seconds(end_s, "trim end")
+    if end_s <= start_s:
         raise ValueError(f"trim end = {end_s:g} s is not valid: after the start ({start_s:g} s)")
     span = round(end_s * fps) - start
     if span < 1:

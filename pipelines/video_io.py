@@ -273,23 +273,36 @@ def write_gif(path: str | Path, frames: np.ndarray, fps: float) -> None:
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=delays, loop=0)
 
 
-def write_png(path: str | Path, frame: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
+def write_png(path: str | Path, frame: np.ndarray, replace: bool = True) -> None:
+    with atomic_path(path, replace=replace) as tmp:
         Image.fromarray(frame).save(tmp, format="PNG")
 
 
 FRAME_FILES = "frame_[0-9][0-9][0-9][0-9][0-9].png"  # what write_frames writes, and replaces
 
 
-def write_frames(folder: str | Path, frames: np.ndarray) -> list[Path]:
-    """Every frame as a lossless PNG (frame_00000.png, ...), the sequence editors import."""
+def write_frames(folder: str | Path, frames: np.ndarray, replace: bool = True) -> list[Path]:
+    """Every frame as a lossless PNG (frame_00000.png, ...), the sequence editors import. With `replace`, the
+    folder's frame files are replaced; without, a frame file already there is an error (FileExistsError), and
+    the frames this call wrote are removed again, as they are on any failure."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(FRAME_FILES):  # a longer earlier clip's frames
-        stale.unlink()
+    if replace:
+        for stale in folder.glob(FRAME_FILES):  # a longer earlier clip's frames
+            stale.unlink()
     paths = [folder / f"frame_{i:05d}.png" for i in range(len(frames))]
-    for p, frame in zip(paths, frames):
-        write_png(p, frame)
+    written: list[Path] = []
+    try:
+        for p, frame in zip(paths, frames):
+            try:
+                write_png(p, frame, replace=replace)
+            except FileExistsError:
+                raise FileExistsError(f"{p.name} already exists in {folder}: choose an empty folder") from None
+            written.append(p)
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
     return paths
 
 

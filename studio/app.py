@@ -12,9 +12,12 @@ import logging
 import math
 import re
 import secrets
+import shutil
 import tempfile
 import threading
 import time
+import traceback
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +30,7 @@ from pipelines.media_check import check_media
 from pipelines.request import MAX_BEST_OF, MAX_SEED, GenerationRequest, default_guidance, frames_text
 from pipelines.samplers import SAMPLERS
 from studio.engine import Engine, Job, QueueFull
-from studio.outputs import Entry, upload_name
+from studio.outputs import DiskFull, Entry, upload_name
 from studio.widgets import ImageFile, VideoFile
 
 log = logging.getLogger("studio.app")
@@ -224,6 +227,7 @@ class StudioApp:
         self.history = engine.history
         self.presets = size_presets(info)
         self.previews = Path(tempfile.mkdtemp(prefix="studio-previews-"))  # in the temp folder Gradio reads from
+        weakref.finalize(self, shutil.rmtree, self.previews, ignore_errors=True)  # at the latest, at exit
         self._building = threading.BoundedSemaphore(BUILDING_AT_ONCE)
 
     # requests, one builder per tab ----------------------------------------------------------------------
@@ -231,7 +235,12 @@ class StudioApp:
         """Check an upload's headers (a rejection is a ValueError with the reason), then keep a copy."""
         path = _media(value, what)
         check_media(path)
-        return str(self.history.keep_upload(path))
+        try:
+            return str(self.history.keep_upload(path))
+        except OSError as error:  # a full disk says so; the log has the rest
+            log.error("could not keep the upload %s\n%s", Path(path).name, traceback.format_exc())
+            raise gr.Error(str(error) if isinstance(error, DiskFull) else
+                           f"The upload could not be kept in the outputs folder ({error.strerror or error}).") from None
 
     def request_t2v(self, prompt, negative, seed, steps, guidance, sampler, size, seconds, fps, one_frame,
                     image_first=None):
@@ -271,7 +280,7 @@ class StudioApp:
         trim_to = None if empty else _number(trim_to, "Trim to", valid_to)
         start, frames = modes.trim(trim_from, trim_to or None, _fps(fps), self.info.temporal)  # 0: to the end
         return modes.restyle(video, prompt, strength=strength, num_frames=frames, start=start,
-                             temporal=self.info.temporal, fps=_fps(fps), **settings)
+                             window=self.info.num_frames, temporal=self.info.temporal, fps=_fps(fps), **settings)
 
     def request_connect(self, clip_a, clip_b, context, candidates, prompt, negative, seed, steps, guidance, sampler,
                         size, seconds, fps):

@@ -145,7 +145,7 @@ def check_out_paths(out: Path, frames_out: str | None) -> None:
 
 def _frames(args: argparse.Namespace, mode_kind: str, fps: float, temporal: int, default: int) -> int:
     """Frame count from --frames (checked) or --seconds (snapped, with a note)."""
-    from pipelines.modes import check_new_frames, frames_for_seconds
+    from pipelines.modes import MAX_SECONDS, check_new_frames, frames_for_seconds
     from pipelines.request import nearest_valid
 
     if args.frames is not None and args.seconds is not None:
@@ -164,8 +164,8 @@ def _frames(args: argparse.Namespace, mode_kind: str, fps: float, temporal: int,
         return args.frames
     if args.seconds is None:
         return default
-    if args.seconds <= 0:
-        raise UsageError(f"--seconds {args.seconds:g} is not valid: a positive number")
+    if not 0 < args.seconds <= MAX_SECONDS:  # NaN too
+        raise UsageError(f"--seconds {args.seconds:g} is not valid: a positive number of seconds, at most {MAX_SECONDS}")
     snapped = frames_for_seconds(args.seconds, fps, mode_kind, temporal)
     print(f"note: --seconds {args.seconds:g} at {fps:g} fps snapped to {frames_text(snapped)} ({snapped / fps:.2f} s)")
     return snapped
@@ -238,7 +238,7 @@ def build_request(args: argparse.Namespace, defaults: Any, temporal: int, grid: 
         frames = _frames(args, "window", fps, temporal, None) if given else None
         strength = modes.DEFAULT_RESTYLE_STRENGTH if args.strength is None else args.strength
         start = modes.trim(args.start, None, fps, temporal)[0]
-        return modes.restyle(video, prompt, strength=strength, start=start,
+        return modes.restyle(video, prompt, strength=strength, start=start, window=defaults.num_frames,
                              num_frames=frames, temporal=temporal, fps=fps, **settings)
     if mode == "extend":
         video = _require_file(args.video, "--video", mode)
@@ -431,7 +431,7 @@ def _check_targets(out: Path | None, args: argparse.Namespace, inputs: list[tupl
         if frames_out is not None and (frames_out == source or frames_out in source.parents):
             raise UsageError(f"--frames-out {args.frames_out!r} is where {flag} lives, which this run reads: "
                              "choose another folder")
-    existing = [t.name for t in targets if t.exists()]
+    existing = [t.name for t in targets if os.path.lexists(t)]  # a link counts, even one that points nowhere
     if existing and not args.overwrite:
         raise UsageError(f"--out {str(out)!r}: {', '.join(existing)} already exists; choose another name, or add "
                          "--overwrite to replace it")

@@ -26,6 +26,7 @@ import re
 import shutil
 import stat
 import sys
+import tempfile
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ def output_name(mode: str, seed: int, when: datetime | None = None) -> str:
 # Names `output_name` makes (with a "-N" when the first was taken): only these are ever swept.
 OWN_NAME = re.compile(r"\d{8}-\d{6}-\d{3}-[a-z0-9]+-\d+(-\d+)?")
 LOCK_NAME = ".studio.lock"  # writers hold it shared, the sweep exclusively
+STAGING_PREFIX = ".replacing-"  # where an overwrite writes the new output before it moves into place
 
 
 class OutputExists(FileExistsError):
@@ -132,7 +134,7 @@ def _claim(files: list[Path]) -> list[Path]:
     without replacing), so no two writers share a name. Raises OutputExists, having created nothing."""
     made: list[Path] = []
     try:
-        if sidecar_of(files[0]).exists():
+        if os.path.lexists(sidecar_of(files[0])):  # a link too, even one that points nowhere
             raise OutputExists(errno.EEXIST, "already exists", str(sidecar_of(files[0])))
         for path in files[:-1]:
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
@@ -154,26 +156,50 @@ def write_result(result: Any, out: Path, frames_out: str | None = None, gif: boo
                  overwrite: bool = False) -> dict[str, Any]:
     """Video (and optionally a GIF copy), latent sidecar, optional PNG frames, then the JSON sidecar.
 
-    Without `overwrite`, raises OutputExists before writing anything if a file of the output exists. On any
-    failure the files of the output placed so far are removed; a full disk is raised as DiskFull.
+    Without `overwrite`, raises OutputExists before writing anything if a file of the output exists, and a
+    frame file already in `frames_out` is an error. With it, the new output is written aside and moved into
+    place only once whole, so a failure leaves the one it was to replace as it was. On any failure the files
+    written so far are removed; a full disk is raised as DiskFull.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    files = files_of(out, gif, latents=result.timeline is not None)
     with _folder_lock(out.parent, exclusive=False):
-        claimed = [] if overwrite else _claim(files)
+        if overwrite:
+            return _replace(result, out, frames_out, gif)
+        claimed = _claim(files_of(out, gif, latents=result.timeline is not None))
         try:
-            return _write_files(result, out, frames_out, gif, overwrite)
+            return _write_files(result, out, frames_out, gif, replace=False)
         except BaseException as error:
-            for path in (files[:-1] if overwrite else claimed):
+            for path in claimed:
                 path.unlink(missing_ok=True)
-            if _is_disk_full(error):
-                raise DiskFull(errno.ENOSPC, f"The disk holding {out.parent} is full, so {out.name} could not be "
-                               "saved (nothing of it was kept). Free some space and try again.") from error
-            raise
+            raise _as_disk_full(error, out.parent, out.name) from error
 
 
-def _write_files(result: Any, out: Path, frames_out: str | None, gif: bool, overwrite: bool) -> dict[str, Any]:
+def _replace(result: Any, out: Path, frames_out: str | None, gif: bool) -> dict[str, Any]:
+    """Write the output in a staging folder beside `out` (the same file system), then rename each file onto
+    its place, the sidecar last."""
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out.parent))
+    try:
+        try:
+            sidecar = _write_files(result, staging / out.name, frames_out, gif, replace=True)
+        except BaseException as error:
+            raise _as_disk_full(error, out.parent, out.name) from error
+        for staged in files_of(staging / out.name, gif, latents=result.timeline is not None):
+            os.replace(staged, out.parent / staged.name)
+        return sidecar
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _as_disk_full(error: BaseException, folder: Path, what: str) -> BaseException:
+    """A full disk as the sentence a person reads (a DiskFull); any other error as it is."""
+    if isinstance(error, DiskFull) or not _is_disk_full(error):
+        return error
+    return DiskFull(errno.ENOSPC, f"The disk holding {folder} is full, so {what} could not be saved (nothing of "
+                                  "it was kept). Free some space and try again.")
+
+
+def _write_files(result: Any, out: Path, frames_out: str | None, gif: bool, replace: bool) -> dict[str, Any]:
     from pipelines.latents import save_timeline
     from pipelines.video_io import atomic_path, write_frames, write_gif, write_output
 
@@ -199,10 +225,13 @@ def _write_files(result: Any, out: Path, frames_out: str | None, gif: bool, over
         write_gif(out.with_suffix(".gif"), result.frames, result.fps)
         sidecar["gif"] = out.with_suffix(".gif").name
     if frames_out:
-        write_frames(frames_out, result.frames)
+        try:
+            write_frames(frames_out, result.frames, replace=replace)
+        except BaseException as error:
+            raise _as_disk_full(error, Path(frames_out), f"the PNG frames of {out.name}") from error
         sidecar["frames_out"] = str(frames_out)
     sidecar["bytes"] = out.stat().st_size  # History lists the output only while the file is this long
-    with atomic_path(sidecar_of(out), replace=overwrite) as tmp:
+    with atomic_path(sidecar_of(out), replace=replace) as tmp:
         tmp.write_text(json.dumps(sidecar, indent=2))
     return sidecar
 
@@ -280,8 +309,8 @@ def upload_name(name: str) -> str:
     HTML in it stay, as they are the name; they are escaped wherever it is shown."""
     name = unicodedata.normalize("NFC", Path(name).name)
     name = "".join(" " if c.isspace() else c for c in name if unicodedata.category(c)[0] != "C")
-    stem, suffix = os.path.splitext(name)
-    stem, suffix = stem.strip(" .") or "upload", suffix.lower()
+    suffix = Path(name).suffix  # as the media check reads it ("....mp4" ends in ".mp4", for splitext in nothing)
+    stem, suffix = name[:len(name) - len(suffix)].strip(" .") or "upload", suffix.lower()
     while len((stem + suffix).encode()) > MAX_UPLOAD_NAME_BYTES:
         stem = stem[:-1]
     return stem + suffix
@@ -321,6 +350,9 @@ class History:
                     removed.append(path)
             for path in removed:
                 path.unlink(missing_ok=True)
+            for staging in self.folder.glob(f"{STAGING_PREFIX}*"):  # an --overwrite that never finished
+                shutil.rmtree(staging, ignore_errors=True)
+                removed.append(staging)
         if removed:
             log.info("swept %d unfinished files from %s", len(removed), self.folder)
         return removed
@@ -357,14 +389,20 @@ class History:
             except OSError:  # deleted since it was listed
                 continue
         folder = self.uploads / digest[:16]
-        if folder.is_dir():
+        name = upload_name(source.name)
+        if folder.is_dir():  # the first name kept for these bytes, with the suffix the media check passed
             kept = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and not p.is_symlink()
-                          and p.is_file())
+                          and p.is_file() and p.suffix == Path(name).suffix)
             if kept:
                 return kept[0]
-        target = folder / upload_name(source.name)
-        with atomic_path(target, scratch=self.uploads) as tmp:  # a crash's leftover lies where sweep looks
-            shutil.copyfile(source, tmp)
+        target = folder / name
+        try:
+            with atomic_path(target, scratch=self.uploads) as tmp:  # a crash's leftover lies where sweep looks
+                shutil.copyfile(source, tmp)
+        except BaseException as error:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: another name for the same bytes may be kept there
+            raise _as_disk_full(error, self.folder, f"the upload {name}") from error
         return target
 
     def inside(self, path: str | Path) -> Path | None:

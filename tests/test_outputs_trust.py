@@ -15,7 +15,7 @@ import av
 import pytest
 from safetensors.torch import load_file
 
-from conftest import ROOT, launched_studio
+from conftest import ROOT, fill, launched_studio
 from pipelines import text_to_video
 from studio import cli
 from studio.engine import Engine
@@ -167,26 +167,6 @@ def test_the_sweep_waits_for_a_writer_in_another_process(tmp_path):
         threading.Thread(target=lambda: (history.sweep(), swept.set()), daemon=True).start()
         assert not swept.wait(0.5) and leftover.exists()
     assert swept.wait(10) and not leftover.exists()
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MB tmpfs: a real full disk (needs root, as CI and this machine have)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(disk: Path, leave: int) -> None:
-    """Fill the disk until `leave` bytes are free."""
-    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
-    (disk / "filler").write_bytes(b"\0" * max(0, free - leave))
 
 
 def test_a_full_disk_keeps_nothing_half_written_and_says_so(wan21, tmp_path, small_disk):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import API_SETTINGS, launched_studio
+from conftest import API_SETTINGS, fill, launched_studio
 from studio import cli
 from studio.outputs import History
 
@@ -112,3 +112,105 @@ def test_animate_from_the_last_frame_of_an_output_with_a_long_name(tiny_model_di
         client.predict(api_name="/history")
         still, prompt, seed = client.predict(long.name, api_name="/send_entry_to_animate")
         assert Path(still).is_file() and (prompt, seed) == ("a ball", 7)
+
+
+# ---- the second review ---------------------------------------------------------------------------------------
+def test_a_failed_overwrite_leaves_the_output_it_was_to_replace(tiny_model_dir, small_disk, capsys):
+    out = small_disk / "x.mp4"
+    assert run(tiny_model_dir, "t2v", "--frames", "9", "--seed", "1", "--out", str(out)) == 0
+    before = {p.name: p.read_bytes() for p in small_disk.iterdir()}
+    fill(small_disk, leave=1024)  # less than any one of the new files takes
+    assert run(tiny_model_dir, "t2v", "--frames", "9", "--seed", "2", "--out", str(out), "--overwrite") == 1
+    assert "is full" in one_line(capsys)
+    assert {p.name: p.read_bytes() for p in small_disk.iterdir() if p.name != "filler"} == before
+    assert [e.media for e in History(small_disk).entries()] == [out]  # still whole, still listed
+
+
+def test_frames_out_on_a_full_disk_names_that_disk_and_keeps_nothing(tiny_model_dir, small_disk, tmp_path, capsys):
+    fill(small_disk, leave=8192)
+    frames = small_disk / "frames"
+    assert run(tiny_model_dir, "t2v", "--frames", "9", "--out", str(tmp_path / "z.mp4"), "--frames-out",
+               str(frames)) == 1
+    err = one_line(capsys)
+    assert f"The disk holding {frames} is full, so the PNG frames of z.mp4" in err
+    assert list(frames.iterdir()) == [] and not (tmp_path / "z.mp4").exists()
+
+
+def test_frames_another_run_wrote_meanwhile_are_kept(wan21, tmp_path):
+    """The check before loading can be outrun: the frames are claimed one by one as they are written."""
+    from pipelines import text_to_video
+    from studio.outputs import write_result
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "frame_00003.png").write_bytes(b"the other run's")
+    result = wan21.generate(text_to_video("a ball", num_frames=9, width=32, height=32, steps=1))
+    with pytest.raises(FileExistsError, match="frame_00003.png already exists in .*: choose an empty folder"):
+        write_result(result, tmp_path / "a.mp4", str(folder))
+    assert [p.name for p in folder.iterdir()] == ["frame_00003.png"] and not (tmp_path / "a.mp4").exists()
+
+
+def test_an_upload_name_of_dots_keeps_the_suffix_it_was_checked_with(tmp_path):
+    from conftest import moving_square
+    from pipelines.media_check import check_media
+    from pipelines.video_io import write_mp4
+
+    history = History(tmp_path / "outputs")
+    odd, plain = tmp_path / "a" / "....mp4", tmp_path / "b" / "holiday.mp4"
+    for path in (odd, plain):
+        path.parent.mkdir()
+        write_mp4(path, moving_square(9), 8.0)
+    kept = [history.keep_upload(path) for path in (odd, plain)]
+    assert kept[0] == kept[1] and kept[0].suffix == ".mp4"  # the same bytes: one copy, the first name
+    check_media(str(kept[0]))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["restyle", "--video", "{clip}", "--start", "1e308"], r"trim start = 1e\+308 s is not valid: .* from 0 to 3600"),
+    (["t2v", "--seconds", "inf"], "--seconds inf is not valid"),
+    (["t2v", "--seconds", "nan"], "--seconds nan is not valid"),
+    (["restyle", "--video", "{clip}", "--start", "1", "--seconds", "2", "--strength", "0.5"],
+     r"the trim 1-3.125 s goes past the clip's end \(1.12 s at 8 fps\)"),
+])
+def test_durations_out_of_range_are_one_line(tiny_model_dir, tmp_path, capsys, args, message):
+    import re
+
+    from conftest import moving_square
+    from pipelines.video_io import write_mp4
+
+    write_mp4(tmp_path / "clip.mp4", moving_square(9), 8.0)
+    assert run(tiny_model_dir, *[a.replace("{clip}", str(tmp_path / "clip.mp4")) for a in args]) == 2
+    err = one_line(capsys)
+    assert re.search(message, err), err
+
+
+def test_restyle_takes_the_models_window_of_long_footage(tiny_model_dir, tmp_path):
+    from conftest import moving_square
+    from pipelines.video_io import write_mp4
+
+    write_mp4(tmp_path / "long.mp4", moving_square(200), 8.0)  # 25 s; the tiny model's window is 9 frames
+    assert run(tiny_model_dir, "restyle", "--video", str(tmp_path / "long.mp4"), "--strength", "0.5", "--out",
+               str(tmp_path / "r.mp4")) == 0
+    assert json.loads((tmp_path / "r.mp4.json").read_text())["request"]["num_frames"] == 9
+
+
+def test_a_dangling_link_at_an_output_name_is_refused_before_loading(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "y.mp4.latents.safetensors").symlink_to(tmp_path / "nowhere")
+    assert run(tiny_model_dir, "t2v", "--frames", "5", "--out", str(tmp_path / "y.mp4")) == 2
+    assert "y.mp4.latents.safetensors already exists" in one_line(capsys)
+    assert "loaded" not in capsys.readouterr().out
+
+
+def test_an_upload_on_a_full_disk_gets_a_sentence(tiny_model_dir, small_disk, tmp_path):
+    from gradio_client import handle_file
+
+    from conftest import moving_square
+    from pipelines.video_io import write_mp4
+
+    write_mp4(tmp_path / "clip.mp4", moving_square(9), 8.0)
+    with launched_studio(tiny_model_dir, small_disk / "outputs") as (url, history):
+        fill(small_disk, leave=0)
+        with pytest.raises(Exception, match=r"The disk holding .*outputs is full, so the upload clip.mp4 could not"):
+            Client(url, verbose=False).predict(handle_file(str(tmp_path / "clip.mp4")), 0.5, "x", *API_SETTINGS, 8,
+                                               api_name="/restyle")
+        assert list(history.uploads.iterdir()) == []
