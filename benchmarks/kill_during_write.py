@@ -80,7 +80,9 @@ def audit(outputs: Path) -> dict:
                           f"latents: {reason or 'ok'}")
     return {"listed": len(entries), "partial_files_left_by_kills": len(leftovers), "swept": len(swept),
             "videos_without_sidecar": len(unlisted_media), "broken_listed": broken,
-            "partial_after_sweep": len(list(outputs.glob(".*.partial*")))}
+            "partial_after_sweep": len(list(outputs.glob(".*.partial*"))),
+            "unfinished_after_sweep": len([p for p in outputs.glob("*.mp4") if not p.with_suffix(".mp4.json").is_file()]
+                                          + list(outputs.glob(".*.writing")))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report, indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
-    return 0 if not report["broken_listed"] and report["partial_after_sweep"] == 0 else 1
+    whole = not report["broken_listed"] and report["partial_after_sweep"] == report["unfinished_after_sweep"] == 0
+    return 0 if whole else 1
 
 
 if __name__ == "__main__":

@@ -378,11 +378,11 @@ def run(argv: list[str]) -> int:
                 base_settings["guidance_scale"] = defaults.guidance_for("t2v")
             base = modes.text_to_video(built.prompt, fps=built.fps, num_frames=defaults.num_frames, **base_settings)
             base_out = None if out is None else out.with_name(out.stem + ".base.mp4")
-            video = str(_generate_and_write(pipe, base, base_out, None, args)[0])
+            video = str(_generate_and_write(pipe, base, base_out, None, args.quiet, overwrite=False)[0])
             print(f"wrote the clip to loop: {video}")
         built = modes.loop(video, built.prompt, built.new_frames, context_frames=args.context_frames,
                            temporal=geometry.temporal, fps=built.fps, **built.settings)
-    out, sidecar = _generate_and_write(pipe, built, out, args.frames_out, args)
+    out, sidecar = _generate_and_write(pipe, built, out, args.frames_out, args.quiet, args.overwrite)
     joins = f", joins {', '.join(f'{x:.2f}' for x in sidecar['joins'])}x the median step" if sidecar["joins"] else ""
     print(f"wrote {out} ({frames_text(sidecar['frames'])}, {sidecar['width']}x{sidecar['height']}, "
           f"{sidecar['fps']:g} fps, "
@@ -420,8 +420,13 @@ def _check_targets(out: Path | None, args: argparse.Namespace, inputs: list[tupl
     from studio.outputs import files_of
 
     targets = [] if out is None else files_of(out, gif=False, latents=out.suffix.lower() == ".mp4")
-    if out is not None and args.mode == "loop" and not args.video:
-        targets += files_of(out.with_name(out.stem + ".base.mp4"), gif=False, latents=True)
+    base = [] if out is None or args.mode != "loop" or args.video else \
+        files_of(out.with_name(out.stem + ".base.mp4"), gif=False, latents=True)
+    taken = [t.name for t in base if os.path.lexists(t)]
+    if taken:  # --overwrite names --out alone
+        raise UsageError(f"--out {str(out)!r}: the clip to loop would be written to {', '.join(taken)}, which "
+                         "already exists; choose another --out, or loop that clip with --video")
+    targets += base
     frames_out = Path(args.frames_out).resolve() if args.frames_out else None
     for flag, source in inputs:
         for target in targets:
@@ -442,10 +447,10 @@ def _check_targets(out: Path | None, args: argparse.Namespace, inputs: list[tupl
                              f"({held[0].name}...); choose an empty folder, or add --overwrite to replace them")
 
 
-def _generate_and_write(pipe: Any, request: Any, out: Path | None, frames_out: str | None,
-                        args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+def _generate_and_write(pipe: Any, request: Any, out: Path | None, frames_out: str | None, quiet: bool,
+                        overwrite: bool) -> tuple[Path, dict[str, Any]]:
     """Generate, then write to `out`, or under a new name in outputs/ when there is none."""
-    callback, close = _progress(args.quiet)
+    callback, close = _progress(quiet)
     try:
         result = pipe.generate(request, callback=callback)
     finally:
@@ -456,7 +461,7 @@ def _generate_and_write(pipe: Any, request: Any, out: Path | None, frames_out: s
 
     if out is None:
         return History(DEFAULT_OUTPUTS).write(result, gif=False, frames_out=frames_out)
-    return out, write_result(result, out, frames_out, overwrite=args.overwrite)
+    return out, write_result(result, out, frames_out, overwrite=overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:

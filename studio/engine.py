@@ -73,10 +73,11 @@ class Job:
 
 class Engine:
     def __init__(self, pipe: Any, history: History, max_waiting: int = 8,
-                 preview_interval: float = PREVIEW_INTERVAL_S):
+                 preview_interval: float = PREVIEW_INTERVAL_S, max_per_session: int | None = None):
         self.pipe = pipe
         self.history = history
         self.max_waiting = max_waiting
+        self.max_per_session = max_per_session  # unfinished jobs one session may have (None: no bound)
         self.preview_interval = preview_interval
         self._jobs: dict[int, Job] = {}  # unfinished jobs, in arrival order
         self._ids = itertools.count(1)
@@ -92,6 +93,11 @@ class Engine:
             if unfinished > self.max_waiting:
                 raise QueueFull(f"The queue is full: {unfinished - 1} generations are already waiting for the "
                                 "device. Try again when one has finished.")
+            mine = sum(not j.finished and j.session == session for j in self._jobs.values())
+            if session and self.max_per_session is not None and mine >= self.max_per_session:
+                # one page or script must not take every place in a queue others share
+                raise QueueFull(f"You have {mine} generation{'s' * (mine != 1)} in the queue already, the most one "
+                                "session may have while others share the studio. Try again when one has finished.")
             job = Job(next(self._ids), session, request)
             self._jobs[job.id] = job
         threading.Thread(target=self._run, args=(job,), name=f"generation-{job.id}", daemon=True).start()

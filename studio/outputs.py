@@ -60,9 +60,8 @@ def output_name(mode: str, seed: int, when: datetime | None = None) -> str:
     return f"{(when or datetime.now()):%Y%m%d-%H%M%S-%f}"[:-3] + f"-{mode}-{seed}"
 
 
-# Names `output_name` makes (with a "-N" when the first was taken): only these are ever swept.
-OWN_NAME = re.compile(r"\d{8}-\d{6}-\d{3}-[a-z0-9]+-\d+(-\d+)?")
 LOCK_NAME = ".studio.lock"  # writers hold it shared, the sweep exclusively
+MARKER_SUFFIX = ".writing"  # `.NAME.writing`: an output being written, and the files it claimed
 STAGING_PREFIX = ".replacing-"  # where an overwrite writes the new output before it moves into place
 
 
@@ -131,19 +130,28 @@ def _folder_lock(folder: Path, exclusive: bool) -> Iterator[None]:
 
 def _claim(files: list[Path]) -> list[Path]:
     """Create every file but the sidecar empty and exclusively (the sidecar, the last, is linked into place
-    without replacing), so no two writers share a name. Raises OutputExists, having created nothing."""
+    without replacing), so no two writers share a name. First a marker lists them, so that a crash's leftovers
+    are known for what they are (`History.sweep`). Returns the marker and the files; raises OutputExists,
+    having left nothing."""
     made: list[Path] = []
     try:
         if os.path.lexists(sidecar_of(files[0])):  # a link too, even one that points nowhere
             raise OutputExists(errno.EEXIST, "already exists", str(sidecar_of(files[0])))
-        for path in files[:-1]:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        for path in [marker_of(files[0]), *files[:-1]]:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             made.append(path)
+            if path == made[0]:  # the marker: the names it is about to claim, before any is claimed
+                os.write(handle, "\n".join(f.name for f in files[:-1]).encode())
+            os.close(handle)
     except FileExistsError as error:
-        for path in made:
+        for path in reversed(made):
             path.unlink(missing_ok=True)
         raise OutputExists(errno.EEXIST, "already exists", error.filename) from None
     return made
+
+
+def marker_of(media: Path) -> Path:
+    return media.with_name(f".{media.name}{MARKER_SUFFIX}")
 
 
 def _is_disk_full(error: BaseException) -> bool:
@@ -166,29 +174,44 @@ def write_result(result: Any, out: Path, frames_out: str | None = None, gif: boo
     with _folder_lock(out.parent, exclusive=False):
         if overwrite:
             return _replace(result, out, frames_out, gif)
-        claimed = _claim(files_of(out, gif, latents=result.timeline is not None))
+        marker, *claimed = _claim(files_of(out, gif, latents=result.timeline is not None))
         try:
             return _write_files(result, out, frames_out, gif, replace=False)
         except BaseException as error:
             for path in claimed:
                 path.unlink(missing_ok=True)
             raise _as_disk_full(error, out.parent, out.name) from error
+        finally:
+            marker.unlink(missing_ok=True)
 
 
 def _replace(result: Any, out: Path, frames_out: str | None, gif: bool) -> dict[str, Any]:
-    """Write the output in a staging folder beside `out` (the same file system), then rename each file onto
-    its place, the sidecar last."""
+    """Write the output in a staging folder beside `out`, and its frames in one inside `frames_out` (each on
+    its own file system), then move them into place: the old frames go only now, the sidecar moves last."""
+    from pipelines.video_io import FRAME_FILES
+
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out.parent))
+    frames_dir = Path(frames_out) if frames_out else None
+    if frames_dir is not None:
+        frames_dir.mkdir(parents=True, exist_ok=True)
+    staged_frames = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=frames_dir)) if frames_dir else None
     try:
         try:
-            sidecar = _write_files(result, staging / out.name, frames_out, gif, replace=True)
+            sidecar = _write_files(result, staging / out.name, frames_out, gif, replace=True, frames_at=staged_frames)
         except BaseException as error:
             raise _as_disk_full(error, out.parent, out.name) from error
+        if frames_dir is not None:
+            for old in frames_dir.glob(FRAME_FILES):
+                old.unlink()
+            for frame in sorted(staged_frames.glob(FRAME_FILES)):
+                os.replace(frame, frames_dir / frame.name)
         for staged in files_of(staging / out.name, gif, latents=result.timeline is not None):
             os.replace(staged, out.parent / staged.name)
         return sidecar
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        for folder in (staging, staged_frames):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _as_disk_full(error: BaseException, folder: Path, what: str) -> BaseException:
@@ -199,7 +222,10 @@ def _as_disk_full(error: BaseException, folder: Path, what: str) -> BaseExceptio
                                   "it was kept). Free some space and try again.")
 
 
-def _write_files(result: Any, out: Path, frames_out: str | None, gif: bool, replace: bool) -> dict[str, Any]:
+def _write_files(result: Any, out: Path, frames_out: str | None, gif: bool, replace: bool,
+                 frames_at: Path | None = None) -> dict[str, Any]:
+    """The output's files at `out`; the frames at `frames_out` (or staged at `frames_at`), recorded as
+    `frames_out`."""
     from pipelines.latents import save_timeline
     from pipelines.video_io import atomic_path, write_frames, write_gif, write_output
 
@@ -226,7 +252,7 @@ def _write_files(result: Any, out: Path, frames_out: str | None, gif: bool, repl
         sidecar["gif"] = out.with_suffix(".gif").name
     if frames_out:
         try:
-            write_frames(frames_out, result.frames, replace=replace)
+            write_frames(frames_at or frames_out, result.frames, replace=replace)
         except BaseException as error:
             raise _as_disk_full(error, Path(frames_out), f"the PNG frames of {out.name}") from error
         sidecar["frames_out"] = str(frames_out)
@@ -343,11 +369,8 @@ class History:
         with _folder_lock(self.folder, exclusive=True):
             for folder in (self.folder, self.uploads):
                 removed += folder.glob(".*.partial*")
-            for path in self.folder.iterdir():
-                stem = path.name.split(".", 1)[0]
-                if OWN_NAME.fullmatch(stem) and not path.is_dir() and not path.name.endswith(".json") and not any(
-                        sidecar_of(self.folder / (stem + suffix)).exists() for suffix in MEDIA_SUFFIXES):
-                    removed.append(path)
+            for marker in self.folder.glob(f".*{MARKER_SUFFIX}"):
+                removed += self._unfinished(marker) + [marker]
             for path in removed:
                 path.unlink(missing_ok=True)
             for staging in self.folder.glob(f"{STAGING_PREFIX}*"):  # an --overwrite that never finished
@@ -356,6 +379,18 @@ class History:
         if removed:
             log.info("swept %d unfinished files from %s", len(removed), self.folder)
         return removed
+
+    def _unfinished(self, marker: Path) -> list[Path]:
+        """The files a marker lists, if its output never got its sidecar: a crash's, and only those (each one
+        of that output's own names, claimed when no file had it)."""
+        try:
+            names = marker.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            return []
+        if not names or "/" in names[0] or os.path.lexists(sidecar_of(self.folder / names[0])):
+            return []
+        own = {p.name for p in files_of(self.folder / names[0], gif=True, latents=True)}
+        return [self.folder / name for name in names if name in own]
 
     def write(self, result: Any, gif: bool = True, frames_out: str | None = None) -> tuple[Path, dict[str, Any]]:
         """Save a result under a new name (time, mode, seed; "-2", "-3"... when taken): never over a file."""

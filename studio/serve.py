@@ -55,8 +55,15 @@ def create(model: str, outputs: Path, device: str | None = None, low_vram: bool 
     log.info("loaded %s on %s in %.1f s", pipe.model_id, pipe.device, time.perf_counter() - started)
     if speed is not None:
         log.info("speed settings: %s", acceleration.apply_arguments(pipe, speed))
-    demo = build(Engine(pipe, history, max_waiting=queue_size), ModelInfo.of(pipe))
+    engine = Engine(pipe, history, max_waiting=queue_size, max_per_session=per_session(queue_size))
+    demo = build(engine, ModelInfo.of(pipe))
     return demo, history
+
+
+def per_session(queue_size: int) -> int:
+    """Generations one session may have unfinished: half the places (at least one), so one page or script
+    can never fill a queue that others share."""
+    return max(1, (queue_size + 1) // 2)
 
 
 def blocked_paths(model: str, outputs: Path) -> list[str]:

@@ -17,6 +17,7 @@ def test_twenty_kills_during_writing_list_no_truncated_output(tiny_model_dir, tm
     assert run.returncode == 0, run.stdout + run.stderr
     report = json.loads(report_path.read_text())
     assert report["kills"] == 20 and report["broken_listed"] == [] and report["partial_after_sweep"] == 0
+    assert report["unfinished_after_sweep"] == 0  # what the killed writers claimed went with the sweep
     assert report["listed"] >= 20  # the writers got work done between kills
     # The kills did land mid-write: they left temporaries (swept) or videos whose sidecar never came.
     assert report["partial_files_left_by_kills"] + report["videos_without_sidecar"] >= 10, report

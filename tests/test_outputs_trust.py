@@ -145,17 +145,18 @@ def test_files_in_the_way_are_kept_and_the_name_moves_on(wan21, tmp_path, monkey
     assert not (history.folder / "20260101-120000-000-t2v-4-2.mp4").exists()  # claims released on a clash
 
 
-def test_the_sweep_removes_only_what_a_crash_of_ours_left(wan21, tmp_path):
+def test_the_sweep_keeps_files_no_writer_of_ours_claimed(wan21, tmp_path):
+    """A video whose sidecar was deleted by hand, and a user's own file, are not a crash's leftovers: they stay
+    (unlisted). What a killed writer left is swept: tests/test_review_findings.py and test_crash_safety.py."""
     history = History(tmp_path / "outputs")
     result = wan21.generate(text_to_video("a ball", num_frames=5, width=32, height=32, steps=1, seed=4))
     kept, _ = history.write(result)
-    crashed, _ = history.write(result)
-    (crashed.parent / f"{crashed.name}.json").unlink()  # killed before its sidecar came
-    mine = tmp_path / "outputs" / "holiday.mp4"  # a user's own file without a sidecar
+    bare, _ = history.write(result)
+    (bare.parent / f"{bare.name}.json").unlink()
+    mine = tmp_path / "outputs" / "holiday.mp4"
     mine.write_bytes(b"precious")
-    removed = {p.name for p in history.sweep()}
-    assert removed == {crashed.name, f"{crashed.name}.latents.safetensors", crashed.with_suffix(".gif").name}
-    assert mine.read_bytes() == b"precious" and assert_whole(kept)
+    assert history.sweep() == [] and bare.is_file() and mine.read_bytes() == b"precious"
+    assert [e.media for e in history.entries()] == [kept]
 
 
 def test_the_sweep_waits_for_a_writer_in_another_process(tmp_path):

@@ -214,3 +214,81 @@ def test_an_upload_on_a_full_disk_gets_a_sentence(tiny_model_dir, small_disk, tm
             Client(url, verbose=False).predict(handle_file(str(tmp_path / "clip.mp4")), 0.5, "x", *API_SETTINGS, 8,
                                                api_name="/restyle")
         assert list(history.uploads.iterdir()) == []
+
+
+# ---- the third review ----------------------------------------------------------------------------------------
+def test_the_sweep_removes_what_a_killed_writer_claimed_and_nothing_else(wan21, tmp_path):
+    """Files that only look like the studio's own (another case, another suffix, a copy put back without its
+    sidecar, notes) are never swept: only what a marker written before the claim lists."""
+    import os
+    import signal
+
+    from pipelines import text_to_video
+
+    history = History(tmp_path / "outputs")
+    result = wan21.generate(text_to_video("a ball", num_frames=9, width=32, height=32, steps=1))
+    kept, _ = history.write(result)
+    lookalikes = {"20260101-000000-000-t2v-1.MP4": b"a", "20260101-000000-000-t2v-2.final.mp4": b"b",
+                  "20261101-120000-000-t2v-77.mp4": kept.read_bytes(), "20261101-120000-000-t2v-5.txt": b"my notes"}
+    for name, data in lookalikes.items():
+        (history.folder / name).write_bytes(data)
+    pid = os.fork()
+    if pid == 0:  # a writer killed after claiming its names, before its sidecar
+        try:
+            import studio.outputs as outputs
+
+            outputs._write_files = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+            history.write(result)
+        finally:
+            os._exit(1)
+    os.waitpid(pid, 0)
+    left = {p.name for p in history.folder.iterdir()} - {kept.name, f"{kept.name}.json", kept.with_suffix(".gif").name,
+                                                           f"{kept.name}.latents.safetensors", ".studio.lock",
+                                                           "uploads", *lookalikes}
+    assert len(left) == 4, left  # the marker and the names it claimed: video, latents, GIF
+    swept = {p.name for p in history.sweep()}
+    assert swept == left
+    assert all((history.folder / name).read_bytes() == data for name, data in lookalikes.items())
+    assert [e.media for e in history.entries()] == [kept]
+
+
+def test_a_failed_overwrite_keeps_the_old_frames_too(tiny_model_dir, small_disk, tmp_path, capsys):
+    frames = small_disk / "frames"
+    out = tmp_path / "a.mp4"
+    assert run(tiny_model_dir, "t2v", "--frames", "5", "--seed", "1", "--out", str(out), "--frames-out",
+               str(frames)) == 0
+    before = {p.name: p.read_bytes() for p in frames.iterdir()}
+    fill(small_disk, leave=1024)
+    assert run(tiny_model_dir, "t2v", "--frames", "9", "--seed", "2", "--out", str(out), "--frames-out",
+               str(frames), "--overwrite") == 1
+    assert "is full" in one_line(capsys)
+    assert {p.name: p.read_bytes() for p in frames.iterdir()} == before
+    assert json.loads((tmp_path / "a.mp4.json").read_text())["request"]["seed"] == 1
+
+
+def test_overwrite_never_reaches_the_loop_base_clip(tiny_model_dir, tmp_path, capsys):
+    base = tmp_path / "k.base.mp4"
+    assert run(tiny_model_dir, "t2v", "--frames", "9", "--out", str(base)) == 0
+    before = base.read_bytes()
+    assert run(tiny_model_dir, "loop", "--frames", "3", "--out", str(tmp_path / "k.mp4"), "--overwrite") == 2
+    assert "k.base.mp4" in one_line(capsys) and base.read_bytes() == before
+
+
+def test_one_session_cannot_fill_the_queue_others_share(tiny_model_dir, tmp_path):
+    with launched_studio(tiny_model_dir, tmp_path / "outputs", queue_size=4) as (url, _):
+        greedy, other = Client(url, verbose=False), Client(url, verbose=False)
+        long = ("busy", "", 1, 100, 4.0, "default", "1:1 · 64x64", 4.0, 8, False, False)
+        jobs = [greedy.submit(*long, api_name="/t2v") for _ in range(5)]  # they reach the queue in any order
+        deadline = time.time() + 60
+        while time.time() < deadline and sum(job.done() for job in jobs) < 3:
+            time.sleep(0.05)
+        refused = 0
+        for job in (job for job in jobs if job.done()):
+            try:
+                job.result(timeout=1)
+            except Exception as error:  # noqa: BLE001 - the refusals come back as errors
+                refused += "You have 2 generations in the queue already" in str(error)
+        assert refused == 3  # 4 places in the queue, 2 of them for one session
+        made = other.predict("mine", *API_SETTINGS, 1.0, 8, False, False, api_name="/t2v")[4]
+        assert made["status"] == "done"
+        greedy.predict(api_name="/cancel")
