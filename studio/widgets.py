@@ -31,9 +31,21 @@ def _local(path: Any, what: str, cache: str) -> str:
 
 
 class _Undecoded:
-    """Refuses remote files before Gradio downloads them (its cache step runs before `preprocess`)."""
+    """Refuses remote files before Gradio downloads them (its cache step runs before `preprocess`), and has the
+    browser draw it as Gradio's own component `drawn_as` (not as a custom component of its own name)."""
 
     what = "The file"
+    drawn_as: type = gr.File
+
+    def get_block_name(self) -> str:
+        return self.drawn_as.__name__.lower()  # what gr.Image / gr.Video name themselves
+
+    def get_block_class(self) -> str:
+        return self.drawn_as.__name__.lower()
+
+    @classmethod
+    def get_component_class_id(cls) -> str:
+        return cls.drawn_as.get_component_class_id()
 
     async def async_move_resource_to_block_cache(self, url_or_file_path):
         if isinstance(url_or_file_path, str) and "://" in url_or_file_path:
@@ -50,17 +62,7 @@ class ImageFile(_Undecoded, gr.Image):
     """`gr.Image` whose value is the uploaded file's path; the picture is never opened here."""
 
     what = "The image"
-
-    # The browser's own Image component draws it (not a custom component of this name).
-    def get_block_name(self) -> str:
-        return "image"
-
-    def get_block_class(self) -> str:
-        return "image"
-
-    @classmethod
-    def get_component_class_id(cls) -> str:
-        return gr.Image.get_component_class_id()
+    drawn_as = gr.Image
 
     def preprocess(self, payload) -> str | None:
         if payload is None:
@@ -74,16 +76,7 @@ class VideoFile(_Undecoded, gr.Video):
     """`gr.Video` that takes only uploaded files (never a link); it already passes the path undecoded."""
 
     what = "The clip"
-
-    def get_block_name(self) -> str:  # the browser's own Video component
-        return "video"
-
-    def get_block_class(self) -> str:
-        return "video"
-
-    @classmethod
-    def get_component_class_id(cls) -> str:
-        return gr.Video.get_component_class_id()
+    drawn_as = gr.Video
 
     def preprocess(self, payload) -> str | None:
         path = super().preprocess(payload)
