@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output file: .mp4, .gif, or .png for one frame (default: a new name in outputs/, "
                                  "<time>-<mode>-<seed>.mp4)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace --out (and its sidecars) if it exists; never allowed over an input of the run")
+                   help="replace --out (and its sidecars) if it exists, and the frame files already in --frames-out; "
+                        "never allowed over an input of the run")
     p.add_argument("--frames-out", help="also write every frame of the final clip as PNG into this folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p

@@ -128,11 +128,11 @@ def _folder_lock(folder: Path, exclusive: bool) -> Iterator[None]:
         os.close(handle)  # releases the lock
 
 
-def _claim(files: list[Path]) -> list[Path]:
+def _claim(files: list[Path]) -> tuple[int, list[Path]]:
     """Create every file but the sidecar empty and exclusively (the sidecar, the last, is linked into place
     without replacing), so no two writers share a name. First a marker lists them, so that a crash's leftovers
-    are known for what they are (`History.sweep`). Returns the marker and the files; raises OutputExists,
-    having left nothing."""
+    are known for what they are (`History.sweep`). Returns the marker's locked handle, and the marker and the
+    files; raises OutputExists, having left nothing."""
     made: list[Path] = []
     try:
         if os.path.lexists(sidecar_of(files[0])):  # a link too, even one that points nowhere
@@ -140,14 +140,21 @@ def _claim(files: list[Path]) -> list[Path]:
         for path in [marker_of(files[0]), *files[:-1]]:
             handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             made.append(path)
-            if path == made[0]:  # the marker: the names it is about to claim, before any is claimed
-                os.write(handle, "\n".join(f.name for f in files[:-1]).encode())
-            os.close(handle)
+            if path != made[0]:
+                os.close(handle)
+                continue
+            # The marker: locked while this writer lives (the sweep passes over a locked one), then the names
+            # it is about to claim, before any is claimed.
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            marker_handle = handle
+            os.write(handle, "\n".join(f.name for f in files[:-1]).encode())
     except FileExistsError as error:
         for path in reversed(made):
             path.unlink(missing_ok=True)
+        if made:
+            os.close(marker_handle)
         raise OutputExists(errno.EEXIST, "already exists", error.filename) from None
-    return made
+    return marker_handle, made
 
 
 def marker_of(media: Path) -> Path:
@@ -174,7 +181,7 @@ def write_result(result: Any, out: Path, frames_out: str | None = None, gif: boo
     with _folder_lock(out.parent, exclusive=False):
         if overwrite:
             return _replace(result, out, frames_out, gif)
-        marker, *claimed = _claim(files_of(out, gif, latents=result.timeline is not None))
+        handle, (marker, *claimed) = _claim(files_of(out, gif, latents=result.timeline is not None))
         try:
             return _write_files(result, out, frames_out, gif, replace=False)
         except BaseException as error:
@@ -183,6 +190,7 @@ def write_result(result: Any, out: Path, frames_out: str | None = None, gif: boo
             raise _as_disk_full(error, out.parent, out.name) from error
         finally:
             marker.unlink(missing_ok=True)
+            os.close(handle)  # unlocks it
 
 
 def _replace(result: Any, out: Path, frames_out: str | None, gif: bool) -> dict[str, Any]:
@@ -368,9 +376,13 @@ class History:
         removed = []
         with _folder_lock(self.folder, exclusive=True):
             for folder in (self.folder, self.uploads):
-                removed += folder.glob(".*.partial*")
+                removed += (p for p in folder.glob(".*.partial*") if not p.is_dir())
             for marker in self.folder.glob(f".*{MARKER_SUFFIX}"):
-                removed += self._unfinished(marker) + [marker]
+                if marker.is_dir():
+                    continue
+                unfinished = self._unfinished(marker)
+                if unfinished is not None:  # its writer is gone
+                    removed += unfinished + [marker]
             for path in removed:
                 path.unlink(missing_ok=True)
             for staging in self.folder.glob(f"{STAGING_PREFIX}*"):  # an --overwrite that never finished
@@ -380,16 +392,29 @@ class History:
             log.info("swept %d unfinished files from %s", len(removed), self.folder)
         return removed
 
-    def _unfinished(self, marker: Path) -> list[Path]:
-        """The files a marker lists, if its output never got its sidecar: a crash's, and only those (each one
-        of that output's own names, claimed when no file had it)."""
+    def _unfinished(self, marker: Path) -> list[Path] | None:
+        """The files a marker lists, if its writer is gone (its lock is free) and its output never got its
+        sidecar: a crash's, and only those (that output's own names, claimed when no file had them). None while
+        the writer lives; [] for a marker that is not one of ours."""
         try:
-            names = marker.read_text(encoding="utf-8").splitlines()
+            handle = os.open(marker, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return []
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+            names = os.read(handle, 1 << 16).decode("utf-8").splitlines()
         except (OSError, UnicodeDecodeError):
             return []
-        if not names or "/" in names[0] or os.path.lexists(sidecar_of(self.folder / names[0])):
+        finally:
+            os.close(handle)
+        media = self.folder / names[0] if names and "/" not in names[0] else None
+        if media is None or marker != marker_of(media) or media.suffix not in MEDIA_SUFFIXES or \
+                os.path.lexists(sidecar_of(media)):
             return []
-        own = {p.name for p in files_of(self.folder / names[0], gif=True, latents=True)}
+        own = {p.name for p in files_of(media, gif=True, latents=True)}
         return [self.folder / name for name in names if name in own]
 
     def write(self, result: Any, gif: bool = True, frames_out: str | None = None) -> tuple[Path, dict[str, Any]]:

@@ -292,3 +292,34 @@ def test_one_session_cannot_fill_the_queue_others_share(tiny_model_dir, tmp_path
         made = other.predict("mine", *API_SETTINGS, 1.0, 8, False, False, api_name="/t2v")[4]
         assert made["status"] == "done"
         greedy.predict(api_name="/cancel")
+
+
+# ---- the fourth review ---------------------------------------------------------------------------------------
+def test_the_sweep_passes_over_a_writer_that_is_still_running(tmp_path):
+    """A CLI run writing into a folder before any studio made its lock: its marker is locked while it lives."""
+    import fcntl
+    import os
+
+    history = History(tmp_path / "outputs")
+    media = history.folder / "c.mp4"
+    media.write_bytes(b"being written")
+    marker = history.folder / ".c.mp4.writing"
+    handle = os.open(marker, os.O_CREAT | os.O_WRONLY, 0o666)
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    os.write(handle, b"c.mp4")
+    try:
+        assert history.sweep() == [] and media.exists() and marker.exists()
+    finally:
+        os.close(handle)  # the writer is gone: what it claimed goes with the next sweep
+    assert {p.name for p in history.sweep()} == {"c.mp4", ".c.mp4.writing"}
+
+
+def test_a_marker_that_is_not_ours_removes_nothing(tmp_path):
+    history = History(tmp_path / "outputs")
+    notes = history.folder / "notes.txt"
+    notes.write_text("mine")
+    (history.folder / ".whatever.writing").write_text("notes.txt")  # names a file that is not its own
+    (history.folder / ".notes.txt.writing").write_text("notes.txt")  # not a media file
+    (history.folder / ".a.partial").mkdir()  # a folder with a temporary's name
+    history.sweep()
+    assert notes.read_text() == "mine" and (history.folder / ".a.partial").is_dir()
