@@ -410,8 +410,9 @@ def _inputs_of(built: Any, args: argparse.Namespace) -> list[tuple[str, Path]]:
         found += [("--video", built.init_video)] if built.init_video else []
     elif built.video:
         found.append(("--video", built.video))
-    named = {args.image: "--image", args.video: "--video", args.video_b: "--video-b"}
-    return [(named.get(path, flag), Path(path).resolve()) for flag, path in found]
+    named = {Path(path).resolve(): flag for path, flag in ((args.image, "--image"), (args.video, "--video"),
+                                                            (args.video_b, "--video-b")) if path}
+    return [(named.get(Path(path).resolve(), flag), Path(path).resolve()) for flag, path in found]
 
 
 def _check_targets(out: Path | None, args: argparse.Namespace, inputs: list[tuple[str, Path]]) -> None:

@@ -323,3 +323,13 @@ def test_a_marker_that_is_not_ours_removes_nothing(tmp_path):
     (history.folder / ".a.partial").mkdir()  # a folder with a temporary's name
     history.sweep()
     assert notes.read_text() == "mine" and (history.folder / ".a.partial").is_dir()
+
+
+def test_the_refusal_names_the_flag_of_an_input_given_relative(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from conftest import moving_square
+    from pipelines.video_io import write_mp4
+
+    monkeypatch.chdir(tmp_path)
+    write_mp4(tmp_path / "clip.mp4", moving_square(9), 8.0)
+    assert run(tiny_model_dir, "restyle", "--video", "clip.mp4", "--strength", "0.5", "--out", "./clip.mp4") == 2
+    assert "would write clip.mp4 over --video, which this run reads" in one_line(capsys)
