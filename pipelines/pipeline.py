@@ -210,9 +210,8 @@ class VideoPipeline:
         if tokens > most:
             d = self.defaults
             usual = self.latent_tokens(d.width, d.height, d.num_frames)
-            frames = f"{request.num_frames} frame{'s' * (request.num_frames != 1)}"
-            raise ValueError(f"{request.width}x{request.height} at {frames} is more than this model "
-                             f"takes at once: {tokens:,} latent tokens, at most {most:,} (its default, "
+            raise ValueError(f"{request.width}x{request.height} at {frames_text(request.num_frames)} is more than "
+                             f"this model takes at once: {tokens:,} latent tokens, at most {most:,} (its default, "
                              f"{d.width}x{d.height} at {d.num_frames} frames, is "
                              f"{usual:,}); lower the size or the length")
         # Wan's rotary embedding has `rope_max_seq_len` positions per axis (1024 in Wan's checkpoints); past
