@@ -66,8 +66,8 @@ def worker(impl: str, model: str, args: argparse.Namespace, frames_out: Path) ->
         # Their own VAE object: ours has its Conv3d layers routed through oneDNN (pipelines/cpu_kernels.py).
         vae = AutoencoderKLWan.from_pretrained(component_path(resolve_model(model)[0], "vae"),
                                                torch_dtype=torch.float32).eval()
-        theirs = WanPipeline(tokenizer=ours.prompts.tokenizer, text_encoder=ours.text_encoder, vae=vae,
-                             transformer=ours.transformer, scheduler=ours.scheduler,
+        theirs = WanPipeline(tokenizer=ours.family.prompts.tokenizer, text_encoder=ours.family.text_encoder, vae=vae,
+                             transformer=ours.transformer, scheduler=ours.family.scheduler,
                              expand_timesteps=ours.defaults.conditioning_strategy == "per_token")
         theirs.set_progress_bar_config(disable=True)
 

@@ -134,8 +134,8 @@ def worker(args: argparse.Namespace) -> dict:
                                  guidance_scale=args.guidance,
                                  conditioning_strategy="per_token" if shape.per_token else "replace",
                                  max_sequence_length=shape.text_tokens)
-        pipe = VideoPipeline(model_id=f"random {args.shape}", defaults=defaults, device=device,
-                             low_vram=args.variant == "low-vram", **parts)
+        pipe = VideoPipeline.from_parts(parts, model_id=f"random {args.shape}", defaults=defaults, device=device,
+                                        low_vram=args.variant == "low-vram")
         knobs = {"attention": "auto" if args.variant in ("attention", "fast", "fast+cache") else None,
                  "compile": args.variant in ("compile", "fast", "fast+cache"),
                  "step_cache": args.cache_threshold if args.variant == "fast+cache" else None}

@@ -123,37 +123,14 @@ def _download(repo_id: str) -> Path:
         raise ModelNotAvailable(f"{hint} ({type(error).__name__})") from error
 
 
-def read_defaults(folder: Path, registry: ModelDefaults | None) -> ModelDefaults:
-    defaults = registry or ModelDefaults()
-    index = json.loads((folder / "model_index.json").read_text())
-    if index.get("expand_timesteps"):
-        defaults = replace(defaults, conditioning_strategy="per_token")
+def read_defaults(folder: Path, defaults: ModelDefaults) -> ModelDefaults:
+    """`defaults` (the registry's, else the family's) with the folder's studio.json over them."""
     studio = folder / "studio.json"
     if studio.is_file():
         known = {f.name for f in fields(ModelDefaults)}
         overrides = {k: v for k, v in json.loads(studio.read_text()).items() if k in known}  # others: components
         defaults = replace(defaults, **overrides)
     return defaults
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """What fixes valid sizes and lengths, read from the configs before any weights load."""
-
-    spatial: int  # VAE pixels per latent, each side
-    temporal: int  # VAE frames per latent after the first
-    patch: int  # DiT patch, each side, in latents
-
-    @property
-    def grid(self) -> int:
-        return self.spatial * self.patch
-
-
-def read_geometry(folder: Path) -> Geometry:
-    vae = json.loads((folder / "vae" / "config.json").read_text())
-    transformer = json.loads((folder / "transformer" / "config.json").read_text())
-    return Geometry(int(vae.get("scale_factor_spatial", 8)), int(vae.get("scale_factor_temporal", 4)),
-                    int(transformer.get("patch_size", [1, 2, 2])[1]))
 
 
 def component_path(folder: Path, name: str) -> Path:
@@ -181,18 +158,17 @@ def load_component(folder: Path, name: str, spec: list[str], dtype: torch.dtype 
     return component_cls.from_pretrained(component_path(folder, name), **kwargs)
 
 
-def load_components(folder: Path, dtype: torch.dtype) -> dict[str, Any]:
-    """vae (always float32: Wan's VAE degrades in half precision), transformer and text encoder in `dtype`,
-    tokenizer and the scheduler's config."""
-    index = json.loads((folder / "model_index.json").read_text())
-    missing = [name for name in ("vae", "transformer", "text_encoder", "tokenizer", "scheduler")
-               if not isinstance(index.get(name), list) or index[name][0] is None]
+def load_components(folder: Path, index: dict[str, Any], required: tuple[str, ...], dtype: torch.dtype
+                    ) -> dict[str, Any]:
+    """Every component `model_index.json` lists, with the class it names: VAEs in float32 (Wan's degrades in
+    half precision), processors, tokenizers and schedulers as saved, every other model in `dtype`."""
+    listed = {name: spec for name, spec in index.items()
+              if not name.startswith("_") and isinstance(spec, list) and len(spec) == 2 and spec[0] is not None}
+    missing = [name for name in required if name not in listed]
     if missing:
         raise ModelNotAvailable(f"{str(folder)!r} lacks components the pipeline needs: {', '.join(missing)}")
-    return {
-        "vae": load_component(folder, "vae", index["vae"], torch.float32),
-        "transformer": load_component(folder, "transformer", index["transformer"], dtype),
-        "text_encoder": load_component(folder, "text_encoder", index["text_encoder"], dtype),
-        "tokenizer": load_component(folder, "tokenizer", index["tokenizer"], None),
-        "scheduler": load_component(folder, "scheduler", index["scheduler"], None),
-    }
+    unweighted = ("tokenizer", "scheduler", "processor", "feature_extractor")
+    return {name: load_component(folder, name, spec,
+                                 torch.float32 if name == "vae" else None if name.startswith(unweighted) or
+                                 name.endswith(unweighted) else dtype)
+            for name, spec in listed.items()}

@@ -10,13 +10,17 @@ may be copied from its second frame, its first lying in a generated latent (pipe
 
 from __future__ import annotations
 
+import inspect
 import math
+from pathlib import Path
 from typing import Any
 
 from pipelines.request import ConditioningItem, GenerationRequest, frames_text, nearest_valid
 from pipelines.video_io import count_frames
 
 DEFAULT_CONTEXT_FRAMES = 9
+# New frames extend, loop and connect make when none are asked for, in seconds.
+DEFAULT_NEW_SECONDS = {"extend": 2.0, "loop": 1.0, "connect": 1.0}
 # Restyle's default strength, read by the CLI and the studio. Measured on the embedded model (a 17-frame
 # moving square, two prompts, seeds 0-1, 20 steps), against the input: strength 0.3 kept 15.6-16.4 dB PSNR and
 # a luminance-gradient correlation of 0.33 (the VAE's own round trip: 17.1 dB, 0.39); 0.4 kept 0.07-0.14 and
@@ -188,3 +192,37 @@ BUILDERS = {
     "restyle": restyle,
     "connect": connect,
 }
+
+
+SOURCES = {"animate": ("image",), "extend": ("clip",), "loop": ("clip",), "restyle": ("video",),
+           "connect": ("clip_a", "clip_b")}  # each builder's input parameters, in order
+
+
+def build(mode: str, defaults: Any, geometry: Any, **params: Any) -> GenerationRequest:
+    """A request of `mode` for a model with these defaults (`pipelines.loading.ModelDefaults`) and geometry
+    (`pipelines.families.Geometry`): every parameter left out, or None, takes the model's own value. The one
+    place a request's unset fields are filled; the CLI, the studio and `VideoPipeline.request` call it."""
+    if mode not in BUILDERS:
+        raise ValueError(f"mode = {mode!r} is not valid: one of {', '.join(BUILDERS)}")
+    params = {k: v for k, v in params.items() if v is not None}
+    builder = BUILDERS[mode]
+    accepted = inspect.signature(builder).parameters
+    fps = params.setdefault("fps", defaults.fps)
+    if "temporal" in accepted:
+        params["temporal"] = geometry.temporal
+    if "new_frames" in accepted and "new_frames" not in params:
+        params["new_frames"] = frames_for_seconds(DEFAULT_NEW_SECONDS[mode], fps, mode, geometry.temporal)
+    if "window" in accepted:
+        params.setdefault("window", defaults.num_frames)
+    if mode in ("t2v", "animate"):
+        params.setdefault("num_frames", defaults.num_frames)
+    source = next((params.get(name) for name in SOURCES.get(mode, ())), None)
+    if "width" not in params and "height" not in params:
+        params["width"], params["height"] = defaults.width, defaults.height
+        if source and Path(source).exists():  # follow the input's aspect ratio
+            params["width"], params["height"] = size_for(source, defaults.width, defaults.height, geometry.grid)
+    params.setdefault("width", defaults.width)
+    params.setdefault("height", defaults.height)
+    params.setdefault("steps", defaults.steps)
+    params.setdefault("guidance_scale", defaults.guidance_for(mode))
+    return builder(**params)

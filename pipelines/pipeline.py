@@ -1,8 +1,8 @@
 """`VideoPipeline`: the one object every tab, the CLI and the tests generate through.
 
-It wraps a causal video VAE (`AutoencoderKLWan`), a DiT (`WanTransformer3DModel`), a text encoder and a
-flow-matching scheduler. Every mode is a request with conditioning items and a starting noise level;
-`generate()` runs them all through the same stages and the same sampling loop.
+It wraps one model family's adapter (`pipelines.families`: its VAE, denoiser, text encoder and scheduler).
+Every mode is a request with conditioning items and a starting noise level; `generate()` runs them all, for
+every family, through the same stages and the same sampling loop.
 """
 
 from __future__ import annotations
@@ -12,19 +12,14 @@ import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 
-from pipelines.cpu_kernels import use_onednn_conv3d
+from pipelines.families import Configs, Family, family_of, inspect_model
 from pipelines.latents import LatentTimeline, load_timeline
-from pipelines.loading import (
-    ModelDefaults,
-    load_components,
-    read_defaults,
-    resolve_model,
-)
+from pipelines.loading import ModelDefaults, load_components
 from pipelines.preview import LatentPreviewer
 from pipelines.request import (
     MAX_SEED,
@@ -34,25 +29,16 @@ from pipelines.request import (
     frames_text,
     nearest_valid,
 )
-from pipelines.samplers import make_scheduler
 from pipelines.seams import Join, carry_residuals, held_residuals, join_ratios
-from pipelines.sampling import (
-    GenerationCancelled,
-    GuidedDenoiser,
-    HeldLatents,
-    StepCallback,
-    sample,
-)
-from pipelines.text import PromptEncoder
+from pipelines.sampling import GenerationCancelled, HeldLatents, StepCallback, sample
 from pipelines.video_io import read_media
 
 # Saved latents decoded before a chained window: enough for the causal decoder's state to settle (its
 # temporal receptive field is a few latents), bounded so that long chains do not decode their whole past.
 DECODER_WARMUP_LATENTS = 16
 # Requests may have at most this many times the latent tokens of the model's default size and length (unless
-# its studio.json says max_latent_tokens): room for the UI's largest presets (1.5x the sides) at its longest
-# duration (10 s) at the default frame rate on every registered model (4.4x to 9.5x), while refusing what
-# runs for many minutes between two chances to cancel (a 4096x4096 frame on the embedded model is 205x).
+# its studio.json says max_latent_tokens): room for the UI's largest presets at its longest duration on every
+# registered model, while refusing what runs for many minutes between two chances to cancel (README: limits).
 LATENT_TOKEN_FACTOR = 16
 
 
@@ -110,6 +96,31 @@ class _Candidate:
     cut_after_first: frozenset[int]  # indices of the placed clips copied from their second frame (see _join)
 
 
+@dataclass
+class _Conditioning:
+    """A request's known content in latents, encoded once for all its candidates."""
+
+    placed: list[PlacedItem]
+    init: torch.Tensor | None  # (1, C, F, H, W) the init video's latents (SDEdit)
+    clean: torch.Tensor  # (1, C, F, H, W) every item's latents where they sit in the window
+    hold: torch.Tensor  # (1, 1, F, H, W) how strongly each position is held
+    prefix: torch.Tensor | None  # saved latents before a start item (they warm the causal decoder)
+    suffix: torch.Tensor | None  # saved latents after an end item (they extend the output's timeline)
+
+
+class _Timer:
+    """Seconds per stage, summed over candidates."""
+
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = round(self.timings.get(stage, 0.0) + now - self._clock, 4)
+        self._clock = now
+
+
 def _pass_progress(callback: StepCallback | None, k: int, passes: int) -> StepCallback | None:
     """Steps of sampling pass k counted on from the passes before it (candidates, image-first's two stages),
     so progress runs 1..passes*steps."""
@@ -119,62 +130,10 @@ def _pass_progress(callback: StepCallback | None, k: int, passes: int) -> StepCa
 
 
 class VideoPipeline:
-    def __init__(self, *, vae, transformer, tokenizer, text_encoder, scheduler, model_id: str,
-                 defaults: ModelDefaults, device: torch.device | str = "cpu", low_vram: bool = False):
-        self.vae = vae.eval()
-        self.transformer = transformer.eval()
-        self.text_encoder = text_encoder.eval()
-        self.scheduler = scheduler  # the checkpoint's; each request gets a fresh copy
+    def __init__(self, family: Family, model_id: str):
+        self.family = family
         self.model_id = model_id
-        self.defaults = defaults
-        self.prompts = PromptEncoder(tokenizer, text_encoder, defaults.max_sequence_length)
-        self.spatial = int(vae.config.scale_factor_spatial)
-        self.temporal = int(vae.config.scale_factor_temporal)
-        self.patch_size = tuple(transformer.config.patch_size)
-        self.grid = self.spatial * self.patch_size[1]
-        z = int(vae.config.z_dim)
-        self._latent_mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, z, 1, 1, 1)
-        self._latent_inv_std = 1.0 / torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, z, 1, 1, 1)
-        self.device = torch.device(device)
-        # Low-VRAM: the DiT and the VAE wait on the CPU and visit the GPU only for their own stage, the text
-        # encoder never leaves the CPU; the VAE works in tiles and guidance runs its branches one after the other.
-        self.low_vram = low_vram and self.device.type == "cuda"
         self._previewer: LatentPreviewer | None = None
-        use_onednn_conv3d(self.vae)  # only takes effect while the VAE runs in float32 on the CPU
-        if self.low_vram:
-            self.vae.enable_tiling()
-        for module in (self.text_encoder, self.transformer, self.vae):
-            module.to("cpu" if self.low_vram else self.device)
-
-    def accelerate(self, attention: str | None = None, compile: bool = False,
-                   step_cache: float | None = None) -> dict[str, str | bool | float | None]:
-        """Turn on speed knobs (see `pipelines.acceleration`); returns what is in effect. Compiling and the
-        flash/cuDNN backends are for CUDA; the step cache changes outputs and is opt-in."""
-        from pipelines import acceleration
-
-        used = {"attention": None, "compile": False, "step_cache": None}
-        if attention:
-            used["attention"] = acceleration.set_attention(self.transformer, attention, self.device)
-        if step_cache:
-            acceleration.enable_step_cache(self.transformer, step_cache)
-            used["step_cache"] = step_cache
-        if compile:
-            acceleration.compile_blocks(self.transformer)
-            used["compile"] = True
-        return used
-
-    @contextlib.contextmanager
-    def _resident(self, module: torch.nn.Module):
-        """Keep `module` on the device for the block (a no-op unless low-VRAM)."""
-        if not self.low_vram:
-            yield
-            return
-        module.to(self.device)
-        try:
-            yield
-        finally:
-            module.to("cpu")
-            torch.cuda.empty_cache()
 
     # ---- construction ----------------------------------------------------------------------------------
     @classmethod
@@ -183,18 +142,87 @@ class VideoPipeline:
         """Load a registry name, a diffusers folder or a hub id. bf16 on CUDA, float32 on CPU."""
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        folder, model_id, registry_defaults = resolve_model(model)
-        parts = load_components(folder, dtype)
-        return cls(vae=parts["vae"], transformer=parts["transformer"], tokenizer=parts["tokenizer"],
-                   text_encoder=parts["text_encoder"], scheduler=parts["scheduler"], model_id=model_id,
-                   defaults=read_defaults(folder, registry_defaults), device=device, low_vram=low_vram)
+        model = inspect_model(model)
+        parts = load_components(model.folder, model.configs.index, model.family.required(model.configs), dtype)
+        return cls(model.family(parts, model.configs, model.defaults, device, low_vram), model.model_id)
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, Any], model_id: str, defaults: ModelDefaults, *,
+                   index: dict[str, Any] | None = None, device: torch.device | str = "cpu",
+                   low_vram: bool = False) -> VideoPipeline:
+        """A pipeline from components built in memory (tests, benchmarks); `index` is the model_index.json a
+        folder of them would have (its `_class_name` picks the family; Wan when absent)."""
+        configs = Configs.of_parts(parts, index)
+        family = family_of(configs) if index is not None else family_of(Configs({"_class_name": "WanPipeline"}, {}))
+        return cls(family(parts, configs, defaults, torch.device(device), low_vram), model_id)
+
+    # ---- what the loaded model is -------------------------------------------------------------------------
+    @property
+    def defaults(self) -> ModelDefaults:
+        return self.family.defaults
+
+    @defaults.setter
+    def defaults(self, defaults: ModelDefaults) -> None:
+        self.family.defaults = defaults
+
+    @property
+    def device(self) -> torch.device:
+        return self.family.device
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        """The (first) denoiser module."""
+        return self.family.denoisers[0]
+
+    @property
+    def vae(self) -> torch.nn.Module:
+        return self.family.vae
+
+    @property
+    def spatial(self) -> int:
+        return self.family.geometry.spatial
+
+    @property
+    def temporal(self) -> int:
+        return self.family.geometry.temporal
+
+    @property
+    def grid(self) -> int:
+        return self.family.geometry.grid
+
+    @property
+    def modes(self) -> dict[str, str | None]:
+        """Every mode: None where this model offers it, else why not."""
+        return self.family.modes
+
+    def request(self, mode: str, *args: Any, **params: Any) -> GenerationRequest:
+        """A request of `mode` for this model: what is left out takes the model's own value."""
+        from pipelines.modes import build
+
+        return build(mode, self.defaults, self.family.geometry, *args, **params)
+
+    def accelerate(self, attention: str | None = None, compile: bool = False,
+                   step_cache: float | None = None) -> dict[str, str | bool | float | None]:
+        """Turn on speed knobs (see `pipelines.acceleration`); returns what is in effect. Compiling and the
+        flash/cuDNN backends are for CUDA; the step cache changes outputs and is opt-in."""
+        from pipelines import acceleration
+
+        used = {"attention": None, "compile": False, "step_cache": None}
+        for module in self.family.denoisers:
+            if attention:
+                used["attention"] = acceleration.set_attention(module, attention, self.device)
+            if step_cache:
+                acceleration.enable_step_cache(module, step_cache)
+                used["step_cache"] = step_cache
+            if compile:
+                acceleration.compile_blocks(module)
+                used["compile"] = True
+        return used
 
     # ---- model-dependent validation ---------------------------------------------------------------------
     def latent_tokens(self, width: int, height: int, num_frames: int) -> int:
-        """How many tokens the DiT attends over for a window of this size: the work of one step grows with it."""
-        pt, ph, pw = self.patch_size
-        latent_frames = (num_frames - 1) // self.temporal + 1
-        return -(-latent_frames // pt) * (height // (self.spatial * ph)) * (width // (self.spatial * pw))
+        """How many tokens the denoiser attends over for a window of this size: the work of one step grows with it."""
+        return self.family.geometry.latent_tokens(width, height, num_frames)
 
     @property
     def max_latent_tokens(self) -> int:
@@ -205,6 +233,17 @@ class VideoPipeline:
 
     def check_request(self, request: GenerationRequest) -> None:
         """Raise ValueError for what this model cannot take (the request checked the rest)."""
+        family = self.family
+        why_not = self.modes.get(request.mode)
+        if why_not:
+            offered = ", ".join(mode for mode, reason in self.modes.items() if reason is None)
+            raise ValueError(f"mode = {request.mode!r} is not valid for this model: {why_not} (it offers: {offered})")
+        if request.sampler not in family.samplers:
+            raise ValueError(f"sampler = {request.sampler!r} is not valid for this model: one of "
+                             f"{', '.join(family.samplers)}")
+        if request.conditioning_strategy is not None and request.conditioning_strategy not in family.strategies:
+            raise ValueError(f"conditioning_strategy = {request.conditioning_strategy!r} is not valid for this model: "
+                             f"None or {' or '.join(family.strategies)}")
         check_grid(request, self.grid, self.temporal)
         tokens, most = self.latent_tokens(request.width, request.height, request.num_frames), self.max_latent_tokens
         if tokens > most:
@@ -214,20 +253,7 @@ class VideoPipeline:
                              f"this model takes at once: {tokens:,} latent tokens, at most {most:,} (its default, "
                              f"{d.width}x{d.height} at {d.num_frames} frames, is "
                              f"{usual:,}); lower the size or the length")
-        # Wan's rotary embedding has `rope_max_seq_len` positions per axis (1024 in Wan's checkpoints); past
-        # them diffusers fails with a reshape error that names no setting.
-        positions = getattr(self.transformer.config, "rope_max_seq_len", None)
-        if positions:
-            pt, ph, pw = self.patch_size
-            latent_frames = (request.num_frames - 1) // self.temporal + 1
-            most_frames = (positions * pt - 1) * self.temporal + 1
-            if latent_frames > positions * pt:
-                raise ValueError(f"num_frames = {request.num_frames} is more than this model can place in time: "
-                                 f"at most {most_frames} frames ({most_frames / request.fps:.4g} s at {request.fps:g} fps)")
-            for name, value, patch in (("height", request.height, ph), ("width", request.width, pw)):
-                if value // (self.spatial * patch) > positions:
-                    raise ValueError(f"{name} = {value} is more than this model can place: at most "
-                                     f"{positions * self.spatial * patch} pixels")
+        family.check(request)
 
     def uses_image_first(self, request: GenerationRequest) -> bool:
         """Whether the request samples its first frame alone before the clip (two sampling passes per
@@ -238,25 +264,13 @@ class VideoPipeline:
             not request.conditioning and request.init_video is None
 
     # ---- latents <-> pixels ----------------------------------------------------------------------------
-    @torch.no_grad()
     def encode(self, frames: np.ndarray) -> torch.Tensor:
         """(F, H, W, 3) uint8 -> (1, C, 1 + (F-1)//temporal, H/s, W/s) normalised latents (the posterior mode)."""
-        pixels = torch.tensor(frames).float() / 255.0 * 2.0 - 1.0  # (F, H, W, 3)
-        pixels = pixels.permute(3, 0, 1, 2).unsqueeze(0)  # (1, 3, F, H, W)
-        with self._resident(self.vae):
-            posterior = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
-        latents = posterior.mode().float()  # (1, C, F', h, w)
-        return (latents - self._latent_mean.to(latents.device)) * self._latent_inv_std.to(latents.device)
+        return self.family.encode(frames)
 
-    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """(1, C, F', h, w) normalised latents -> (1 + (F'-1)*temporal, H, W, 3) uint8."""
-        latents = latents.to(self.device, torch.float32)
-        latents = latents / self._latent_inv_std.to(latents.device) + self._latent_mean.to(latents.device)
-        with self._resident(self.vae):
-            video = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
-        video = (video[0].float() / 2 + 0.5).clamp(0, 1)
-        return (video.permute(1, 2, 3, 0).cpu().numpy() * 255).round().astype(np.uint8)  # (F, H, W, 3)
+        return self.family.decode(latents)
 
     def preview(self, latents: torch.Tensor, frame: int = -1) -> np.ndarray:
         """(H, W, 3) uint8 glimpse of one latent frame for progress displays, without a VAE decode."""
@@ -266,108 +280,117 @@ class VideoPipeline:
 
     # ---- the generation ------------------------------------------------------------------------------
     def generate(self, request: GenerationRequest, callback: StepCallback | None = None) -> GenerationResult:
-        """Run one request: validate, encode text, encode conditioning, noise, denoise, decode and assemble."""
-        sources: dict[str, np.ndarray] = {}  # each source clip is read once per request
-        timings: dict[str, float] = {}
-        clock = time.perf_counter()
-
-        def lap(stage: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            timings[stage] = round(timings.get(stage, 0.0) + now - clock, 4)
-            clock = now
-
+        """Run one request: validate, encode text, encode conditioning, then per candidate prepare its
+        noise, denoise, decode and assemble; keep the candidate with the smoothest joins."""
+        timer = _Timer()
         try:
             # 1. Validate: the request against this model, and every conditioning source against the window.
-            self.check_request(request)
-            placed = [self._place(item, request, sources) for item in request.conditioning]
-            self._check_placement(placed, request)
-            init_frames = self._read_init_video(request)
-            lap("validate")
-
+            placed, init_frames = self._validate(request)
+            timer.lap("validate")
             # 2. Encode text.
-            dtype = self.transformer.dtype
-            guided = request.guidance_scale > 1.0
-            # Low-VRAM encodes text on the CPU, as Wan's own --t5_cpu does: UMT5-XXL alone is ~11 GB in bf16,
-            # more than the whole budget, and it runs once per prompt (the embeddings are cached).
-            cond = self.prompts(request.prompt).to(self.device, dtype)  # (1, L, D)
-            uncond = self.prompts(request.negative_prompt).to(self.device, dtype) if guided else None
-            lap("encode_text")
-
-            # 3. Encode conditioning: the init video (SDEdit) and the known frames of every item.
-            shape = (1, int(self.vae.config.z_dim), (request.num_frames - 1) // self.temporal + 1,
-                     request.height // self.spatial, request.width // self.spatial)  # (B, C, F, H, W)
-            init_latents = self.encode(init_frames) if init_frames is not None else None  # (1, C, F, H, W)
-            clean, hold, prefix, suffix = self._encode_items(placed, shape)
-            lap("encode_conditioning")
-
-            strategy = request.conditioning_strategy or self.defaults.conditioning_strategy
-            image_first = self.uses_image_first(request)
-            per_candidate = 2 if image_first else 1  # sampling passes: image-first samples its first frame first
-            passes = request.best_of * per_candidate
-
-            # 4-6 run once per candidate (seeds seed, seed + 1, ...); of best_of > 1 candidates the one whose
-            # worst join to a copied-through clip is smoothest is kept.
-            best: _Candidate | None = None
-            scores = []
-            loops = any(p.item.output == "omit" for p in placed)  # the wrap back to the start is a join too
+            text = self.family.encode_text(request)
+            timer.lap("encode_text")
+            # 3. Encode conditioning: the init video (SDEdit) and the known frames of every item, once.
+            known = self._encode_conditioning(request, placed, init_frames)
+            timer.lap("encode_conditioning")
+            # 4-6 per candidate (seeds seed, seed + 1, ...): of best_of > 1 the one whose worst join to a
+            # copied-through clip steps least is kept.
+            best, scores = None, []
             for k in range(request.best_of):
                 seed = (request.seed + k) % (MAX_SEED + 1)
-
-                # 4. Noise: drawn on the CPU from the seed as diffusers' randn_tensor draws it, then SDEdit
-                #    (Meng et al., arXiv 2108.01073) starts part-way down the checkpoint's schedule.
-                scheduler, timesteps, sigmas = self._schedule(request)
-                generator = torch.Generator("cpu").manual_seed(seed)
-                noise = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
-                latents = noise
-                if init_latents is not None:
-                    t0 = timesteps[:1]
-                    latents = (scheduler.add_noise(init_latents, noise, t0) if hasattr(scheduler, "add_noise")
-                               else scheduler.scale_noise(init_latents, t0, noise))
-                held = None
-                if placed:
-                    held = HeldLatents(clean, hold, noise, strategy, self.patch_size)
-
-                # 5. Denoise. Image-first text-to-video (Emu Video, Girdhar et al., arXiv 2311.10709) samples
-                #    latent frame 0 alone, from its own slice of the noise, then samples the clip with that
-                #    frame held as animate holds a still: the layout is settled where the model is surest.
-                denoiser = GuidedDenoiser(self.transformer, cond, uncond, request.guidance_scale,
-                                          batched=not self.low_vram)
-                with torch.no_grad(), self._resident(self.transformer):
-                    try:
-                        if image_first:
-                            first_scheduler, first_timesteps, first_sigmas = self._schedule(request)
-                            first = sample(denoiser, noise[:, :, :1], first_scheduler, first_timesteps,  # (1, C, 1, H, W)
-                                           first_sigmas, None, _pass_progress(callback, per_candidate * k, passes))
-                            if denoiser.cached:
-                                self.transformer._reset_stateful_cache()
-                            clean, hold = torch.zeros_like(noise), torch.zeros((1, 1, *shape[2:]), device=self.device)
-                            clean[:, :, :1], hold[:, :, :1] = first, 1.0
-                            held = HeldLatents(clean, hold, noise, strategy, self.patch_size)
-                        latents = sample(denoiser, latents, scheduler, timesteps, sigmas, held,
-                                         _pass_progress(callback, per_candidate * (k + 1) - 1, passes))  # (1, C, F, H, W)
-                    finally:
-                        if denoiser.cached:  # a step cache must not carry one clip's residuals into the next
-                            self.transformer._reset_stateful_cache()
-                lap("denoise")
-
-                # 6. Decode the window (after saved latents that warm the causal decoder), assemble the clip and
-                #    score its joins.
-                warmup = prefix[:, :, -DECODER_WARMUP_LATENTS:] if prefix is not None else None
-                window_frames = self.decode(torch.cat([warmup, latents], dim=2) if warmup is not None else latents)
-                window_frames = window_frames[-request.num_frames:]  # (T, H, W, 3)
-                frames, offset, ratios, cut_after_first = self._join(window_frames, placed, request, loops)
-                scores.append(max(ratios, default=0.0))
+                latents, held = self._denoise(request, seed, known, text, k, callback)
+                timer.lap("denoise")
+                candidate = self._decode_candidate(request, seed, known, latents, held)
+                timer.lap("decode")
+                scores.append(max(candidate.join_ratios, default=0.0))
                 if best is None or scores[-1] < max(best.join_ratios, default=0.0):
-                    best = _Candidate(seed, frames, offset, latents, held, ratios, cut_after_first)
-                lap("decode")
-            frames, offset, latents, held = best.frames, best.offset, best.latents, best.held
-            timeline = self._timeline(latents, prefix, suffix, placed, request, offset, len(frames))
+                    best = candidate
+            timeline = self._timeline(best.latents, known.prefix, known.suffix, placed, request, best.offset,
+                                      len(best.frames))
         except (GenerationCancelled, torch.cuda.OutOfMemoryError):
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             raise
+        return GenerationResult(
+            frames=best.frames, fps=request.fps, request=request, model_id=self.model_id,
+            latents=best.latents[0].cpu(), held=best.held, timeline=timeline, window_offset=best.offset,
+            timings=timer.timings, parents=self._parents(request, placed), notes=self._notes(request, placed, best, scores),
+            join_ratios=[round(x, 3) for x in best.join_ratios], seed=best.seed,
+        )
 
+    # ---- stages -----------------------------------------------------------------------------------------
+    def _validate(self, request: GenerationRequest) -> tuple[list[PlacedItem], np.ndarray | None]:
+        self.check_request(request)
+        sources: dict[str, np.ndarray] = {}  # each source clip is read once per request
+        placed = [self._place(item, request, sources) for item in request.conditioning]
+        self._check_placement(placed, request)
+        return placed, self._read_init_video(request)
+
+    def _encode_conditioning(self, request: GenerationRequest, placed: list[PlacedItem],
+                             init_frames: np.ndarray | None) -> _Conditioning:
+        shape = self.family.geometry.latent_shape(request)  # (B, C, F, H, W)
+        init = self.encode(init_frames) if init_frames is not None else None  # (1, C, F, H, W)
+        clean, hold, prefix, suffix = self._encode_items(placed, shape)
+        return _Conditioning(placed, init, clean, hold, prefix, suffix)
+
+    def _denoise(self, request: GenerationRequest, seed: int, known: _Conditioning, text: Any, k: int,
+                 callback: StepCallback | None) -> tuple[torch.Tensor, HeldLatents | None]:
+        """4. Noise, then 5. denoise one candidate: (1, C, F, H, W) final latents and what was held.
+
+        Image-first text-to-video (Emu Video, Girdhar et al., arXiv 2311.10709) samples latent frame 0 alone,
+        from its own slice of the noise, then samples the clip with that frame held as animate holds a still:
+        the layout is settled where the model is surest."""
+        family, shape = self.family, self.family.geometry.latent_shape(request)
+        image_first = self.uses_image_first(request)
+        per_candidate = 2 if image_first else 1  # sampling passes per candidate
+        passes = request.best_of * per_candidate
+        strategy = request.conditioning_strategy or self.defaults.conditioning_strategy
+
+        generator = torch.Generator("cpu").manual_seed(seed)
+        conditions = family.prepare(request, shape, known.placed, generator)
+        schedule = family.schedule(request, shape, generator)
+        latents = schedule.start(conditions.noise, known.init)
+        held = family.held(known.clean, known.hold, conditions, strategy) if known.placed else None
+        denoiser = family.denoiser(request, text, conditions, batched=not family.low_vram)
+        cached = getattr(denoiser, "cached", False)
+        with torch.no_grad(), contextlib.ExitStack() as stack:
+            for module in family.denoisers:
+                stack.enter_context(family.resident(module))
+            try:
+                if image_first:
+                    first = sample(denoiser, conditions.noise[:, :, :1], family.schedule(request, shape, generator), None,
+                                   _pass_progress(callback, per_candidate * k, passes))  # (1, C, 1, H, W)
+                    if cached:
+                        self.transformer._reset_stateful_cache()
+                    clean, hold = torch.zeros_like(conditions.noise), torch.zeros((1, 1, *shape[2:]), device=self.device)
+                    clean[:, :, :1], hold[:, :, :1] = first, 1.0
+                    held = family.held(clean, hold, conditions, strategy)
+                latents = sample(denoiser, latents, schedule, held,
+                                 _pass_progress(callback, per_candidate * (k + 1) - 1, passes))  # (1, C, F, H, W)
+            finally:
+                if cached:  # a step cache must not carry one clip's residuals into the next
+                    self.transformer._reset_stateful_cache()
+        return latents, held
+
+    def _decode_candidate(self, request: GenerationRequest, seed: int, known: _Conditioning,
+                          latents: torch.Tensor, held: HeldLatents | None) -> _Candidate:
+        """6. Decode the window (after saved latents that warm the causal decoder), assemble the clip and
+        score its joins."""
+        warmup = known.prefix[:, :, -DECODER_WARMUP_LATENTS:] if known.prefix is not None else None
+        window = self.decode(torch.cat([warmup, latents], dim=2) if warmup is not None else latents)
+        window = window[-request.num_frames:]  # (T, H, W, 3)
+        loops = any(p.item.output == "omit" for p in known.placed)  # the wrap back to the start is a join too
+        frames, offset, ratios, cut_after_first = self._join(window, known.placed, request, loops)
+        return _Candidate(seed, frames, offset, latents, held, ratios, cut_after_first)
+
+    @staticmethod
+    def _parents(request: GenerationRequest, placed: list[PlacedItem]) -> list[str]:
+        parents = [p.item.source for p in placed] + ([request.init_video] if request.init_video else [])
+        return list(dict.fromkeys(parents))
+
+    @staticmethod
+    def _notes(request: GenerationRequest, placed: list[PlacedItem], best: _Candidate, scores: list[float]
+               ) -> list[str]:
         notes = [p.timeline_note for p in placed if p.timeline_note]
         for i in sorted(best.cut_after_first):
             notes.append(f"{Path(placed[i].item.source).name}: copied from its second frame (its first lies in a "
@@ -375,26 +398,7 @@ class VideoPipeline:
         if request.best_of > 1:
             notes.append(f"best of {request.best_of}: seed {best.seed} (worst join {min(scores):.2f}x the median "
                          f"frame step; candidates {', '.join(f'{x:.2f}' for x in scores)})")
-        parents = [p.item.source for p in placed] + ([request.init_video] if request.init_video else [])
-        return GenerationResult(
-            frames=frames, fps=request.fps, request=request, model_id=self.model_id,
-            latents=latents[0].cpu(), held=held, timeline=timeline, window_offset=offset,
-            timings=timings, parents=list(dict.fromkeys(parents)), notes=notes,
-            join_ratios=[round(x, 3) for x in best.join_ratios], seed=best.seed,
-        )
-
-    # ---- stages -----------------------------------------------------------------------------------------
-    def _schedule(self, request: GenerationRequest):
-        """A fresh scheduler for one sampling pass, its timesteps and their sigmas; SDEdit starts part-way."""
-        scheduler = make_scheduler(request.sampler, self.scheduler, request.shift)
-        scheduler.set_timesteps(request.steps, device=self.device)
-        start = 0
-        if request.init_strength is not None:
-            kept = min(int(request.steps * request.init_strength), request.steps)
-            start = (request.steps - kept) * scheduler.order
-        scheduler.set_begin_index(start)
-        timesteps = scheduler.timesteps[start:]
-        return scheduler, timesteps, scheduler.sigmas[start:start + len(timesteps)].to(self.device)
+        return notes
 
     def _read_init_video(self, request: GenerationRequest) -> np.ndarray | None:
         if request.init_video is None:
@@ -430,7 +434,7 @@ class VideoPipeline:
         timeline, reason = load_timeline(placed.item.source)
         if timeline is None:
             return None, f"{name} {reason}, {re_encoded}"
-        expected = (int(self.vae.config.z_dim), request.height // self.spatial, request.width // self.spatial)
+        expected = (self.family.geometry.channels, request.height // self.spatial, request.width // self.spatial)
         problems = []
         if (timeline.latents.shape[0], *timeline.latents.shape[2:]) != expected:
             problems.append("its latents have another shape")

@@ -334,7 +334,7 @@ def _progress(quiet: bool):
 
 def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from pipelines.loading import read_defaults, read_geometry, resolve_model
+    from pipelines.families import inspect_model
 
     _check_device(args.device)
     if args.mode == "image" and (args.frames is not None or args.seconds is not None):
@@ -347,8 +347,11 @@ def run(argv: list[str]) -> int:
         elif args.model != recorded:
             print(f"note: reproducing with {args.model}; the sidecar records {recorded}")
     args.model = args.model or "embedded"
-    folder, _, registry_defaults = resolve_model(args.model)
-    defaults, geometry = read_defaults(folder, registry_defaults), read_geometry(folder)
+    model = inspect_model(args.model)
+    defaults, geometry = model.defaults, model.geometry
+    mode = getattr(built, "mode", "loop") if args.mode == "reproduce" else args.mode
+    if model.modes.get(mode):
+        raise UsageError(f"{args.model} cannot {mode}: {model.modes[mode]}. It offers: {', '.join(model.offered)}")
     if args.mode != "reproduce":
         built = build_request(args, defaults, geometry.temporal, geometry.grid)
     out = Path(args.out) if args.out else None

@@ -20,9 +20,7 @@ from pipelines.video_io import write_frames  # noqa: E402
 
 
 def make_pipeline(components: dict, strategy: str = "replace", model_id: str = "tiny") -> VideoPipeline:
-    return VideoPipeline(vae=components["vae"], transformer=components["transformer"],
-                         tokenizer=components["tokenizer"], text_encoder=components["text_encoder"],
-                         scheduler=components["scheduler"], model_id=model_id,
+    return VideoPipeline.from_parts(components, model_id=model_id,
                          defaults=ModelDefaults(width=32, height=32, num_frames=9, fps=8.0, steps=2,
                                                 guidance_scale=4.0, conditioning_strategy=strategy,
                                                 max_sequence_length=16))

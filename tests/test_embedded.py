@@ -34,7 +34,7 @@ def test_loads_with_its_defaults(embedded):
     d = embedded.defaults
     assert embedded.model_id == "embedded"
     assert (d.width, d.height, d.num_frames, d.conditioning_strategy) == (128, 128, 17, "per_token")
-    assert embedded.text_encoder.config.hidden_size == 384 == embedded.transformer.config.text_dim
+    assert embedded.family.text_encoder.config.hidden_size == 384 == embedded.transformer.config.text_dim
 
 
 def test_text_to_video_and_image(embedded):

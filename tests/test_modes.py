@@ -111,16 +111,16 @@ def test_callback_sees_every_step_and_can_cancel(wan21):
 
 
 def test_prompt_embeddings_are_cached(wan21):
-    wan21.prompts._cache.clear()
+    wan21.family.prompts._cache.clear()
     calls = []
-    original = wan21.prompts._encode
-    wan21.prompts._encode = lambda text: calls.append(text) or original(text)
+    original = wan21.family.prompts._encode
+    wan21.family.prompts._encode = lambda text: calls.append(text) or original(text)
     try:
         request = text_to_video("a green cat", negative_prompt="blurry", num_frames=1, **SETTINGS)
         wan21.generate(request)
         wan21.generate(request.replace(seed=1))
     finally:
-        wan21.prompts._encode = original
+        wan21.family.prompts._encode = original
     assert calls == ["a green cat", "blurry"]
 
 
