@@ -31,10 +31,11 @@ class LoopPlan(NamedTuple):
     """loop needs the pipeline before its request can be built when it starts from a prompt alone."""
 
     video: str | None
-    prompt: str
-    new_frames: int
-    fps: float
-    settings: dict[str, Any]
+    params: dict[str, Any]  # modes.build's parameters for the loop, without its clip
+
+    def base_params(self) -> dict[str, Any]:
+        """The text-to-video base clip's: the loop's settings, one candidate (they are for the bridge)."""
+        return {k: v for k, v in self.params.items() if k not in ("new_frames", "context_frames")} | {"best_of": 1}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -193,29 +194,12 @@ def _typed_text(value: str | None, flag: str) -> str | None:
     return text
 
 
-def build_request(args: argparse.Namespace, defaults: Any, temporal: int, grid: int):
+def build_request(args: argparse.Namespace, defaults: Any, geometry: Any):
+    """The request the flags describe; what they leave out takes the model's defaults (modes.build)."""
     from pipelines import modes
 
     args.prompt, args.negative = _typed_text(args.prompt, "--prompt"), _typed_text(args.negative, "--negative")
-    fps = args.fps if args.fps is not None else defaults.fps
-    width, height = defaults.width, defaults.height
-    source = args.image if args.mode == "animate" else args.video
-    if args.width is None and args.height is None and source and Path(source).exists():
-        width, height = modes.size_for(source, width, height, grid)  # follow the input's aspect ratio
-    settings: dict[str, Any] = dict(
-        negative_prompt=args.negative,
-        width=args.width if args.width is not None else width,
-        height=args.height if args.height is not None else height,
-        steps=args.steps if args.steps is not None else defaults.steps,
-        guidance_scale=args.guidance if args.guidance is not None else defaults.guidance_for(args.mode),
-        seed=args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little"),
-        sampler=args.sampler,
-        shift=args.shift,
-        conditioning_strategy=args.conditioning,
-        use_saved_latents=not args.no_saved_latents,
-        best_of=args.best_of,
-    )
-    mode, prompt = args.mode, args.prompt
+    mode, prompt, temporal = args.mode, args.prompt, geometry.temporal
     if not prompt:
         raise UsageError(f"{mode} needs --prompt")
     if args.strength is not None and mode not in ("restyle", "animate"):
@@ -224,39 +208,36 @@ def build_request(args: argparse.Namespace, defaults: Any, temporal: int, grid: 
         raise UsageError(f"--start applies to restyle, not {mode}")
     if args.image_first is not None and mode != "t2v":
         raise UsageError(f"--image-first applies to t2v, not {mode}")
+    fps = args.fps if args.fps is not None else defaults.fps
+    params: dict[str, Any] = dict(
+        prompt=prompt, negative_prompt=args.negative, width=args.width, height=args.height, fps=fps,
+        steps=args.steps, guidance_scale=args.guidance,
+        seed=args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little"),
+        sampler=args.sampler, shift=args.shift, conditioning_strategy=args.conditioning,
+        use_saved_latents=not args.no_saved_latents, best_of=args.best_of,
+    )
     if mode == "t2v":
-        return modes.text_to_video(prompt, fps=fps, num_frames=_frames(args, "window", fps, temporal, defaults.num_frames),
-                                   image_first=args.image_first, **settings)
-    if mode == "image":
-        return modes.text_to_image(prompt, fps=fps, **settings)
-    if mode == "animate":
-        image = _require_file(args.image, "--image", mode)
-        return modes.animate(image, prompt, strength=1.0 if args.strength is None else args.strength, fps=fps,
-                             num_frames=_frames(args, "window", fps, temporal, defaults.num_frames), **settings)
-    if mode == "restyle":
-        video = _require_file(args.video, "--video", mode)
-        given = args.frames is not None or args.seconds is not None
-        frames = _frames(args, "window", fps, temporal, None) if given else None
-        strength = modes.DEFAULT_RESTYLE_STRENGTH if args.strength is None else args.strength
-        start = modes.trim(args.start, None, fps, temporal)[0]
-        return modes.restyle(video, prompt, strength=strength, start=start, window=defaults.num_frames,
-                             num_frames=frames, temporal=temporal, fps=fps, **settings)
-    if mode == "extend":
-        video = _require_file(args.video, "--video", mode)
-        new = _frames(args, "extend", fps, temporal, modes.frames_for_seconds(2.0, fps, "extend", temporal))
-        return modes.extend(video, prompt, new, direction=args.direction, context_frames=args.context_frames,
-                            temporal=temporal, fps=fps, **settings)
-    if mode == "connect":
-        a = _require_file(args.video, "--video", mode)
-        b = _require_file(args.video_b, "--video-b", mode)
-        new = _frames(args, "connect", fps, temporal, modes.frames_for_seconds(1.0, fps, "connect", temporal))
-        return modes.connect(a, b, prompt, new, context_frames=args.context_frames, temporal=temporal, fps=fps,
-                             **settings)
-    if mode == "loop":
-        new = _frames(args, "loop", fps, temporal, modes.frames_for_seconds(1.0, fps, "loop", temporal))
-        video = args.video and _require_file(args.video, "--video", mode)
-        return LoopPlan(video, prompt, new, fps, settings)
-    raise UsageError(f"unknown mode {mode!r}")
+        params.update(num_frames=_frames(args, "window", fps, temporal, None), image_first=args.image_first)
+    elif mode == "animate":
+        params.update(image=_require_file(args.image, "--image", mode), strength=args.strength,
+                      num_frames=_frames(args, "window", fps, temporal, None))
+    elif mode == "restyle":
+        params.update(video=_require_file(args.video, "--video", mode), strength=args.strength,
+                      start=modes.trim(args.start, None, fps, temporal)[0],
+                      num_frames=_frames(args, "window", fps, temporal, None))
+    elif mode == "extend":
+        params.update(clip=_require_file(args.video, "--video", mode), direction=args.direction,
+                      new_frames=_frames(args, "extend", fps, temporal, None), context_frames=args.context_frames)
+    elif mode == "connect":
+        params.update(clip_a=_require_file(args.video, "--video", mode),
+                      clip_b=_require_file(args.video_b, "--video-b", mode),
+                      new_frames=_frames(args, "connect", fps, temporal, None), context_frames=args.context_frames)
+    elif mode == "loop":
+        params.update(new_frames=_frames(args, "loop", fps, temporal, None), context_frames=args.context_frames)
+        return LoopPlan(args.video and _require_file(args.video, "--video", mode), params)
+    elif mode != "image":
+        raise UsageError(f"unknown mode {mode!r}")
+    return modes.build(mode, defaults, geometry, **params)
 
 
 def _reproduced(args: argparse.Namespace):
@@ -353,7 +334,7 @@ def run(argv: list[str]) -> int:
     if model.modes.get(mode):
         raise UsageError(f"{args.model} cannot {mode}: {model.modes[mode]}. It offers: {', '.join(model.offered)}")
     if args.mode != "reproduce":
-        built = build_request(args, defaults, geometry.temporal, geometry.grid)
+        built = build_request(args, defaults, geometry)
     out = Path(args.out) if args.out else None
     check_out_paths(out if out is not None else DEFAULT_OUTPUTS / "new.mp4", args.frames_out)
     if out is not None and out.suffix.lower() not in (".mp4", ".gif", ".png"):
@@ -366,8 +347,8 @@ def run(argv: list[str]) -> int:
     from pipelines.request import GenerationRequest, check_grid
 
     # Checked before the weights load, which takes minutes for a real checkpoint.
-    probe = built if isinstance(built, GenerationRequest) else modes.text_to_video(
-        built.prompt, fps=built.fps, num_frames=defaults.num_frames, **{**built.settings, "best_of": 1})
+    probe = built if isinstance(built, GenerationRequest) else modes.build("t2v", defaults, geometry,
+                                                                           **built.base_params())
     check_grid(probe, geometry.grid, geometry.temporal)
     _quiet_library_progress()
     started = time.perf_counter()
@@ -376,16 +357,12 @@ def run(argv: list[str]) -> int:
     print(f"loaded {pipe.model_id} on {pipe.device} in {time.perf_counter() - started:.1f} s")
     if isinstance(built, LoopPlan):  # from a clip, or from the prompt through a text-to-video base clip
         video = built.video
-        if video is None:
-            base_settings = {**built.settings, "best_of": 1}  # candidates are for the bridge
-            if args.guidance is None:  # the bridge's default is the join guidance, the base clip's is text-to-video's
-                base_settings["guidance_scale"] = defaults.guidance_for("t2v")
-            base = modes.text_to_video(built.prompt, fps=built.fps, num_frames=defaults.num_frames, **base_settings)
+        if video is None:  # without --guidance the base clip takes text-to-video's, the bridge the join guidance
+            base = modes.build("t2v", defaults, geometry, **built.base_params())
             base_out = None if out is None else out.with_name(out.stem + ".base.mp4")
             video = str(_generate_and_write(pipe, base, base_out, None, args.quiet, overwrite=False)[0])
             print(f"wrote the clip to loop: {video}")
-        built = modes.loop(video, built.prompt, built.new_frames, context_frames=args.context_frames,
-                           temporal=geometry.temporal, fps=built.fps, **built.settings)
+        built = modes.build("loop", defaults, geometry, clip=video, **built.params)
     out, sidecar = _generate_and_write(pipe, built, out, args.frames_out, args.quiet, args.overwrite)
     joins = f", joins {', '.join(f'{x:.2f}' for x in sidecar['joins'])}x the median step" if sidecar["joins"] else ""
     print(f"wrote {out} ({frames_text(sidecar['frames'])}, {sidecar['width']}x{sidecar['height']}, "

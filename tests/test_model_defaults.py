@@ -33,3 +33,19 @@ def test_a_wan_folder_without_studio_json_serves_the_studio_at_832x480(tmp_path)
         result = client.predict("a lighthouse", "", 1, 1, 4.0, "default", sizes[0], 1.0, 16, True, False,
                                 api_name="/t2v")[4]
         assert result["status"] == "done" and Image.open(result["output"]).size == (832, 480)
+
+
+def test_pipe_request_fills_what_is_left_out_with_the_loaded_models_defaults(wan21, png_clip):
+    d = wan21.defaults  # 32x32, 9 frames at 8 fps, 2 steps, guidance 4 (conftest.make_pipeline)
+    t2v = wan21.request("t2v", prompt="a red kite", seed=3)
+    assert (t2v.width, t2v.height, t2v.num_frames, t2v.fps, t2v.steps, t2v.guidance_scale, t2v.seed) == \
+        (d.width, d.height, d.num_frames, d.fps, d.steps, d.guidance_scale, 3)
+    # Given values win, None counts as left out, and the README's Wan-sized request is not what a small model gets.
+    assert wan21.request("t2v", prompt="a red kite", steps=5, guidance_scale=None).steps == 5
+    assert (t2v.width, t2v.height, t2v.steps) != (832, 480, 50)
+    path, _ = png_clip(9)
+    extended = wan21.request("extend", clip=path, prompt="on", seed=0)
+    assert extended.fps == d.fps and extended.num_frames > 9  # context + the default 2 s of new frames
+    wan21.generate(wan21.request("animate", image=path, prompt="a kite", num_frames=5))
+    with pytest.raises(ValueError, match="mode = 'dance' is not valid"):
+        wan21.request("dance", prompt="x")

@@ -114,14 +114,15 @@ def vae_ceiling(pipe, clips: int, width: int, height: int, num_frames: int, fps:
 
 def evaluate(model: str, prompts: int, steps: int | None, seed: int, guidance: float | None = None,
              best_of: int = 1, image_first: bool | None = None) -> dict:
-    from pipelines import VideoPipeline, text_to_video
+    from pipelines import VideoPipeline
 
     pipe = VideoPipeline.from_pretrained(model, device="cpu")
     d = pipe.defaults
-    settings = dict(width=d.width, height=d.height, fps=d.fps, steps=steps or d.steps,
-                    guidance_scale=d.guidance_scale if guidance is None else guidance)
-    join_guidance = d.guidance_for("extend") if guidance is None else guidance
+    chosen = dict(steps=steps, guidance_scale=guidance)  # None: the model's own, filled by pipe.request
     image_first = d.image_first if image_first is None else image_first
+    settings = {"width": d.width, "height": d.height, "fps": d.fps, "steps": steps or d.steps,
+                "guidance_scale": d.guidance_scale if guidance is None else guidance}
+    join_guidance = d.guidance_for("extend") if guidance is None else guidance
     results: dict = {"model": model, "settings": {**settings, "join_guidance_scale": join_guidance,
                                                   "image_first": image_first}, "adherence": {}, "fidelity": {}}
 
@@ -129,8 +130,8 @@ def evaluate(model: str, prompts: int, steps: int | None, seed: int, guidance: f
     cases = held_out_prompts(prompts)
     started = time.time()
     for i, (colour, shape, motion, background) in enumerate(cases):
-        request = text_to_video(prompt_for(colour, shape, motion, background), num_frames=d.num_frames,
-                                seed=seed + i, image_first=image_first, **settings)
+        request = pipe.request("t2v", prompt=prompt_for(colour, shape, motion, background), seed=seed + i,
+                               image_first=image_first, **chosen)
         reading = read_clip(pipe.generate(request).frames)
         hits["colour"] += reading.colour == colour
         hits["motion"] += reading.motion == motion
@@ -141,16 +142,16 @@ def evaluate(model: str, prompts: int, steps: int | None, seed: int, guidance: f
     results["seconds_per_clip"] = round(elapsed / len(cases), 2)
     results["vae_ceiling"] = vae_ceiling(pipe, min(prompts, 40), d.width, d.height, d.num_frames, d.fps)
 
-    results["fidelity"] = fidelity(pipe, settings, join_guidance, seed, best_of)
+    results["fidelity"] = fidelity(pipe, chosen, seed, best_of)
     return results
 
 
-def fidelity(pipe, settings: dict, join_guidance: float, seed: int, best_of: int = 1) -> dict:
+def fidelity(pipe, chosen: dict, seed: int, best_of: int = 1) -> dict:
     """Animate, extend, loop and connect on four in-world clips: first-frame PSNR and the worst seam ratios
-    (extend, loop and connect run at `join_guidance` and keep the best of `best_of` candidates)."""
+    (extend, loop and connect run at the model's join guidance unless `chosen` sets one, and keep the best of
+    `best_of` candidates). `chosen`: steps and guidance_scale, None for the model's own."""
     from PIL import Image
 
-    from pipelines import animate, connect, extend, loop
     from pipelines.video_io import write_frames
 
     d = pipe.defaults
@@ -166,19 +167,20 @@ def fidelity(pipe, settings: dict, join_guidance: float, seed: int, best_of: int
             write_frames(clip_dir, source)
             still = tmp / f"still{i}.png"
             Image.fromarray(source[0]).save(still)
-            frames = pipe.generate(animate(str(still), prompt, num_frames=d.num_frames, seed=seed, **settings)).frames
+            frames = pipe.generate(pipe.request("animate", image=str(still), prompt=prompt, seed=seed, **chosen)).frames
             animate_psnr.append(psnr(frames[0], source[0]))
-            joins = dict(settings, guidance_scale=join_guidance, seed=seed, best_of=best_of)
-            extended = pipe.generate(extend(str(clip_dir), prompt, new_frames=8, **joins)).frames
+            joins = dict(chosen, seed=seed, best_of=best_of)
+            extended = pipe.generate(pipe.request("extend", clip=str(clip_dir), prompt=prompt, new_frames=8, **joins)).frames
             extend_seams.append(seam_ratio(extended, len(source)))
-            looped = pipe.generate(loop(str(clip_dir), prompt, new_frames=7, **joins)).frames
+            looped = pipe.generate(pipe.request("loop", clip=str(clip_dir), prompt=prompt, new_frames=7, **joins)).frames
             loop_wraps.append(max(seam_ratio(looped, len(source)), wrap_ratio(looped)))
             other = Scene((Thing(SHAPES[i + 1], list(COLOURS)[i * 2 + 1], "still", True, (0.5, 0.5)),),
                           scene.background, seed=i + 10)
             other_dir = tmp / f"other{i}"
             clip_b = render(other, d.width, d.height, d.num_frames, d.fps)
             write_frames(other_dir, clip_b)
-            joined = pipe.generate(connect(str(clip_dir), str(other_dir), prompt, new_frames=7, **joins)).frames
+            joined = pipe.generate(pipe.request("connect", clip_a=str(clip_dir), clip_b=str(other_dir), prompt=prompt,
+                                                new_frames=7, **joins)).frames
             b_seam = closing_seam(joined, clip_b, len(source) + 7)  # B copied from its first or its second frame
             connect_seams.append(max(seam_ratio(joined, len(source)), seam_ratio(joined, b_seam)))
         return {
