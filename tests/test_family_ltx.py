@@ -116,36 +116,50 @@ def test_conditioning_with_dynamic_shift_keeps_the_released_schedule(ltx091, sti
     assert expected.config.use_dynamic_shifting
 
 
-def test_later_clip_is_held(ltx095, tmp_path):
-    """Connect: clip A's tail opens the window, clip B's head sits later in it (window frame 16, latent 3 of
-    4); B's latent is held through sampling (exactly without LTX's per-step re-noising of held tokens, else up
-    to the last step's noise_scale * t^2) while the bridge between them is generated."""
+def test_later_clip_matches_ltx_condition_pipeline_and_is_held(ltx095, tmp_path):
+    """Connect: clip A's last 9 frames open the window, clip B's first 17 sit at frame 16 (window 33 frames,
+    5 latents). As LTXConditionPipeline does, B's first two latents are extra tokens at frames 16 and 17 and its
+    third is held in the window (latent 4); window latent 3 is generated beside the extra tokens."""
     from conftest import moving_square
 
     _, pipe = ltx095
-    a, b = moving_square(9, 64, 64, seed=1), moving_square(17, 64, 64, seed=2)[::-1].copy()
+    components = ltx095[0]
+    a, b = moving_square(13, W, H, seed=1), moving_square(17, W, H, seed=2)[::-1].copy()
     write_frames(tmp_path / "a", a)
     write_frames(tmp_path / "b", b)
     request = pipe.request("connect", clip_a=str(tmp_path / "a"), clip_b=str(tmp_path / "b"), prompt=PROMPT,
-                           new_frames=7, context_frames=9, width=64, height=64, steps=STEPS, seed=4)
-    assert [item.frame_index for item in request.conditioning] == [0, 16] and request.num_frames == 25
-    clean_b = pipe.encode(b[:9])[0, :, 1:]  # (C, 1, 2, 2): B's latent after its warm-up frame
+                           new_frames=7, context_frames=9, seed=4, **{**SETTINGS, "num_frames": None})
+    request = dataclasses.replace(request, num_frames=33, conditioning=(
+        request.conditioning[0], dataclasses.replace(request.conditioning[1], source_count=17)))
+    assert [item.frame_index for item in request.conditioning] == [0, 16]
+    ours = pipe.generate(request)
+    reference = LTXConditionPipeline(**components)(
+        conditions=[LTXVideoCondition(video=[Image.fromarray(x) for x in a[-9:]], frame_index=0),
+                    LTXVideoCondition(video=[Image.fromarray(x) for x in b], frame_index=16)],
+        prompt=PROMPT, generator=torch.Generator().manual_seed(4), **{**REFERENCE, "num_frames": 33}).frames[0]
+    assert ours.latents.shape == reference.shape == (8, 5, 2, 3)
+    assert relative_error(ours.latents, reference) < 1e-4
+    assert ours.held.hold[0, 0, :, 0, 0].tolist() == [1.0, 1.0, 0.0, 0.0, 1.0]
+    assert ours.held.extra_frames == 2 and len(ours.frames) == 13 + 7 + 17 and np.array_equal(ours.frames[:13], a)
+    # B's extra tokens steer the generated latent beside them.
+    write_frames(tmp_path / "c", b[:, ::-1].copy())
+    other = dataclasses.replace(request, conditioning=(request.conditioning[0], dataclasses.replace(
+        request.conditioning[1], source=str(tmp_path / "c"))))
+    assert relative_error(pipe.generate(other).latents[:, 3], ours.latents[:, 3]) > 0.05
+    # Without LTX's per-step re-noising, B's held latent ends exactly on its encoding whatever the seed, while the
+    # bridge is generated; with it, the held latent keeps the last step's noise_scale * (t / 1000)^2 of noise.
+    clean_b = pipe.encode(b)[0, :, 2:]  # (C, 1, 2, 3)
     pipe.family.image_cond_noise_scale = 0.0
     try:
-        exact = pipe.generate(request)
-        reseeded = pipe.generate(dataclasses.replace(request, seed=5))
+        exact = pipe.generate(request).latents
+        reseeded = pipe.generate(dataclasses.replace(request, seed=5)).latents
     finally:
         pipe.family.image_cond_noise_scale = 0.15
-    assert exact.held.hold[0, 0, :, 0, 0].tolist() == [1.0, 1.0, 0.0, 1.0]
-    assert relative_error(exact.latents[:, 3:], clean_b) < 1e-5
-    assert relative_error(reseeded.latents[:, 3:], clean_b) < 1e-5
-    assert relative_error(reseeded.latents[:, 2], exact.latents[:, 2]) > 0.05  # the bridge is generated
-    # With the re-noising, the held latent carries the last step's noise: noise_scale * (t / 1000)^2 of it.
-    noisy = pipe.generate(request)
-    t_last = float(pipe.family.schedule(request, (1, 8, 4, 2, 2)).timesteps[-1]) / 1000
-    spread = float((noisy.latents[:, 3:] - clean_b).std())
+    assert relative_error(exact[:, 4:], clean_b) < 1e-5 and relative_error(reseeded[:, 4:], clean_b) < 1e-5
+    assert relative_error(reseeded[:, 2:4], exact[:, 2:4]) > 0.05
+    t_last = float(pipe.family.schedule(request, (1, 8, 5, 2, 3)).timesteps[-1]) / 1000
+    spread = float((ours.latents[:, 4:] - clean_b).std())
     assert 0.5 < spread / (0.15 * t_last**2) < 2.0
-    assert len(exact.frames) == 9 + 7 + 17 and np.array_equal(exact.frames[:9], a)
 
 
 def test_every_mode_and_sampler_runs(ltx095, still, tmp_path):

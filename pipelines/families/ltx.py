@@ -11,17 +11,20 @@ Two diffusers pipelines run these checkpoints, and this adapter reproduces each 
   positions from `rope_interpolation_scale` (temporal/fps, spatial, spatial). Restyle (SDEdit, Meng et al.,
   arXiv 2108.01073) keeps the last init_strength of those steps, as LTXConditionPipeline's `denoise_strength`.
 - held frames (animate, extend, loop, connect): `LTXConditionPipeline`. Its linear-quadratic timesteps,
-  `video_coords` positions, a per-token conditioning mask (held tokens start from lerp(noise, clean, strength),
-  hard-held tokens are re-noised by `image_cond_noise_scale * t^2` every step), per-token timesteps
-  min(t, (1 - mask) * 1000) and the scheduler's per-token step. Checkpoints whose scheduler uses dynamic
-  shifting (0.9.0, 0.9.1) are refused by LTXConditionPipeline (`set_timesteps` needs `mu`); for them we keep
-  the schedule they were released with, LTXPipeline's shifted linspace (also what LTXImageToVideoPipeline
-  runs them with), under the same per-token conditioning.
-Where this differs from LTXConditionPipeline: items after frame 0 are held in the window (their latents where
-their frames fall, the clip's first frame only warming the encoder, see VideoPipeline._check_placement),
-where LTXConditionPipeline appends a clip's first two latents as extra tokens at their frame positions; and
-conditioning latents are the posterior mode (encoded once for every candidate) where diffusers draws a
-posterior sample (its draws are still taken from the generator, so the noise that follows matches).
+  `video_coords` positions, T5 states encoded under the attention mask, a per-token conditioning mask (held
+  tokens start from lerp(noise, clean, strength); hard-held ones are re-noised by `image_cond_noise_scale *
+  t^2` every step), per-token timesteps min(t, (1 - mask) * 1000) and the scheduler's per-token step. A clip
+  after frame 0 is placed as LTXConditionPipeline places it: its first two latents (its first frame alone,
+  then the next `temporal`) become extra tokens at those frames, put before the window's tokens and dropped
+  at the end, its later latents are held in the window. Checkpoints whose scheduler shifts dynamically (0.9.0,
+  0.9.1) are refused by LTXConditionPipeline (`set_timesteps` needs `mu`); for them we keep the schedule they
+  were released with, LTXPipeline's shifted linspace (what LTXImageToVideoPipeline runs them with), under the
+  same per-token conditioning.
+Where this differs from diffusers: conditioning latents are the posterior mode (encoded once for every
+candidate) where LTXConditionPipeline draws a posterior sample (its draws are still taken from the generator,
+so the noise that follows matches); the decode's noise (decode_noise_scale, the 0.9.1 decoder's injected
+noise) comes from a fixed seed so decodes repeat. The "replace" strategy (RePaint) holds items in the window
+only, on the same schedules.
 """
 
 from __future__ import annotations
@@ -110,35 +113,53 @@ class LTXSchedule(Schedule):
 @dataclass
 class LTXHeld(HeldLatents):
     """LTXConditionPipeline's conditioning: `hold` is its conditioning mask. At the first step held positions
-    become lerp(latents, clean, strength); every step hard-held ones (strength 1) are reset to their clean
-    latents plus `noise_scale * t^2` of fresh noise drawn from the candidate's generator (motion continuity,
-    LTX-Video's `image_cond_noise_scale`), and the model sees per-token timesteps min(t, (1 - mask) * 1000).
-    Final latents are left as sampled, as diffusers leaves them (the held frames keep the last step's small
-    noise, which the timestep-aware decoder removes)."""
+    become lerp(latents, clean, strength) and the extra latents (a later clip's first two, see LTX.prepare) are
+    put before the window's; every step hard-held tokens (strength 1) are reset to their first-step latents plus
+    `noise_scale * t^2` of fresh noise drawn from the candidate's generator (motion continuity, LTX-Video's
+    `image_cond_noise_scale`), and the model sees per-token timesteps min(t, (1 - mask) * 1000).
+    While sampling the latents carry the extra latent frames first, (B, C, E + F, H, W); `finalize` drops them
+    and leaves the rest as sampled, as diffusers does (held frames keep the last step's small noise, which the
+    timestep-aware decoder removes)."""
 
     generator: torch.Generator | None = None
     noise_scale: float = IMAGE_COND_NOISE_SCALE
+    extra: torch.Tensor | None = None  # (1, C, E, H, W) extra latents, already lerped from noise by strength
+    extra_strength: torch.Tensor | None = None  # (E,) their conditioning strengths
     _init: torch.Tensor | None = field(default=None, repr=False)
 
+    @property
+    def extra_frames(self) -> int:
+        return 0 if self.extra is None else self.extra.shape[2]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(1, 1, E + F, H, W) conditioning strengths over the extra and the window latents."""
+        if self.extra is None:
+            return self.hold
+        extra = self.extra_strength.to(self.hold).view(1, 1, -1, 1, 1).expand(1, 1, -1, *self.hold.shape[3:])
+        return torch.cat([extra, self.hold], dim=2)
+
     def model_input(self, latents: torch.Tensor, schedule: Schedule, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, t, patch = latents.shape[0], schedule.timesteps[i], self.patch_size
+        batch, t, patch, volume = latents.shape[0], schedule.timesteps[i], self.patch_size, self.mask
         if self._init is None:  # the first step: LTXConditionPipeline.prepare_latents' lerp towards the items
             latents = torch.where(self.known, torch.lerp(latents, self.clean, self.hold), latents)
-            self._init = latents.clone()  # (B, C, F, H, W)
+            if self.extra is not None:
+                latents = torch.cat([self.extra.to(latents).expand(batch, -1, -1, -1, -1), latents], dim=2)
+            self._init = latents.clone()  # (B, C, E + F, H, W)
         if self.noise_scale > 0:
             tokens = pack(latents, patch)  # (B, N, C): the noise is drawn in the packed layout, as diffusers draws it
             noise = randn_tensor(tokens.shape, generator=self.generator, device=latents.device, dtype=latents.dtype)
-            noise = unpack(noise, latents.shape, patch)  # (B, C, F, H, W)
-            hard = self.hold > 1.0 - 1e-6
+            noise = unpack(noise, latents.shape, patch)  # (B, C, E + F, H, W)
+            hard = volume > 1.0 - 1e-6
             latents = torch.where(hard, self._init + self.noise_scale * noise * (t / 1000.0) ** 2, latents)
-        mask = token_values(self.hold, patch)  # (1, N)
+        mask = token_values(volume, patch)  # (1, N)
         timestep = torch.min(t.expand(batch).unsqueeze(-1).float(), (1 - mask) * 1000.0)  # (B, N)
         if isinstance(schedule, LTXSchedule):
             schedule.token_timesteps, schedule.token_mask = timestep, mask
         return latents, timestep
 
     def finalize(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents
+        return latents[:, :, self.extra_frames:]
 
 
 class T5Prompts:
@@ -211,6 +232,7 @@ class LTX(Family):
         self._latent_std = vae.latents_std.float().view(1, z, 1, 1, 1).cpu()
         self._scaling = float(vae.config.scaling_factor)
         self.image_cond_noise_scale = IMAGE_COND_NOISE_SCALE
+        self._items: dict[int, tuple[Any, torch.Tensor]] = {}  # placed clips' own latents (see _item_latents)
         self.decode_timestep, self.decode_noise_scale = DECODE_TIMESTEP, DECODE_NOISE_SCALE
         if self.low_vram:
             vae.enable_tiling()
@@ -292,43 +314,79 @@ class LTX(Family):
         return LTXSchedule(scheduler, timesteps, scheduler.sigmas[start:start + len(timesteps)].to(self.device),
                            self.geometry.patch)
 
+    def _item_latents(self, p) -> torch.Tensor:
+        """(1, C, k + 1, H, W) latents of a placed clip from its first frame (the pipeline keeps those after it
+        only), encoded once per request: the cache holds the item itself, so its id stays unique."""
+        cached = self._items.get(id(p))
+        if cached is None:
+            cached = self._items[id(p)] = (p, self.encode(p.source_frames[p.start:p.start + p.count]))
+            while len(self._items) > 8:
+                self._items.pop(next(iter(self._items)))
+        return cached[1]
+
     def prepare(self, request, shape, placed, generator) -> Conditions:
         # Drawn on the CPU from the seed, as diffusers' randn_tensor draws it.
         noise = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)  # (1, C, F, H, W)
         t = self.geometry.temporal
+        per_token = (request.conditioning_strategy or self.defaults.conditioning_strategy) == "per_token"
+        extra, strengths, items, freed = [], [], [], []
         for p in placed:
             # LTXConditionPipeline encodes each item as a posterior sample drawn here; we hold the posterior
             # mode (encoded once for all candidates) but take the same draws, so the noise that follows matches.
             randn_tensor((1, shape[1], (p.count - 1) // t + 1, *shape[3:]), generator=generator,
                          device=self.device, dtype=torch.float32)
-        return Conditions(noise, {"generator": generator})
+            f, strength = p.item.frame_index, p.item.strength
+            if f > 0 and per_token:
+                # A clip after frame 0: its first two latents (frame f alone, then f+1..f+t) become extra tokens
+                # at those frames, from lerp(noise, latents, strength); its later latents stay in the window.
+                # The window latent the pipeline held with the clip's second latent is left to the model.
+                prefix = self._item_latents(p)[:, :, :2].to(self.device)  # (1, C, 2, H, W)
+                drawn = randn_tensor(prefix.shape, generator=generator, device=self.device, dtype=torch.float32)
+                extra.append(torch.lerp(drawn, prefix, strength))
+                strengths += [strength] * prefix.shape[2]
+                items.append((f, prefix.shape[2]))
+                freed.append(f // t + 1)
+        extras = {"generator": generator, "extra_items": items, "freed": freed}
+        if extra:
+            extras.update(extra=torch.cat(extra, dim=2), extra_strength=torch.tensor(strengths))  # (1, C, E, H, W)
+        return Conditions(noise, extras)
 
     def held(self, clean, hold, conditions: Conditions, strategy: str) -> HeldLatents | None:
         if strategy == "per_token":
+            extras = conditions.extras
+            if extras.get("freed"):
+                hold = hold.clone()
+                hold[:, :, extras["freed"]] = 0.0
             return LTXHeld(clean, hold, conditions.noise, strategy, self.geometry.patch,
-                           generator=conditions.extras.get("generator"), noise_scale=self.image_cond_noise_scale)
+                           generator=extras.get("generator"), noise_scale=self.image_cond_noise_scale,
+                           extra=extras.get("extra"), extra_strength=extras.get("extra_strength"))
         return super().held(clean, hold, conditions, strategy)
 
     def denoiser(self, request: GenerationRequest, text, conditions: Conditions, batched: bool) -> Denoiser:
         cond, uncond = text
         g, fps, coords = self.geometry, float(request.fps), self._holds(request)
-        patch = g.patch
+        patch, items = g.patch, conditions.extras.get("extra_items", [])
+        pt, ph, pw = patch
+
+        def positions(b: int, frames: int, h: int, w: int, frame_index: int, device) -> torch.Tensor:
+            ids = LTXConditionPipeline._prepare_video_ids(b, frames // pt, h // ph, w // pw, ph, pt, device=device)
+            return LTXConditionPipeline._scale_video_ids(ids, g.spatial, g.temporal, frame_index, device)  # (B, 3, N)
 
         def call(transformer, latents, timestep, embeds):
-            b, _, f, h, w = latents.shape  # (B, C, F, H, W)
+            b, _, f, h, w = latents.shape  # (B, C, E + F, H, W): extra latent frames first, while held
             states, mask = embeds[..., :-1], embeds[..., -1]  # (B, L, D), (B, L)
             if coords:  # LTXConditionPipeline's video_coords: frames over fps, pixels
-                ids = LTXConditionPipeline._prepare_video_ids(b, f // patch[0], h // patch[1], w // patch[2],
-                                                              patch[1], patch[0], device=latents.device)
-                ids = LTXConditionPipeline._scale_video_ids(ids, g.spatial, g.temporal, 0, latents.device).float()
+                extra = sum(n for _, n in items)  # held per token: the extra frames come first
+                ids = [positions(b, n, h, w, index, latents.device) for index, n in items] if extra else []
+                ids = torch.cat([*ids, positions(b, f - extra, h, w, 0, latents.device)], dim=2).float()
                 ids[:, 0] = ids[:, 0] * (1.0 / fps)
                 rope = {"video_coords": ids}  # (B, 3, N)
             else:  # LTXPipeline's rope_interpolation_scale
-                rope = {"num_frames": f // patch[0], "height": h // patch[1], "width": w // patch[2],
+                rope = {"num_frames": f // pt, "height": h // ph, "width": w // pw,
                         "rope_interpolation_scale": (g.temporal / fps, g.spatial, g.spatial)}
             tokens = pack(latents.to(transformer.dtype), patch)  # (B, N, C)
             out = transformer(hidden_states=tokens, encoder_hidden_states=states, timestep=timestep,
                               encoder_attention_mask=mask, return_dict=False, **rope)[0]  # (B, N, C)
-            return unpack(out, latents.shape, patch)  # (B, C, F, H, W)
+            return unpack(out, latents.shape, patch)  # (B, C, E + F, H, W)
 
         return GuidedDenoiser(self.transformer, cond, uncond, request.guidance_scale, batched=batched, call=call)
