@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,8 +51,8 @@ from pipelines.sampling import GuidedDenoiser, HeldLatents
 # LTXConditionPipeline's call default. Diffusers' LTX notes suggest 0.025 for 0.9.1+ (and the 0.9.7 examples
 # use 0); set `family.image_cond_noise_scale` to change it.
 IMAGE_COND_NOISE_SCALE = 0.15
-# The decode timestep and noise of LTX-Video's own inference configs for timestep-aware VAEs (0.9.1+); the
-# diffusers pipelines default to 0 (a decode without the decoder's denoising step).
+# Timestep-aware VAEs (0.9.1+): diffusers' LTX-Video notes say decode_timestep 0.05, and their examples pair it
+# with decode_noise_scale 0.025. The pipelines' call defaults are 0 (a decode without the decoder's denoising).
 DECODE_TIMESTEP = 0.05
 DECODE_NOISE_SCALE = 0.025
 DECODE_SEED = 0  # the decode's noise (decode_noise_scale, the decoder's injected noise) is fixed: decodes repeat
@@ -180,7 +181,7 @@ class T5Prompts:
         device = next(self.text_encoder.parameters()).device
         mask = tokens.attention_mask.to(device)  # (1, L)
         hidden = self.text_encoder(tokens.input_ids.to(device), attention_mask=mask if masked else None)[0]  # (1, L, D)
-        return torch.cat([hidden, mask.to(hidden.dtype).unsqueeze(-1)], dim=-1)  # (1, L, D + 1): the mask as a last channel
+        return torch.cat([hidden, mask.to(hidden.dtype).unsqueeze(-1)], dim=-1)  # (1, L, D + 1): mask last
 
     def __call__(self, text: str, masked: bool = False) -> torch.Tensor:
         """(1, L, D + 1): the states with the attention mask appended as their last channel, so guidance can
@@ -232,7 +233,7 @@ class LTX(Family):
         self._latent_std = vae.latents_std.float().view(1, z, 1, 1, 1).cpu()
         self._scaling = float(vae.config.scaling_factor)
         self.image_cond_noise_scale = IMAGE_COND_NOISE_SCALE
-        self._items: dict[int, tuple[Any, torch.Tensor]] = {}  # placed clips' own latents (see _item_latents)
+        self._items: dict[int, tuple[weakref.ref, torch.Tensor]] = {}  # placed clips' own latents (see _item_latents)
         self.decode_timestep, self.decode_noise_scale = DECODE_TIMESTEP, DECODE_NOISE_SCALE
         if self.low_vram:
             vae.enable_tiling()
@@ -250,6 +251,8 @@ class LTX(Family):
             posterior = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
         latents = posterior.mode().float()  # (1, C, F', h, w)
         mean, std = self._latent_mean.to(latents.device), self._latent_std.to(latents.device)
+        # The diffusers pipelines normalise conditions without scaling_factor but denormalise with it; every
+        # published LTX VAE has 1.0, and this keeps decode(encode(x)) a round trip for any.
         return (latents - mean) * self._scaling / std
 
     @torch.no_grad()
@@ -316,13 +319,13 @@ class LTX(Family):
 
     def _item_latents(self, p) -> torch.Tensor:
         """(1, C, k + 1, H, W) latents of a placed clip from its first frame (the pipeline keeps those after it
-        only), encoded once per request: the cache holds the item itself, so its id stays unique."""
-        cached = self._items.get(id(p))
-        if cached is None:
-            cached = self._items[id(p)] = (p, self.encode(p.source_frames[p.start:p.start + p.count]))
-            while len(self._items) > 8:
-                self._items.pop(next(iter(self._items)))
-        return cached[1]
+        only), encoded once for all of a request's candidates. Entries hold their item weakly (not its frames)
+        and check it, so a recycled id never returns another clip's latents."""
+        self._items = {key: entry for key, entry in self._items.items() if entry[0]() is not None}
+        entry = self._items.get(id(p))
+        if entry is None or entry[0]() is not p:
+            entry = self._items[id(p)] = (weakref.ref(p), self.encode(p.source_frames[p.start:p.start + p.count]))
+        return entry[1]
 
     def prepare(self, request, shape, placed, generator) -> Conditions:
         # Drawn on the CPU from the seed, as diffusers' randn_tensor draws it.
