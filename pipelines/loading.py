@@ -71,6 +71,20 @@ MODELS: dict[str, ModelEntry] = {
                       conditioning_strategy="per_token"),
         "Wan's README: 22.9 GB of GPU memory at 1280x704x121 (not yet measured here)",
     ),
+    # LTX-Video 2B: LTXPipeline's call defaults. The hub folder of Lightricks/LTX-Video holds 0.9.1 in diffusers
+    # layout (its timestep-aware VAE: diffusers' LTX examples decode it with decode_timestep).
+    "ltx-video-0.9.1": ModelEntry(
+        "Lightricks/LTX-Video",
+        ModelDefaults(width=704, height=512, num_frames=161, fps=25.0, steps=50, guidance_scale=3.0,
+                      conditioning_strategy="per_token", max_sequence_length=128),
+        "2B DiT, 32x8 VAE: 7,392 latent tokens at 704x512x161 (memory not yet measured here)",
+    ),
+    "ltx-video-0.9.5": ModelEntry(
+        "Lightricks/LTX-Video-0.9.5",
+        ModelDefaults(width=704, height=512, num_frames=161, fps=25.0, steps=50, guidance_scale=3.0,
+                      conditioning_strategy="per_token", max_sequence_length=128),
+        "2B DiT with keyframes anywhere in the clip, new VAE; memory not yet measured here",
+    ),
 }
 
 
