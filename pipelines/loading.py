@@ -44,6 +44,9 @@ class ModelDefaults:
     # The most latent tokens (the DiT's patches over width, height and time) one request may have; None:
     # LATENT_TOKEN_FACTOR times those of the default size and length (see VideoPipeline.check_request).
     max_latent_tokens: int | None = None
+    # CogVideoX's dynamic classifier-free guidance (diffusers' `use_dynamic_cfg`): the scale rises from 1 over
+    # the steps on a cosine ramp. Only families that read it (CogVideoX) use it.
+    dynamic_guidance: bool = False
 
     def guidance_for(self, mode: str) -> float:
         """The default guidance scale of a request of `mode`."""
@@ -84,6 +87,31 @@ MODELS: dict[str, ModelEntry] = {
         ModelDefaults(width=704, height=512, num_frames=161, fps=25.0, steps=50, guidance_scale=3.0,
                       conditioning_strategy="per_token", max_sequence_length=128),
         "2B DiT with keyframes anywhere in the clip, new VAE; memory not yet measured here",
+    ),
+    # CogVideoXPipeline's call defaults (CogVideoX 1.5: its model card's 1360x768 at 81 frames and 16 fps).
+    "cogvideox-2b": ModelEntry(
+        "THUDM/CogVideoX-2b",
+        ModelDefaults(width=720, height=480, num_frames=49, fps=8.0, steps=50, guidance_scale=6.0,
+                      max_sequence_length=226),
+        "not yet measured here",
+    ),
+    "cogvideox-5b": ModelEntry(
+        "THUDM/CogVideoX-5b",
+        ModelDefaults(width=720, height=480, num_frames=49, fps=8.0, steps=50, guidance_scale=6.0,
+                      max_sequence_length=226),
+        "not yet measured here",
+    ),
+    "cogvideox-5b-i2v": ModelEntry(
+        "THUDM/CogVideoX-5b-I2V",
+        ModelDefaults(width=720, height=480, num_frames=49, fps=8.0, steps=50, guidance_scale=6.0,
+                      max_sequence_length=226),
+        "animates a still at 720x480 only (its learned positional table); not yet measured here",
+    ),
+    "cogvideox1.5-5b": ModelEntry(
+        "THUDM/CogVideoX1.5-5B",
+        ModelDefaults(width=1360, height=768, num_frames=81, fps=16.0, steps=50, guidance_scale=6.0,
+                      max_sequence_length=226),
+        "not yet measured here",
     ),
 }
 

@@ -101,7 +101,7 @@ class _Conditioning:
     """A request's known content in latents, encoded once for all its candidates."""
 
     placed: list[PlacedItem]
-    init: torch.Tensor | None  # (1, C, F, H, W) the init video's latents (SDEdit)
+    init: Any  # the init video as the family's encode_init gives it (SDEdit): its latents (1, C, F, H, W)
     clean: torch.Tensor  # (1, C, F, H, W) every item's latents where they sit in the window
     hold: torch.Tensor  # (1, 1, F, H, W) how strongly each position is held
     prefix: torch.Tensor | None  # saved latents before a start item (they warm the causal decoder)
@@ -329,7 +329,7 @@ class VideoPipeline:
     def _encode_conditioning(self, request: GenerationRequest, placed: list[PlacedItem],
                              init_frames: np.ndarray | None) -> _Conditioning:
         shape = self.family.geometry.latent_shape(request)  # (B, C, F, H, W)
-        init = self.encode(init_frames) if init_frames is not None else None  # (1, C, F, H, W)
+        init = self.family.encode_init(init_frames) if init_frames is not None else None  # (1, C, F, H, W) latents
         clean, hold, prefix, suffix = self._encode_items(placed, shape)
         return _Conditioning(placed, init, clean, hold, prefix, suffix)
 
@@ -349,7 +349,7 @@ class VideoPipeline:
         generator = torch.Generator("cpu").manual_seed(seed)
         conditions = family.prepare(request, shape, known.placed, generator)
         schedule = family.schedule(request, shape, generator)
-        latents = schedule.start(conditions.noise, known.init)
+        latents = family.start(schedule, conditions, known.init)
         held = family.held(known.clean, known.hold, conditions, strategy) if known.placed else None
         denoiser = family.denoiser(request, text, conditions, batched=not family.low_vram)
         cached = getattr(denoiser, "cached", False)
@@ -365,8 +365,9 @@ class VideoPipeline:
                     clean, hold = torch.zeros_like(conditions.noise), torch.zeros((1, 1, *shape[2:]), device=self.device)
                     clean[:, :, :1], hold[:, :, :1] = first, 1.0
                     held = family.held(clean, hold, conditions, strategy)
-                latents = sample(denoiser, latents, schedule, held,
-                                 _pass_progress(callback, per_candidate * (k + 1) - 1, passes))  # (1, C, F, H, W)
+                latents = family.window(sample(denoiser, latents, schedule, held,
+                                               _pass_progress(callback, per_candidate * (k + 1) - 1, passes)),
+                                        shape)  # (1, C, F, H, W)
             finally:
                 if cached:  # a step cache must not carry one clip's residuals into the next
                     self.transformer._reset_stateful_cache()

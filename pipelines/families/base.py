@@ -172,6 +172,21 @@ class Family:
         """(1, C, F', h, w) normalised latents -> (1 + (F'-1)*temporal, H, W, 3) uint8."""
         raise NotImplementedError
 
+    def encode_init(self, frames: np.ndarray) -> Any:
+        """The init video of a restyle (SDEdit), as `start` reads it: by default its normalised latents. A
+        family whose reference pipeline samples the VAE posterior (CogVideoX) keeps the posterior instead."""
+        return self.encode(frames)
+
+    def start(self, schedule: Schedule, conditions: Conditions, init: Any) -> torch.Tensor:
+        """The latents sampling starts from: the candidate's noise, or the init video (from `encode_init`)
+        noised to the schedule's first step."""
+        return schedule.start(conditions.noise, init)
+
+    def window(self, latents: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """The window's latents (`shape`, (1, C, F, H, W)) from what sampling returned: the same, unless the
+        family samples latent frames besides the window's (CogVideoX 1.5 pads them to its temporal patch)."""
+        return latents
+
     def encode_text(self, request: GenerationRequest) -> Any:
         """The prompt (and negative prompt, when guided) as the denoiser reads them."""
         raise NotImplementedError
