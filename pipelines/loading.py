@@ -113,6 +113,12 @@ MODELS: dict[str, ModelEntry] = {
                       max_sequence_length=226),
         "not yet measured here",
     ),
+    "cogvideox1.5-5b-i2v": ModelEntry(
+        "THUDM/CogVideoX1.5-5B-I2V",
+        ModelDefaults(width=1360, height=768, num_frames=81, fps=16.0, steps=50, guidance_scale=6.0,
+                      max_sequence_length=226),
+        "animates a still; not yet measured here",
+    ),
 }
 
 

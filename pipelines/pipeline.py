@@ -329,7 +329,7 @@ class VideoPipeline:
     def _encode_conditioning(self, request: GenerationRequest, placed: list[PlacedItem],
                              init_frames: np.ndarray | None) -> _Conditioning:
         shape = self.family.geometry.latent_shape(request)  # (B, C, F, H, W)
-        init = self.family.encode_init(init_frames) if init_frames is not None else None  # (1, C, F, H, W) latents
+        init = self.family.encode_init(init_frames) if init_frames is not None else None  # latents, or a posterior
         clean, hold, prefix, suffix = self._encode_items(placed, shape)
         return _Conditioning(placed, init, clean, hold, prefix, suffix)
 

@@ -95,12 +95,14 @@ TRANSFORMER_5B = {**TRANSFORMER_2B, "num_attention_heads": 48, "use_rotary_posit
 TRANSFORMER_5B_I2V = {**TRANSFORMER_5B, "in_channels": 32, "use_learned_positional_embeddings": True}
 TRANSFORMER_15_5B = {**TRANSFORMER_5B, "patch_size_t": 2, "patch_bias": False, "sample_width": 300,
                      "sample_height": 300, "sample_frames": 81}
+TRANSFORMER_15_5B_I2V = {**TRANSFORMER_15_5B, "in_channels": 32, "ofs_embed_dim": 512}
 REAL = {
     # name: (pipeline, transformer config, VAE scaling factor, scheduler kind, inverted latent scale)
     "cogvideox-2b": (CogVideoXPipeline, TRANSFORMER_2B, 1.15258426, "2b", False),
     "cogvideox-5b": (CogVideoXPipeline, TRANSFORMER_5B, 0.7, "5b", False),
     "cogvideox-5b-i2v": (CogVideoXImageToVideoPipeline, TRANSFORMER_5B_I2V, 0.7, "5b", False),
     "cogvideox1.5-5b": (CogVideoXPipeline, TRANSFORMER_15_5B, 0.7, "5b", True),
+    "cogvideox1.5-5b-i2v": (CogVideoXImageToVideoPipeline, TRANSFORMER_15_5B_I2V, 0.7, "5b", True),
 }
 
 
