@@ -219,7 +219,8 @@ def build(mode: str, defaults: Any, geometry: Any, **params: Any) -> GenerationR
     source = next((params.get(name) for name in SOURCES.get(mode, ())), None)
     if "width" not in params and "height" not in params:
         params["width"], params["height"] = defaults.width, defaults.height
-        if source and Path(source).exists():  # follow the input's aspect ratio
+        # Follow the input's aspect ratio, unless the model takes one size only (CogVideoX-5B-I2V).
+        if source and Path(source).exists() and not getattr(geometry, "fixed_size", None):
             params["width"], params["height"] = size_for(source, defaults.width, defaults.height, geometry.grid)
     params.setdefault("width", defaults.width)
     params.setdefault("height", defaults.height)

@@ -173,3 +173,10 @@ def test_a_saved_folder_loads_as_cogvideox_with_its_call_defaults(tmp_path):
     assert pipe.generate(pipe.request("t2v", prompt=PROMPT, num_frames=5, width=32, height=32)).frames.shape == \
         (5, 32, 32, 3)
     assert pipe.generate(pipe.request("image", prompt=PROMPT, width=32, height=32)).frames.shape == (1, 32, 32, 3)
+
+
+def test_animate_on_5b_i2v_takes_its_one_size_whatever_the_still(tmp_path):
+    """The learned positional table fixes the size: a request left to follow the still's shape gets it."""
+    Image.fromarray(np.zeros((48, 96, 3), np.uint8)).save(tmp_path / "wide.png")
+    request = pipeline("i2v").request("animate", image=str(tmp_path / "wide.png"), prompt=PROMPT)
+    assert (request.width, request.height) == (64, 64)

@@ -38,6 +38,7 @@ class Geometry:
     temporal: int  # VAE frames per latent after the first: windows have temporal*k+1 frames
     patch: tuple[int, int, int]  # denoiser patch (t, h, w), in latents
     channels: int  # latent channels
+    fixed_size: tuple[int, int] | None = None  # (width, height) of a denoiser that takes one size only
 
     @property
     def grid(self) -> int:

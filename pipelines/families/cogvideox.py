@@ -13,7 +13,8 @@ checkpoint is read from its configs:
 
 Text-to-video checkpoints hold known frames by latent replacement (RePaint), so they animate, extend, loop
 and connect; restyle is SDEdit exactly as `CogVideoXVideoToVideoPipeline` does it (the VAE posterior sampled,
-noised with the scheduler's `add_noise` at the first kept step).
+noised with the scheduler's `add_noise` at the first kept step). Dynamic guidance (`use_dynamic_cfg`, which
+CogVideo recommends with the DPM scheduler) is the model default `dynamic_guidance` (a studio.json can set it).
 """
 
 from __future__ import annotations
@@ -190,9 +191,12 @@ class CogVideoX(Family):
     def read_geometry(cls, configs: Configs) -> Geometry:
         vae, transformer = configs["vae"], configs["transformer"]
         p = int(transformer.get("patch_size", 2))
-        return Geometry(2 ** (len(vae.get("block_out_channels", (128, 256, 256, 512))) - 1),
-                        int(vae.get("temporal_compression_ratio", 4)),
-                        (int(transformer.get("patch_size_t") or 1), p, p), int(vae.get("latent_channels", 16)))
+        spatial = 2 ** (len(vae.get("block_out_channels", (128, 256, 256, 512))) - 1)
+        sample = (int(transformer.get("sample_width", 90)) * spatial,
+                  int(transformer.get("sample_height", 60)) * spatial)
+        fixed = sample if transformer.get("use_learned_positional_embeddings") else None  # trained at that size only
+        return Geometry(spatial, int(vae.get("temporal_compression_ratio", 4)),
+                        (int(transformer.get("patch_size_t") or 1), p, p), int(vae.get("latent_channels", 16)), fixed)
 
     @classmethod
     def read_defaults(cls, configs: Configs) -> ModelDefaults:
@@ -237,8 +241,8 @@ class CogVideoX(Family):
         if request.shift is not None:
             raise ValueError(f"shift = {request.shift:g} is not valid for CogVideoX: its schedulers sample a "
                              "v-prediction diffusion, which has no flow shift (leave it unset)")
-        if config.use_learned_positional_embeddings:
-            width, height = config.sample_width * g.spatial, config.sample_height * g.spatial
+        if g.fixed_size:
+            width, height = g.fixed_size
             if (request.width, request.height) != (width, height):
                 raise ValueError(f"{request.width}x{request.height} is not valid for this model: its learned "
                                  f"positional table was trained at {width}x{height} only, so it takes no other "
