@@ -44,6 +44,10 @@ class ModelDefaults:
     # The most latent tokens (the DiT's patches over width, height and time) one request may have; None:
     # LATENT_TOKEN_FACTOR times those of the default size and length (see VideoPipeline.check_request).
     max_latent_tokens: int | None = None
+    # Stable Video Diffusion's micro-conditioning (GenerationRequest's KNOBS): None on models that read none.
+    motion_bucket_id: int | None = None
+    noise_aug_strength: float | None = None
+    min_guidance_scale: float | None = None
 
     def guidance_for(self, mode: str) -> float:
         """The default guidance scale of a request of `mode`."""
@@ -84,6 +88,19 @@ MODELS: dict[str, ModelEntry] = {
         ModelDefaults(width=704, height=512, num_frames=161, fps=25.0, steps=50, guidance_scale=3.0,
                       conditioning_strategy="per_token", max_sequence_length=128),
         "2B DiT with keyframes anywhere in the clip, new VAE; memory not yet measured here",
+    ),
+    # StableVideoDiffusionPipeline's call defaults; the frame count is the UNet's num_frames, as diffusers takes it.
+    "svd": ModelEntry(
+        "stabilityai/stable-video-diffusion-img2vid",
+        ModelDefaults(width=1024, height=576, num_frames=14, fps=7.0, steps=25, guidance_scale=3.0,
+                      motion_bucket_id=127, noise_aug_strength=0.02, min_guidance_scale=1.0),
+        "animates a still (no prompt); not yet measured here",
+    ),
+    "svd-xt": ModelEntry(
+        "stabilityai/stable-video-diffusion-img2vid-xt",
+        ModelDefaults(width=1024, height=576, num_frames=25, fps=7.0, steps=25, guidance_scale=3.0,
+                      motion_bucket_id=127, noise_aug_strength=0.02, min_guidance_scale=1.0),
+        "animates a still (no prompt); not yet measured here",
     ),
 }
 

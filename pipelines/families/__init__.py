@@ -11,10 +11,11 @@ from pathlib import Path
 
 from pipelines.families.base import Conditions, Configs, Family, Geometry
 from pipelines.families.ltx import LTX
+from pipelines.families.svd import SVD
 from pipelines.families.wan import Wan
 from pipelines.loading import ModelDefaults, ModelNotAvailable, read_defaults, resolve_model
 
-FAMILIES: dict[str, type[Family]] = {family.name: family for family in (Wan, LTX)}
+FAMILIES: dict[str, type[Family]] = {family.name: family for family in (Wan, LTX, SVD)}
 
 
 class UnsupportedModel(ModelNotAvailable):
