@@ -149,3 +149,22 @@ def test_cli_refuses_svd_flags_for_a_model_that_does_not_read_them(tiny_model_di
     assert "--motion-bucket applies to models that read it" in capsys.readouterr().err
     assert main(["animate", "--model", str(tiny_model_dir), "--image", image, "--out", str(tmp_path / "x.mp4")]) == 2
     assert "animate needs --prompt" in capsys.readouterr().err
+
+
+def test_studio_animate_reads_the_knobs_from_the_advanced_panel(svd, tmp_path):
+    from studio.app import ModelInfo, StudioApp, build
+    from studio.engine import Engine
+    from studio.outputs import History
+
+    info = ModelInfo.of(svd)
+    assert info.knobs == {"motion_bucket_id": 127, "noise_aug_strength": 0.02, "min_guidance_scale": 1.0}
+    app = StudioApp(Engine(None, History(tmp_path / "outputs")), info)
+    image = still(tmp_path / "still.png", 7)
+    request = app.request_animate(image, "", "", 5, 2, 3.0, "default", "32x32", 0.5, 7, 40, 0.1, 2.0)
+    assert (request.prompt, request.motion_bucket_id, request.noise_aug_strength, request.min_guidance_scale) == \
+        ("", 40, 0.1, 2.0)
+    demo = build(Engine(None, History(tmp_path / "outputs2")), info)
+    ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
+    assert {"animate-motion-bucket-id", "animate-noise-aug-strength", "animate-min-guidance-scale"} <= ids
+    # A model that reads none has none of these widgets, and its animate API is unchanged.
+    assert ModelInfo("tiny", 32, 32, 9, 8.0, 2, 4.0, 16, 4).knobs == {}
