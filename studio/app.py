@@ -478,6 +478,8 @@ class StudioApp:
                           image_first=self.info.image_first if r.image_first is None else r.image_first)
         elif r.mode == "animate":
             values.update(image=source(items[0].source, "the still"), seconds=r.num_frames / r.fps)
+            values.update({name: default if getattr(r, name) is None else getattr(r, name)
+                           for name, default in self.info.knobs.items()})  # the model's knobs (unset: its default)
         elif r.mode in ("extend", "loop"):
             item = items[0]
             new = r.num_frames - sum(i.source_count or 0 for i in items)
@@ -649,7 +651,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                         image = ImageFile(label="Still (becomes the first frame)", type="filepath", height=200)
                         c = shared("animate", True, seconds_default)
                         fitted_view(image, c)
-                        extra["animate"] = {"image": image}
+                        extra["animate"] = {"image": image, **dict(zip(info.knobs, extra["animate_knobs"]))}
                         animate_go = gr.Button("Animate", variant="primary", elem_id="animate-generate")
                     with gr.Tab(TABS["extend"], id="extend"):
                         ext_video = VideoFile(label="Clip", format=None, height=200)

@@ -167,5 +167,10 @@ def test_studio_animate_reads_the_knobs_from_the_advanced_panel(svd, tmp_path):
     demo = build(Engine(None, History(tmp_path / "outputs2")), info)
     ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
     assert {"animate-motion-bucket-id", "animate-noise-aug-strength", "animate-min-guidance-scale"} <= ids
+    # Loading an output's settings brings its knobs back (the model's default where it left one unset).
+    small = request.replace(width=32, height=32, num_frames=2, steps=1, noise_aug_strength=None)
+    media, _ = app.history.write(svd.generate(small), gif=False)
+    values = app.reproduce_values(media.name)
+    assert (values["motion_bucket_id"], values["noise_aug_strength"], values["min_guidance_scale"]) == (40, 0.02, 2.0)
     # A model that reads none has none of these widgets, and its animate API is unchanged.
     assert ModelInfo("tiny", 32, 32, 9, 8.0, 2, 4.0, 16, 4).knobs == {}
