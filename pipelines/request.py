@@ -232,7 +232,8 @@ class GenerationRequest:
             _require(self.mode == "t2v" and self.num_frames > 1 and not self.conditioning, "image_first",
                      self.image_first, "None or False unless the request is text-to-video of more than one frame "
                      "without conditioning (its first frame is what image-first samples)")
-        _require(self.motion_bucket_id is None or (_is_int(self.motion_bucket_id) and 0 <= self.motion_bucket_id <= 1023),
+        _require(self.motion_bucket_id is None or (_is_int(self.motion_bucket_id) and
+                                                   0 <= self.motion_bucket_id <= 1023),
                  "motion_bucket_id", self.motion_bucket_id,
                  "None (the model's default) or an integer in [0, 1023] (more is more motion)")
         _require(self.noise_aug_strength is None or (_is_number(self.noise_aug_strength) and

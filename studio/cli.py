@@ -202,7 +202,8 @@ def _typed_text(value: str | None, flag: str) -> str | None:
 
 
 # The flags of GenerationRequest's KNOBS: only families that read them (Family.knobs) take them.
-KNOB_FLAGS = {"motion_bucket_id": ("--motion-bucket", "motion_bucket"), "noise_aug_strength": ("--noise-aug", "noise_aug"),
+KNOB_FLAGS = {"motion_bucket_id": ("--motion-bucket", "motion_bucket"),
+              "noise_aug_strength": ("--noise-aug", "noise_aug"),
               "min_guidance_scale": ("--min-guidance", "min_guidance")}
 
 

@@ -96,6 +96,7 @@ def test_modes_other_than_animate_are_refused_with_a_reason(svd, base):
                              "conditioning.strength = 0.5 is not valid")):
         with pytest.raises(ValueError, match=message):
             svd.check_request(request.replace(**change))
+    svd.check_request(request.replace(guidance_scale=0.5))  # guidance off: the ramp from the default 1 is unused
 
 
 def test_knobs_are_validated_and_refused_by_models_that_do_not_read_them(wan21, base):

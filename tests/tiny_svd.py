@@ -46,8 +46,8 @@ def tiny_svd(num_frames: int = 6) -> dict:
     """SVD's shapes in miniature: an 8x VAE (four levels) with 4 latent channels, a two-level spatio-temporal
     UNet taking 8 channels (noise + still) and 3 added time ids, a CLIP vision tower at 224 px."""
     torch.manual_seed(0)
-    vae = AutoencoderKLTemporalDecoder(block_out_channels=(32, 32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
-                                       layers_per_block=1, latent_channels=4)
+    vae = AutoencoderKLTemporalDecoder(block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=4,
+                                       down_block_types=("DownEncoderBlock2D",) * 4)
     unet = UNetSpatioTemporalConditionModel(
         block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
         up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), addition_time_embed_dim=8,

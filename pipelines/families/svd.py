@@ -135,8 +135,10 @@ class SVD(Family):
         if request.shift is not None:
             raise ValueError(f"shift = {request.shift:g} is not valid for this model: None ({LABEL} samples on EDM "
                              "noise levels, which have no flow shift)")
+        # A request's own min_guidance_scale was checked against its guidance_scale; the model's default is
+        # checked here, where guidance is on (at guidance_scale <= 1 the ramp is not used).
         minimum = self.knob(request, "min_guidance_scale")
-        if minimum > request.guidance_scale:
+        if request.min_guidance_scale is None and request.guidance_scale > 1.0 and minimum > request.guidance_scale:
             raise ValueError(f"min_guidance_scale = {minimum:g} (the model's default) is more than guidance_scale = "
                              f"{request.guidance_scale:g}: the guidance rises from the first frame to the last, so set "
                              f"min_guidance_scale at most {request.guidance_scale:g}")
@@ -246,7 +248,8 @@ class SVD(Family):
             embeds, image_latents, time_ids = state
             sigma = sigmas[int((timesteps == timestep[0].cpu()).nonzero()[0, 0])].to(latents.device)
             scaled = latents / ((sigma**2 + 1) ** 0.5)  # (B, C, F, H, W)
-            model_input = torch.cat([scaled.permute(0, 2, 1, 3, 4).to(unet.dtype), image_latents], dim=2)  # (B, F, 2C, H, W)
+            frames_first = scaled.permute(0, 2, 1, 3, 4).to(unet.dtype)  # (B, F, C, H, W), the UNet's layout
+            model_input = torch.cat([frames_first, image_latents], dim=2)  # (B, F, 2C, H, W)
             output = unet(model_input, timestep, encoder_hidden_states=embeds, added_time_ids=time_ids,
                           return_dict=False)[0]  # (B, F, C, H, W)
             return output.permute(0, 2, 1, 3, 4)  # (B, C, F, H, W)
