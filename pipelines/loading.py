@@ -47,6 +47,10 @@ class ModelDefaults:
     # CogVideoX's dynamic classifier-free guidance (diffusers' `use_dynamic_cfg`): the scale rises from 1 over
     # the steps on a cosine ramp. Only families that read it (CogVideoX) use it.
     dynamic_guidance: bool = False
+    # Stable Video Diffusion's micro-conditioning (GenerationRequest's KNOBS): None on models that read none.
+    motion_bucket_id: int | None = None
+    noise_aug_strength: float | None = None
+    min_guidance_scale: float | None = None
 
     def guidance_for(self, mode: str) -> float:
         """The default guidance scale of a request of `mode`."""
@@ -118,6 +122,19 @@ MODELS: dict[str, ModelEntry] = {
         ModelDefaults(width=1360, height=768, num_frames=81, fps=16.0, steps=50, guidance_scale=6.0,
                       max_sequence_length=226),
         "animates a still; not yet measured here",
+    ),
+    # StableVideoDiffusionPipeline's call defaults; the frame count is the UNet's num_frames, as diffusers takes it.
+    "svd": ModelEntry(
+        "stabilityai/stable-video-diffusion-img2vid",
+        ModelDefaults(width=1024, height=576, num_frames=14, fps=7.0, steps=25, guidance_scale=3.0,
+                      motion_bucket_id=127, noise_aug_strength=0.02, min_guidance_scale=1.0),
+        "animates a still (no prompt); not yet measured here",
+    ),
+    "svd-xt": ModelEntry(
+        "stabilityai/stable-video-diffusion-img2vid-xt",
+        ModelDefaults(width=1024, height=576, num_frames=25, fps=7.0, steps=25, guidance_scale=3.0,
+                      motion_bucket_id=127, noise_aug_strength=0.02, min_guidance_scale=1.0),
+        "animates a still (no prompt); not yet measured here",
     ),
 }
 

@@ -100,8 +100,9 @@ def text_to_image(prompt: str, **settings: Any) -> GenerationRequest:
     return GenerationRequest(prompt=prompt, mode="image", **{**settings, "num_frames": 1})
 
 
-def animate(image: str, prompt: str, strength: float = 1.0, **settings: Any) -> GenerationRequest:
-    """The still becomes frame 0 of the clip."""
+def animate(image: str, prompt: str = "", strength: float = 1.0, **settings: Any) -> GenerationRequest:
+    """The still becomes frame 0 of the clip. The prompt may be left out for a model that reads none (Stable
+    Video Diffusion); the others refuse an empty prompt (VideoPipeline.check_request)."""
     item = ConditioningItem(source=image, frame_index=0, strength=strength, source_count=1)
     return GenerationRequest(prompt=prompt, mode="animate", conditioning=(item,), **settings)
 

@@ -22,6 +22,7 @@ from pipelines.latents import LatentTimeline, load_timeline
 from pipelines.loading import ModelDefaults, load_components
 from pipelines.preview import LatentPreviewer
 from pipelines.request import (
+    KNOBS,
     MAX_SEED,
     ConditioningItem,
     GenerationRequest,
@@ -242,8 +243,18 @@ class VideoPipeline:
             raise ValueError(f"sampler = {request.sampler!r} is not valid for this model: one of "
                              f"{', '.join(family.samplers)}")
         if request.conditioning_strategy is not None and request.conditioning_strategy not in family.strategies:
+            valid = f"None or {' or '.join(family.strategies)}" if family.strategies else \
+                "None (it holds its conditioning itself)"
             raise ValueError(f"conditioning_strategy = {request.conditioning_strategy!r} is not valid for this model: "
-                             f"None or {' or '.join(family.strategies)}")
+                             f"{valid}")
+        if family.reads_text and not request.prompt.strip():
+            raise ValueError(f"prompt = {request.prompt!r} is not valid for this model: a non-empty text describing "
+                             f"the video ({family.label} reads the prompt)")
+        for knob in KNOBS:
+            value = getattr(request, knob)
+            if value is not None and knob not in family.knobs:
+                raise ValueError(f"{knob} = {value!r} is not valid for this model: None ({family.label} does not "
+                                 f"read it)")
         check_grid(request, self.grid, self.temporal)
         tokens, most = self.latent_tokens(request.width, request.height, request.num_frames), self.max_latent_tokens
         if tokens > most:
@@ -314,7 +325,8 @@ class VideoPipeline:
         return GenerationResult(
             frames=best.frames, fps=request.fps, request=request, model_id=self.model_id,
             latents=best.latents[0].cpu(), held=best.held, timeline=timeline, window_offset=best.offset,
-            timings=timer.timings, parents=self._parents(request, placed), notes=self._notes(request, placed, best, scores),
+            timings=timer.timings, parents=self._parents(request, placed),
+            notes=self.family.notes(request) + self._notes(request, placed, best, scores),
             join_ratios=[round(x, 3) for x in best.join_ratios], seed=best.seed,
         )
 

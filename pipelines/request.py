@@ -26,6 +26,10 @@ MAX_CONDITIONING_ITEMS = 64  # keyframes and clips one window holds; far above a
 # The text encoders read at most max_sequence_length tokens (512 for Wan's umT5, about 2,000 characters of
 # English) and drop the rest, so a longer prompt only costs tokenising and sidecar space.
 MAX_PROMPT_CHARS = 4000
+# Optional request fields only some families read (None: the model's default). A family lists the ones it reads
+# in `Family.knobs`; VideoPipeline.check_request refuses a set knob the loaded family does not read.
+KNOBS = ("motion_bucket_id", "noise_aug_strength", "min_guidance_scale")
+PROMPTLESS_MODES = ("animate",)  # modes a model that reads no text (Stable Video Diffusion) runs without a prompt
 
 
 def _is_int(value: Any) -> bool:
@@ -130,6 +134,11 @@ class GenerationRequest:
     in point.
     `image_first` samples a text-to-video clip in two stages, its first frame alone and then the clip with
     that frame held (None: the model's default; see `VideoPipeline.generate`).
+    `prompt` may be empty for animate only, and only models that read no text (Stable Video Diffusion) take that.
+    The KNOBS (None: the model's default) are Stable Video Diffusion's micro-conditioning (Blattmann et al.,
+    arXiv 2311.15127): `motion_bucket_id` (more is more motion), `noise_aug_strength` (noise added to the still
+    before it is encoded: more departs further from it) and `min_guidance_scale`, the guidance of the first
+    frame, rising linearly to `guidance_scale` at the last. The frame rate it is conditioned on is `fps`.
     """
 
     prompt: str
@@ -152,6 +161,9 @@ class GenerationRequest:
     use_saved_latents: bool = True
     best_of: int = 1
     image_first: bool | None = None
+    motion_bucket_id: int | None = None
+    noise_aug_strength: float | None = None
+    min_guidance_scale: float | None = None
 
     def __post_init__(self) -> None:
         from pipelines.samplers import SAMPLERS  # the registry names the valid samplers
@@ -164,7 +176,9 @@ class GenerationRequest:
                 raise ValueError(f"{name} is {len(text):,} characters long: at most {MAX_PROMPT_CHARS:,} (the text "
                                  "encoder reads only the first few hundred words)")
         _require_text(self.prompt, "prompt", "a non-empty text describing the video")
-        _require(self.prompt.strip() != "", "prompt", self.prompt, "a non-empty text describing the video")
+        _require(self.prompt.strip() != "" or self.mode in PROMPTLESS_MODES, "prompt", self.prompt,
+                 "a non-empty text describing the video (only animate may leave it empty, on a model that reads "
+                 "no prompt)")
         _require_text(self.negative_prompt, "negative_prompt", "a text (may be empty)")
         _require(self.mode in MODES, "mode", self.mode, f"one of {', '.join(MODES)}")
         for name in ("width", "height"):
@@ -218,6 +232,19 @@ class GenerationRequest:
             _require(self.mode == "t2v" and self.num_frames > 1 and not self.conditioning, "image_first",
                      self.image_first, "None or False unless the request is text-to-video of more than one frame "
                      "without conditioning (its first frame is what image-first samples)")
+        _require(self.motion_bucket_id is None or (_is_int(self.motion_bucket_id) and
+                                                   0 <= self.motion_bucket_id <= 1023),
+                 "motion_bucket_id", self.motion_bucket_id,
+                 "None (the model's default) or an integer in [0, 1023] (more is more motion)")
+        _require(self.noise_aug_strength is None or (_is_number(self.noise_aug_strength) and
+                                                     0 <= self.noise_aug_strength <= 10),
+                 "noise_aug_strength", self.noise_aug_strength,
+                 "None (the model's default) or a number in [0, 10] (noise added to the still before encoding)")
+        _require(self.min_guidance_scale is None or (_is_number(self.min_guidance_scale) and
+                                                     0 <= self.min_guidance_scale <= self.guidance_scale),
+                 "min_guidance_scale", self.min_guidance_scale,
+                 f"None (the model's default) or a number in [0, guidance_scale = {self.guidance_scale:g}] (the "
+                 "first frame's guidance, rising to guidance_scale at the last)")
         if self.best_of > 1:
             _require(any(item.output != "window" for item in self.conditioning), "best_of", self.best_of,
                      "1 for a request without joins: candidates are ranked by their joins to copied-through clips "

@@ -103,13 +103,22 @@ def call_wan(transformer: torch.nn.Module, latents: torch.Tensor, timestep: torc
                        return_dict=False)[0]
 
 
+def _batch(cond: Any, uncond: Any) -> Any:
+    """Both branches' conditioning as one batch: a tensor, or a tuple of them (image embeddings, image latents
+    and added time ids for Stable Video Diffusion) batched element by element."""
+    if isinstance(cond, torch.Tensor):
+        return torch.cat([cond, uncond])
+    return tuple(_batch(c, u) for c, u in zip(cond, uncond, strict=True))
+
+
 class GuidedDenoiser:
     """The model's output with classifier-free guidance (Ho & Salimans, arXiv 2207.12598).
 
     Conditional and unconditional branches run as one batched forward when guidance is on (or one after the
     other with `batched=False`, which halves activation memory). `call` is the family's model call on a batch
     (`call_wan` by default); `scale` is a number, or a function of the timestep for schedules that vary it
-    (CogVideoX's dynamic guidance, Stable Video Diffusion's per-frame ramp).
+    (CogVideoX's dynamic guidance, Stable Video Diffusion's per-frame ramp). `cond` and `uncond` are what
+    `call` reads besides the latents: a tensor, or a tuple of tensors.
     """
 
     def __init__(self, transformer: torch.nn.Module, cond: Any, uncond: Any | None,
@@ -122,7 +131,7 @@ class GuidedDenoiser:
         self.cond, self.uncond = cond, uncond
         self.batched = batched
         self.call = call
-        self.embeds = torch.cat([cond, uncond]) if self.guided and batched else cond  # (2B or B, L, D)
+        self.embeds = _batch(cond, uncond) if self.guided and batched else cond  # (2B or B, L, D)
         self.cached = caching(transformer)
 
     def _forward(self, latents: torch.Tensor, timestep: torch.Tensor, embeds: Any,

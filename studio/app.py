@@ -7,6 +7,7 @@ the handler streams progress. Nothing here touches tensors.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import logging
 import math
@@ -63,12 +64,15 @@ class ModelInfo:
     temporal: int
     image_first: bool = False
     join_guidance_scale: float | None = None  # extend, loop and connect (None: guidance_scale)
+    # Stable Video Diffusion's animate knobs (request.KNOBS) and their defaults: empty for models that read none.
+    knobs: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(cls, pipe: Any) -> ModelInfo:
         d = pipe.defaults
+        knobs = {name: getattr(d, name) for name in pipe.family.knobs if getattr(d, name, None) is not None}
         return cls(pipe.model_id, d.width, d.height, d.num_frames, d.fps, d.steps, d.guidance_scale, pipe.grid,
-                   pipe.temporal, d.image_first, d.join_guidance_scale)
+                   pipe.temporal, d.image_first, d.join_guidance_scale, knobs)
 
     def guidance_for(self, tab: str) -> float:
         """A tab's default guidance: its mode's (the Extend tab's loops share extend's)."""
@@ -190,6 +194,16 @@ def _settings(negative: str, seed: float | None, steps: float, guidance: float, 
                 width=size[0], height=size[1])
 
 
+# The Advanced panel's widget of each request knob: (label, what is valid, minimum, maximum, step).
+KNOB_WIDGETS = {
+    "motion_bucket_id": ("Motion bucket (more is more motion)", "a whole number from 0 to 1023", 0, 255, 1),
+    "noise_aug_strength": ("Noise augmentation (more departs further from the still)", "a number from 0 to 10",
+                           0.0, 1.0, 0.01),
+    "min_guidance_scale": ("First frame's guidance (rising to Guidance at the last)",
+                           "a number from 0 to the guidance", 0.0, 15.0, 0.5),
+}
+
+
 def _fps(value: Any) -> float:
     return _number(value, "Frames per second", "a number from 1 to 60")
 
@@ -251,9 +265,13 @@ class StudioApp:
         image_first = None if image_first is None or frames == 1 else bool(image_first)
         return modes.text_to_video(prompt, num_frames=frames, fps=_fps(fps), image_first=image_first, **settings)
 
-    def request_animate(self, image, prompt, negative, seed, steps, guidance, sampler, size, seconds, fps):
+    def request_animate(self, image, prompt, negative, seed, steps, guidance, sampler, size, seconds, fps, *knobs):
+        """`knobs`: the Advanced panel's values of the model's KNOBS (ModelInfo.knobs), in that order."""
         image = self._keep(image, "an image to animate")
         settings = _settings(negative, seed, steps, guidance, sampler, _size_for(size, image, self.info))
+        for (name, _), value in zip(self.info.knobs.items(), knobs, strict=True):
+            settings[name] = _number(value, KNOB_WIDGETS[name][0], KNOB_WIDGETS[name][1],
+                                     whole=name == "motion_bucket_id")
         frames = modes.frames_for_seconds(_seconds(seconds), _fps(fps), "window", self.info.temporal)
         return modes.animate(image, prompt, num_frames=frames, fps=_fps(fps), **settings)
 
@@ -460,6 +478,8 @@ class StudioApp:
                           image_first=self.info.image_first if r.image_first is None else r.image_first)
         elif r.mode == "animate":
             values.update(image=source(items[0].source, "the still"), seconds=r.num_frames / r.fps)
+            values.update({name: default if getattr(r, name) is None else getattr(r, name)
+                           for name, default in self.info.knobs.items()})  # the model's knobs (unset: its default)
         elif r.mode in ("extend", "loop"):
             item = items[0]
             new = r.num_frames - sum(i.source_count or 0 for i in items)
@@ -599,6 +619,11 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                 guidance = gr.Slider(0.0, 15.0, value=info.guidance_for(tab), step=0.5, elem_id=f"{tab}-guidance",
                                      label="Guidance (classifier-free; <= 1 turns it off)")
                 sampler = gr.Dropdown(list(SAMPLERS), value="default", label="Sampler")
+                if tab == "animate":  # the model's animate knobs, if it reads any (Stable Video Diffusion)
+                    extra["animate_knobs"] = [
+                        gr.Slider(KNOB_WIDGETS[name][2], KNOB_WIDGETS[name][3], value=value, step=KNOB_WIDGETS[name][4],
+                                  label=KNOB_WIDGETS[name][0], elem_id=f"animate-{name.replace('_', '-')}")
+                        for name, value in info.knobs.items()]
             found = Controls(prompt, negative, seed, steps, guidance, sampler, size, seconds_w, fps)
             controls[tab] = found
             return found
@@ -626,7 +651,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                         image = ImageFile(label="Still (becomes the first frame)", type="filepath", height=200)
                         c = shared("animate", True, seconds_default)
                         fitted_view(image, c)
-                        extra["animate"] = {"image": image}
+                        extra["animate"] = {"image": image, **dict(zip(info.knobs, extra["animate_knobs"]))}
                         animate_go = gr.Button("Animate", variant="primary", elem_id="animate-generate")
                     with gr.Tab(TABS["extend"], id="extend"):
                         ext_video = VideoFile(label="Clip", format=None, height=200)
@@ -714,7 +739,8 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
         t, a, e, r, k = (controls[n] for n in ("t2v", "animate", "extend", "restyle", "connect"))
         events = [
             t2v_go.click(handler(app.request_t2v), t.inputs() + [one_frame, image_first], api_name="t2v", **run_args),
-            animate_go.click(handler(app.request_animate), [image] + a.inputs(), api_name="animate", **run_args),
+            animate_go.click(handler(app.request_animate), [image] + a.inputs() + extra["animate_knobs"],
+                             api_name="animate", **run_args),
             extend_go.click(handler(app.request_extend),
                             [ext_video, direction, context, make_loop, ext_candidates] + e.inputs(),
                             api_name="extend", **run_args),

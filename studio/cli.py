@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request", help="reproduce: an output's JSON sidecar (its request is run again as it was)")
     p.add_argument("--model", help=f"a registry name ({', '.join(MODELS)}), a diffusers folder or a hub id "
                                    "(default: embedded; for reproduce, the model recorded in the sidecar)")
-    p.add_argument("--prompt", required=False, help="what the clip shows")
+    p.add_argument("--prompt", required=False, help="what the clip shows (a model that reads no prompt, such "
+                   "as Stable Video Diffusion, animates without one)")
     p.add_argument("--negative", default="", help="what to steer away from")
     p.add_argument("--image", help="animate: the still that becomes frame 0")
     p.add_argument("--video", help="extend, loop, restyle: the clip; connect: clip A")
@@ -83,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "omitted)")
     p.add_argument("--sampler", choices=tuple(SAMPLERS), default="default")
     p.add_argument("--shift", type=float, help="flow shift (the checkpoint's when omitted)")
+    p.add_argument("--motion-bucket", type=int, metavar="ID", help="animate, Stable Video Diffusion: how much motion "
+                   "(0-1023, more is more; the model's 127 when omitted)")
+    p.add_argument("--noise-aug", type=float, metavar="STRENGTH", help="animate, Stable Video Diffusion: noise "
+                   "added to the still before encoding (more departs further from it; the model's 0.02 when omitted)")
+    p.add_argument("--min-guidance", type=float, help="animate, Stable Video Diffusion: the first frame's guidance, "
+                   "rising to --guidance at the last (the model's 1 when omitted)")
     p.add_argument("--conditioning", choices=("per_token", "replace"), help="override the model's conditioning strategy")
     p.add_argument("--no-saved-latents", action="store_true", help="re-encode source clips even when they have latents")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -194,14 +201,28 @@ def _typed_text(value: str | None, flag: str) -> str | None:
     return text
 
 
-def build_request(args: argparse.Namespace, defaults: Any, geometry: Any):
-    """The request the flags describe; what they leave out takes the model's defaults (modes.build)."""
+# The flags of GenerationRequest's KNOBS: only families that read them (Family.knobs) take them.
+KNOB_FLAGS = {"motion_bucket_id": ("--motion-bucket", "motion_bucket"),
+              "noise_aug_strength": ("--noise-aug", "noise_aug"),
+              "min_guidance_scale": ("--min-guidance", "min_guidance")}
+
+
+def build_request(args: argparse.Namespace, defaults: Any, geometry: Any, reads_text: bool = True,
+                  knobs: tuple[str, ...] = ()):
+    """The request the flags describe; what they leave out takes the model's defaults (modes.build).
+    `reads_text` False: the model reads no prompt (animate runs without --prompt); `knobs`: the optional
+    request fields it reads (request.KNOBS)."""
     from pipelines import modes
+    from pipelines.request import PROMPTLESS_MODES
 
     args.prompt, args.negative = _typed_text(args.prompt, "--prompt"), _typed_text(args.negative, "--negative")
     mode, prompt, temporal = args.mode, args.prompt, geometry.temporal
-    if not prompt:
+    for knob, (flag, attribute) in KNOB_FLAGS.items():
+        if getattr(args, attribute) is not None and knob not in knobs:
+            raise UsageError(f"{flag} applies to models that read it (Stable Video Diffusion), not this one")
+    if not prompt and (reads_text or mode not in PROMPTLESS_MODES):
         raise UsageError(f"{mode} needs --prompt")
+    prompt = prompt or ""
     if args.strength is not None and mode not in ("restyle", "animate"):
         raise UsageError(f"--strength applies to restyle and animate, not {mode}")
     if args.start and mode != "restyle":
@@ -215,6 +236,7 @@ def build_request(args: argparse.Namespace, defaults: Any, geometry: Any):
         seed=args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little"),
         sampler=args.sampler, shift=args.shift, conditioning_strategy=args.conditioning,
         use_saved_latents=not args.no_saved_latents, best_of=args.best_of,
+        **{knob: getattr(args, attribute) for knob, (_, attribute) in KNOB_FLAGS.items()},
     )
     if mode == "t2v":
         params.update(num_frames=_frames(args, "window", fps, temporal, None), image_first=args.image_first)
@@ -334,7 +356,7 @@ def run(argv: list[str]) -> int:
     if model.modes.get(mode):
         raise UsageError(f"{args.model} cannot {mode}: {model.modes[mode]}. It offers: {', '.join(model.offered)}")
     if args.mode != "reproduce":
-        built = build_request(args, defaults, geometry)
+        built = build_request(args, defaults, geometry, model.family.reads_text, model.family.knobs)
     out = Path(args.out) if args.out else None
     check_out_paths(out if out is not None else DEFAULT_OUTPUTS / "new.mp4", args.frames_out)
     if out is not None and out.suffix.lower() not in (".mp4", ".gif", ".png"):

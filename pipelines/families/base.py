@@ -119,6 +119,8 @@ class Family:
     pipelines: ClassVar[tuple[str, ...]]  # diffusers pipeline classes (model_index `_class_name`) it loads
     samplers: ClassVar[tuple[str, ...]] = ("default",)  # names in pipelines.samplers.SAMPLERS it can run
     strategies: ClassVar[tuple[str, ...]] = ("replace",)  # conditioning strategies its denoiser can take
+    reads_text: ClassVar[bool] = True  # False: it reads no prompt (a request's prompt is ignored, with a note)
+    knobs: ClassVar[tuple[str, ...]] = ()  # the optional request fields (request.KNOBS) it reads
 
     # ---- from the configs alone -----------------------------------------------------------------------
     @classmethod
@@ -164,6 +166,10 @@ class Family:
 
     def check(self, request: GenerationRequest) -> None:
         """Raise ValueError for what this checkpoint cannot take beyond the shared checks (grid, frames)."""
+
+    def notes(self, request: GenerationRequest) -> list[str]:
+        """Lines for the creator about how this family read the request (what it ignored, and why)."""
+        return []
 
     def encode(self, frames: np.ndarray) -> torch.Tensor:
         """(F, H, W, 3) uint8 -> (1, C, 1 + (F-1)//temporal, H/s, W/s) normalised latents."""
