@@ -150,10 +150,15 @@ class Family:
         self.parts = parts
         self.configs = configs
         self.defaults = defaults
-        self.device = device
-        self.low_vram = low_vram
+        self.device = torch.device(device)
+        self.low_vram = low_vram and self.device.type == "cuda"  # nothing to save on a CPU
         self.geometry = self.read_geometry(configs)
         self.modes = self.read_modes(configs)
+        # Low-VRAM: every model waits on the CPU and visits the device only for its own stage (`resident`);
+        # text and image encoders then run on the CPU, as Wan's own --t5_cpu does.
+        for part in parts.values():
+            if isinstance(part, torch.nn.Module):
+                part.eval().to("cpu" if self.low_vram else self.device)
 
     @property
     def denoisers(self) -> list[torch.nn.Module]:

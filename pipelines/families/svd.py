@@ -106,9 +106,6 @@ class SVD(Family):
         self.scheduler = parts["scheduler"]  # the checkpoint's; each pass gets a fresh copy
         self.vae.eval()
         self.scaling = float(self.vae.config.scaling_factor)
-        # On the device, or on the CPU between uses when low-VRAM (`resident` brings each in for its stage).
-        for module in (self.unet, self.image_encoder, self.vae):
-            module.to("cpu" if self.low_vram else device)
 
     @property
     def denoisers(self) -> list[torch.nn.Module]:
