@@ -38,6 +38,8 @@ class ModelDefaults:
     # that pushes them towards the prompt also pushes them away from those frames; Stable Video Diffusion
     # lowers its guidance next to its conditioning frame for the same reason (Blattmann et al., arXiv 2311.15127).
     join_guidance_scale: float | None = None
+    # Two-expert models (Wan 2.2 A14B): the low-noise expert's guidance (None: guidance_scale, as diffusers).
+    guidance_scale_2: float | None = None
     conditioning_strategy: str = "replace"
     max_sequence_length: int = 512
     image_first: bool = False  # text-to-video samples its first frame alone, then the clip (see generate)
@@ -135,6 +137,37 @@ MODELS: dict[str, ModelEntry] = {
         ModelDefaults(width=1024, height=576, num_frames=25, fps=7.0, steps=25, guidance_scale=3.0,
                       motion_bucket_id=127, noise_aug_strength=0.02, min_guidance_scale=1.0),
         "animates a still (no prompt); not yet measured here",
+    ),
+    # Wan 2.1 image-to-video 14B: animate a still (the first-last-frame checkpoint also connects two stills).
+    # Sizes are each checkpoint's own resolution, steps and guidance diffusers' call defaults (Wan's own).
+    "wan2.1-i2v-14b-480p": ModelEntry(
+        "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+        ModelDefaults(width=832, height=480, num_frames=81, fps=16.0, steps=50, guidance_scale=5.0),
+        "a 14B denoiser: about 28 GB of weights in bfloat16, before UMT5-XXL and activations (not yet measured here)",
+    ),
+    "wan2.1-i2v-14b-720p": ModelEntry(
+        "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
+        ModelDefaults(width=1280, height=720, num_frames=81, fps=16.0, steps=50, guidance_scale=5.0),
+        "a 14B denoiser: about 28 GB of weights in bfloat16, before UMT5-XXL and activations (not yet measured here)",
+    ),
+    "wan2.1-flf2v-14b-720p": ModelEntry(
+        "Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers",
+        ModelDefaults(width=1280, height=720, num_frames=81, fps=16.0, steps=50, guidance_scale=5.0),
+        "a 14B denoiser: about 28 GB of weights in bfloat16, before UMT5-XXL and activations (not yet measured here)",
+    ),
+    # Wan 2.2 A14B: two 14B experts; Wan's own sample settings (wan/configs/wan_{t2v,i2v}_A14B.py): 40 steps,
+    # guidance (high-noise, low-noise) 4.0 / 3.0 for text-to-video and 3.5 / 3.5 for image-to-video.
+    "wan2.2-t2v-a14b": ModelEntry(
+        "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+        ModelDefaults(width=1280, height=720, num_frames=81, fps=16.0, steps=40, guidance_scale=4.0,
+                      guidance_scale_2=3.0),
+        "two 14B experts: about 56 GB of weights in bfloat16, before UMT5-XXL and activations (not yet measured here)",
+    ),
+    "wan2.2-i2v-a14b": ModelEntry(
+        "Wan-AI/Wan2.2-I2V-A14B-Diffusers",
+        ModelDefaults(width=1280, height=720, num_frames=81, fps=16.0, steps=40, guidance_scale=3.5,
+                      guidance_scale_2=3.5),
+        "two 14B experts: about 56 GB of weights in bfloat16, before UMT5-XXL and activations (not yet measured here)",
     ),
 }
 

@@ -69,7 +69,9 @@ def _context(requested: int | None, available: int, at_end: bool, temporal: int,
     if requested is None:
         requested = min(DEFAULT_CONTEXT_FRAMES, available)
         requested -= (requested - 1) % temporal
-    if requested < minimum or (requested - 1) % temporal:
+    # A single frame may close the window (a still, for the checkpoints that hold stills themselves; where
+    # frames are held as latents the pipeline refuses it, naming the rule).
+    if (requested < minimum and requested != 1) or (requested - 1) % temporal:
         raise ValueError(f"context_frames = {requested} is not valid: {temporal}k+1 frames"
                          f"{f', at least {minimum}' if minimum > 1 else ''} (1, 5, 9, 13, ... for this VAE)")
     if requested > available:
@@ -227,4 +229,6 @@ def build(mode: str, defaults: Any, geometry: Any, **params: Any) -> GenerationR
     params.setdefault("height", defaults.height)
     params.setdefault("steps", defaults.steps)
     params.setdefault("guidance_scale", defaults.guidance_for(mode))
+    if getattr(defaults, "guidance_scale_2", None) is not None:
+        params.setdefault("guidance_scale_2", defaults.guidance_scale_2)
     return builder(**params)

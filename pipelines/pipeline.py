@@ -373,7 +373,7 @@ class VideoPipeline:
                     first = sample(denoiser, conditions.noise[:, :, :1], family.schedule(request, shape, generator), None,
                                    _pass_progress(callback, per_candidate * k, passes))  # (1, C, 1, H, W)
                     if cached:
-                        self.transformer._reset_stateful_cache()
+                        self._reset_caches()
                     clean, hold = torch.zeros_like(conditions.noise), torch.zeros((1, 1, *shape[2:]), device=self.device)
                     clean[:, :, :1], hold[:, :, :1] = first, 1.0
                     held = family.held(clean, hold, conditions, strategy)
@@ -382,8 +382,16 @@ class VideoPipeline:
                                         shape)  # (1, C, F, H, W)
             finally:
                 if cached:  # a step cache must not carry one clip's residuals into the next
-                    self.transformer._reset_stateful_cache()
+                    self._reset_caches()
         return latents, held
+
+    def _reset_caches(self) -> None:
+        """Clear every denoiser's step cache (a family's experts each keep one)."""
+        from pipelines.acceleration import caching
+
+        for module in self.family.denoisers:
+            if caching(module):
+                module._reset_stateful_cache()
 
     def _decode_candidate(self, request: GenerationRequest, seed: int, known: _Conditioning,
                           latents: torch.Tensor, held: HeldLatents | None) -> _Candidate:
@@ -478,7 +486,7 @@ class VideoPipeline:
             if (n - 1) % t:
                 raise ValueError(f"conditioning {name!r}: {n} frames is not valid: {t}k+1 frames "
                                  f"(nearest: {' or '.join(map(str, nearest_valid(n, t, offset=1)))})")
-            if f > 0 and (f % t or n < t + 1):
+            if f > 0 and not self.family.holds_stills and (f % t or n < t + 1):
                 raise ValueError(f"conditioning {name!r} at frame {f}: a clip after frame 0 must start on a multiple "
                                  f"of {t} and have at least {t + 1} frames")
             if f + n > request.num_frames:
@@ -543,7 +551,8 @@ class VideoPipeline:
         spreads the model's miss over the bridge's last frames, which suits one that moves.
         Returns (frames, output index of window frame 0, join ratios, indices of the placed clips copied
         from their second frame)."""
-        later = [i for i, p in enumerate(placed) if p.item.frame_index > 0 and p.item.output == "source"]
+        # (A single still after frame 0 has no second frame to cut to.)
+        later = [i for i, p in enumerate(placed) if p.item.frame_index > 0 and p.item.output == "source" and p.count > 1]
         best = None
         for choice in itertools.product((False, True), repeat=len(later)):  # 1 or 2 clips in practice
             after_first = frozenset(i for i, after in zip(later, choice) if after)

@@ -150,6 +150,7 @@ class GenerationRequest:
     fps: float = 16.0
     steps: int = 50
     guidance_scale: float = 5.0
+    guidance_scale_2: float | None = None  # a two-expert model's low-noise expert (None: guidance_scale)
     seed: int = 0
     sampler: str = "default"
     shift: float | None = None
@@ -190,6 +191,9 @@ class GenerationRequest:
         _require(_is_int(self.steps) and 1 <= self.steps <= 1000, "steps", self.steps, "an integer in [1, 1000]")
         _require(_is_number(self.guidance_scale) and 0 <= self.guidance_scale <= 50, "guidance_scale",
                  self.guidance_scale, "a number in [0, 50] (values <= 1 turn guidance off)")
+        _require(self.guidance_scale_2 is None or (_is_number(self.guidance_scale_2) and 0 <= self.guidance_scale_2 <= 50),
+                 "guidance_scale_2", self.guidance_scale_2,
+                 "None (the same as guidance_scale) or a number in [0, 50] (the low-noise expert's guidance)")
         _require(_is_int(self.seed) and 0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
         _require(isinstance(self.sampler, str) and self.sampler in SAMPLERS, "sampler", self.sampler,
                  f"one of {', '.join(SAMPLERS)}")

@@ -13,10 +13,10 @@ from pipelines.families.base import Conditions, Configs, Family, Geometry
 from pipelines.families.cogvideox import CogVideoX
 from pipelines.families.ltx import LTX
 from pipelines.families.svd import SVD
-from pipelines.families.wan import Wan
+from pipelines.families.wan import Wan, WanImageToVideo
 from pipelines.loading import ModelDefaults, ModelNotAvailable, read_defaults, resolve_model
 
-FAMILIES: dict[str, type[Family]] = {family.name: family for family in (Wan, LTX, CogVideoX, SVD)}
+FAMILIES: dict[str, type[Family]] = {family.name: family for family in (Wan, WanImageToVideo, LTX, CogVideoX, SVD)}
 
 
 class UnsupportedModel(ModelNotAvailable):

@@ -121,6 +121,10 @@ class Family:
     strategies: ClassVar[tuple[str, ...]] = ("replace",)  # conditioning strategies its denoiser can take
     reads_text: ClassVar[bool] = True  # False: it reads no prompt (a request's prompt is ignored, with a note)
     knobs: ClassVar[tuple[str, ...]] = ()  # the optional request fields (request.KNOBS) it reads
+    # Whether the denoiser reads its conditioning stills as pixels (channel-concatenated, as Wan's
+    # image-to-video checkpoints): a still may then sit off the VAE's latent grid (at the last frame), where
+    # `check` allows it, instead of only where latents can be held.
+    holds_stills: bool = False
 
     # ---- from the configs alone -----------------------------------------------------------------------
     @classmethod
