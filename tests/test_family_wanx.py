@@ -9,11 +9,11 @@ import torch
 from diffusers import WanImageToVideoPipeline, WanPipeline
 from PIL import Image
 
-from pipelines import GenerationRequest, ModelDefaults, VideoPipeline, animate, connect
+from pipelines import ConditioningItem, GenerationRequest, ModelDefaults, VideoPipeline, animate, connect
 from pipelines.families import FAMILIES, Configs, family_of, inspect_model
 from pipelines.families.wan import Wan, WanImageToVideo
 from pipelines.loading import MODELS
-from tiny_models import save_diffusers_folder, tiny_wan21
+from tiny_models import tiny_wan21
 from tiny_wanx import (A14B_INDEX, I2V_INDEX, REAL_CONFIGS, tiny_transformer, tiny_wan21_i2v, tiny_wan22_a14b,
                        with_expert, with_swapped_experts)
 
@@ -114,8 +114,8 @@ def _perturb(module):
 def test_an_image_to_video_checkpoint_says_which_modes_it_lacks_and_what_it_holds(flf2v, stills, png_clip):
     path_a, path_b, _, _ = stills
     offered = [mode for mode, why in flf2v.modes.items() if why is None]
-    assert offered == ["animate", "connect"]
-    for mode in ("t2v", "image", "extend", "loop", "restyle"):
+    assert offered == ["connect"]  # FLF2V reads two stills' states; the 480p/720p checkpoints animate one
+    for mode in ("t2v", "image", "animate", "extend", "loop", "restyle"):
         assert flf2v.modes[mode]  # a sentence saying why
     with pytest.raises(ValueError, match="mode = 't2v' is not valid for this model: .*needs a still"):
         flf2v.generate(GenerationRequest(prompt=PROMPT, width=32, height=32, num_frames=9))
@@ -123,8 +123,11 @@ def test_an_image_to_video_checkpoint_says_which_modes_it_lacks_and_what_it_hold
     clip, _ = png_clip(9)
     with pytest.raises(ValueError, match="5 frames is not valid for this image-to-video checkpoint: 1 .*context_frames = 1"):
         flf2v.generate(connect(clip, clip, PROMPT, 7, context_frames=5, **SETTINGS))
+    with pytest.raises(ValueError, match="mode = 'animate' is not valid for this model: .*reads two stills"):
+        flf2v.generate(animate(path_a, PROMPT, num_frames=9, **SETTINGS))
+    weak = (ConditioningItem(path_a, 0, strength=0.5, source_count=1), ConditioningItem(path_b, 8, source_count=1))
     with pytest.raises(ValueError, match="conditioning.strength = 0.5 is not valid for this model: 1"):
-        flf2v.generate(animate(path_a, PROMPT, strength=0.5, num_frames=9, **SETTINGS))
+        flf2v.generate(GenerationRequest(PROMPT, mode="connect", conditioning=weak, num_frames=9, width=32, height=32))
     # Clips connect through their facing frames (context 1): A's last frame opens the window, B's first closes it.
     result = flf2v.generate(connect(clip, path_b, PROMPT, 7, context_frames=1, **SETTINGS))
     assert len(result.frames) == 9 + 8  # A's 9 frames, 7 new, B
@@ -148,7 +151,6 @@ def test_two_experts_match_wan_pipeline_and_both_are_used(a14b_components):
     assert relative_error(ours, reference) < 1e-4
     # Each expert, the boundary between them and the low-noise expert's guidance change the clip.
     changes = {
-        "swapped experts": a14b(with_swapped_experts(a14b_components)).generate(request).latents,
         "another high-noise expert": a14b(with_expert(a14b_components, "transformer", tiny_transformer(4))
                                           ).generate(request).latents,
         "another low-noise expert": a14b(with_expert(a14b_components, "transformer_2", tiny_transformer(4))
@@ -192,7 +194,7 @@ def test_an_image_to_video_folder_loads_as_its_family(tmp_path, flf2v_components
     folder = tmp_path / "flf2v"
     WanImageToVideoPipeline(**flf2v_components).save_pretrained(folder)
     facts = inspect_model(str(folder))
-    assert facts.family is WanImageToVideo and facts.offered == ["animate", "connect"]
+    assert facts.family is WanImageToVideo and facts.offered == ["connect"]
     assert facts.defaults == ModelDefaults()  # diffusers' call defaults: 832x480, 81 frames, 50 steps, guidance 5
     assert set(WanImageToVideo.required(facts.configs)) >= {"image_encoder", "image_processor"}
     (folder / "studio.json").write_text('{"width": 32, "height": 32, "num_frames": 9, "fps": 8, "steps": 2}')

@@ -150,7 +150,7 @@ def _real_folder(folder: Path, pipeline_class: str, transformers: dict, flow_shi
     for name, part in parts.items():
         part.save_pretrained(folder / name)
     classes = {"vae": ["diffusers", "AutoencoderKLWan"], "scheduler": ["diffusers", "UniPCMultistepScheduler"],
-               "tokenizer": ["transformers", "T5TokenizerFast"], "text_encoder": ["transformers", "UMT5EncoderModel"],
+               "tokenizer": ["transformers", type(tokenizer).__name__], "text_encoder": ["transformers", "UMT5EncoderModel"],
                "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
                "image_processor": ["transformers", "CLIPImageProcessor"]}
     model_index = {"_class_name": pipeline_class, "_diffusers_version": "0.35.0.dev0", **index}
@@ -168,10 +168,6 @@ def _real_folder(folder: Path, pipeline_class: str, transformers: dict, flow_shi
         config = json.loads(processor.read_text())
         config["image_processor_type"] = "CLIPImageProcessor"
         processor.write_text(json.dumps(config, indent=2))
-    tokenizer_config = folder / "tokenizer" / "tokenizer_config.json"
-    config = json.loads(tokenizer_config.read_text())
-    config["tokenizer_class"] = "T5TokenizerFast"
-    tokenizer_config.write_text(json.dumps(config, indent=2))
     return folder
 
 

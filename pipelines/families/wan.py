@@ -243,12 +243,19 @@ class WanImageToVideo(Wan):
         return configs["transformer"].get("pos_embed_seq_len") is not None
 
     @classmethod
+    def needs_last_frame(cls, configs: Configs) -> bool:
+        """Whether the checkpoint reads two images' states (Wan 2.1 FLF2V): it takes a first and a last still,
+        never one alone (diffusers' pipeline fails on a single image for it, as Wan's own flf2v task needs both)."""
+        return cls.reads_images(configs) and configs["transformer"].get("pos_embed_seq_len") is not None
+
+    @classmethod
     def read_modes(cls, configs: Configs) -> dict[str, str | None]:
         if not cls.concatenates(configs):
             return super().read_modes(configs)
         modes: dict[str, str | None] = {mode: None for mode in MODES}
+        use = "connect two stills" if cls.needs_last_frame(configs) else "use animate"
         modes["t2v"] = ("this image-to-video checkpoint needs a still to start from (its denoiser reads the "
-                        "image at frame 0 on every step): use animate")
+                        f"image at frame 0 on every step): {use}")
         modes["image"] = "this image-to-video checkpoint makes clips from a still, not images from a prompt"
         modes["restyle"] = ("this image-to-video checkpoint starts from a still, not from footage to repaint: "
                             "restyle needs a text-to-video checkpoint")
@@ -256,6 +263,9 @@ class WanImageToVideo(Wan):
         one_frame = "it holds one still, not a clip's last frames, so the clip's motion would not carry on"
         modes["extend"] = f"{one_frame}: animate the clip's last frame, or use a text-to-video checkpoint"
         modes["loop"] = f"{one_frame} across the joins: use a text-to-video checkpoint"
+        if cls.needs_last_frame(configs):
+            modes["animate"] = ("this first-last-frame checkpoint reads two stills' image states, a first and a last: "
+                                "connect two stills (an image-to-video checkpoint animates one)")
         if not cls.takes_last_frame(configs):
             modes["connect"] = ("this checkpoint was trained on a first frame only; a first-last-frame checkpoint "
                                 "(wan2.1-flf2v-14b-720p, wan2.2-i2v-a14b) connects two stills")
@@ -290,13 +300,13 @@ class WanImageToVideo(Wan):
         """Items must be single stills: one at frame 0 and, where the checkpoint takes one, one at the last frame.
         `items`: (ConditioningItem, frames it selects or None when not yet known)."""
         last = request.num_frames - 1
-        ends = "a still at frame 0" + (f" and one at the last frame ({last})" if self.takes_last_frame(self.configs)
-                                       else "")
+        ends = "a still at frame 0" + (f" and one at the last frame ({last})" if self.needs_last_frame(self.configs)
+                                       else f" and perhaps one at the last frame ({last})"
+                                       if self.takes_last_frame(self.configs) else "")
         for item, count in items:
             if count is not None and count != 1:
                 raise ValueError(f"conditioning {item.source!r}: {count} frames is not valid for this image-to-video "
-                                 f"checkpoint: 1 (it holds single stills: {ends}; for extend and connect, "
-                                 f"context_frames = 1)")
+                                 f"checkpoint: 1 (it holds single stills: {ends}; for connect, context_frames = 1)")
             if item.strength != 1.0:
                 raise ValueError(f"conditioning.strength = {item.strength:g} is not valid for this model: 1 (it "
                                  "holds its stills fully, through the frame mask it was trained with)")
@@ -305,7 +315,8 @@ class WanImageToVideo(Wan):
                 raise ValueError(f"conditioning {item.source!r} at frame {item.frame_index} is not valid for this "
                                  f"checkpoint: it holds {ends}")
         at = [item.frame_index for item, _ in items]
-        if 0 not in at or len(at) != len(set(at)):
+        needs_last = self.needs_last_frame(self.configs)
+        if 0 not in at or len(at) != len(set(at)) or (needs_last and (last == 0 or last not in at)):
             raise ValueError(f"conditioning is not valid for this image-to-video checkpoint: it needs {ends}, one "
                              f"still each (got items at frames {sorted(at) or 'none'})")
 
