@@ -117,8 +117,9 @@ def with_expert(components: dict, name: str, module) -> dict:
 # rope_max_seq_len 1024; I2V in 36 / out 16, image_dim 1280 (CLIP ViT-H/14), added_kv_proj_dim 5120; FLF2V's
 # image embedder has 2 x 257 positions), schedulers UniPC flow prediction with flow_shift 3.0 (16.0 for
 # FLF2V), boundary_ratio 0.875 (T2V A14B) / 0.9 (I2V A14B). Only depth is shrunk (1 layer per expert, 1 CLIP
-# layer, 1 UMT5 layer) and the text encoder's vocabulary; the weights are saved in bfloat16 (the checkpoints'
-# own precision) so that a 5120-wide folder stays about 1.5-2.5 GB.
+# layer, 1 UMT5 layer) and the text encoder's vocabulary; the weights are saved in bfloat16 so that a folder
+# stays at 2-3 GB (the studio loads them in float32 on a CPU: about 4.5 GB resident for Wan 2.1 I2V and FLF2V,
+# 6.5 GB for an A14B with its two 5120-wide experts).
 WAN14B = dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, text_dim=4096, freq_dim=256,
               ffn_dim=13824, num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
               rope_max_seq_len=1024, out_channels=16)
@@ -136,7 +137,7 @@ def _real_folder(folder: Path, pipeline_class: str, transformers: dict, flow_shi
 
     folder = Path(folder)
     torch.manual_seed(0)
-    parts = {"vae": AutoencoderKLWan(), "scheduler": scheduler(flow_shift)}
+    parts = {"vae": AutoencoderKLWan().to(torch.bfloat16), "scheduler": scheduler(flow_shift)}  # loads in float32
     tokenizer = word_tokenizer()
     tokenizer.model_max_length = 512
     parts["tokenizer"] = tokenizer
