@@ -163,7 +163,7 @@ def test_two_experts_match_wan_pipeline_and_both_are_used(a14b_components):
 
 
 def test_image_to_video_a14b_matches_wan_i2v_with_two_experts(stills):
-    path_a, _, a, _ = stills
+    path_a, path_b, a, b = stills
     components = tiny_wan22_a14b(i2v=True)
     pipe = VideoPipeline.from_parts(components, "tiny-a14b-i2v", defaults(guidance_scale_2=3.0, max_sequence_length=16),
                                     index=A14B_INDEX["i2v"])
@@ -178,6 +178,14 @@ def test_image_to_video_a14b_matches_wan_i2v_with_two_experts(stills):
     swapped = VideoPipeline.from_parts(with_swapped_experts(components), "x", defaults(guidance_scale_2=3.0,
                                        max_sequence_length=16), index=A14B_INDEX["i2v"]).generate(request).latents
     assert relative_error(swapped, reference) > 0.05
+    # Its frame mask takes a last still too (no image states to fit): connect matches diffusers' last_image.
+    ours = pipe.generate(pipe.request("connect", clip_a=path_a, clip_b=path_b, prompt=PROMPT, negative_prompt=NEGATIVE,
+                                      new_frames=7, seed=4)).latents
+    reference = WanImageToVideoPipeline(**components, boundary_ratio=0.9)(
+        image=Image.fromarray(a), last_image=Image.fromarray(b), prompt=PROMPT, negative_prompt=NEGATIVE, width=32,
+        height=32, num_frames=9, num_inference_steps=4, guidance_scale=4.0, guidance_scale_2=3.0,
+        generator=torch.Generator("cpu").manual_seed(4), max_sequence_length=16, output_type="latent").frames[0]
+    assert relative_error(ours, reference) < 1e-4
 
 
 def test_guidance_scale_2_is_checked():
