@@ -40,6 +40,9 @@ class ModelDefaults:
     join_guidance_scale: float | None = None
     # Two-expert models (Wan 2.2 A14B): the low-noise expert's guidance (None: guidance_scale, as diffusers).
     guidance_scale_2: float | None = None
+    # Frames of each clip extend, loop and connect hold when none are asked for (None: the modes' own
+    # default); 1 where a checkpoint holds single stills (Wan's image-to-video: a clip's facing frame).
+    context_frames: int | None = None
     conditioning_strategy: str = "replace"
     max_sequence_length: int = 512
     image_first: bool = False  # text-to-video samples its first frame alone, then the clip (see generate)
@@ -142,17 +145,17 @@ MODELS: dict[str, ModelEntry] = {
     # Sizes are each checkpoint's own resolution, steps and guidance diffusers' call defaults (Wan's own).
     "wan2.1-i2v-14b-480p": ModelEntry(
         "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
-        ModelDefaults(width=832, height=480, num_frames=81, fps=16.0, steps=50, guidance_scale=5.0),
+        ModelDefaults(width=832, height=480, num_frames=81, fps=16.0, steps=50, guidance_scale=5.0, context_frames=1),
         "a 14B denoiser: about 28 GB of weights in bfloat16, before UMT5-XXL and activations (not yet measured here)",
     ),
     "wan2.1-i2v-14b-720p": ModelEntry(
         "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
-        ModelDefaults(width=1280, height=720, num_frames=81, fps=16.0, steps=50, guidance_scale=5.0),
+        ModelDefaults(width=1280, height=720, num_frames=81, fps=16.0, steps=50, guidance_scale=5.0, context_frames=1),
         "a 14B denoiser: about 28 GB of weights in bfloat16, before UMT5-XXL and activations (not yet measured here)",
     ),
     "wan2.1-flf2v-14b-720p": ModelEntry(
         "Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers",
-        ModelDefaults(width=1280, height=720, num_frames=81, fps=16.0, steps=50, guidance_scale=5.0),
+        ModelDefaults(width=1280, height=720, num_frames=81, fps=16.0, steps=50, guidance_scale=5.0, context_frames=1),
         "a 14B denoiser: about 28 GB of weights in bfloat16, before UMT5-XXL and activations (not yet measured here)",
     ),
     # Wan 2.2 A14B: two 14B experts; Wan's own sample settings (wan/configs/wan_{t2v,i2v}_A14B.py): 40 steps,
@@ -166,7 +169,7 @@ MODELS: dict[str, ModelEntry] = {
     "wan2.2-i2v-a14b": ModelEntry(
         "Wan-AI/Wan2.2-I2V-A14B-Diffusers",
         ModelDefaults(width=1280, height=720, num_frames=81, fps=16.0, steps=40, guidance_scale=3.5,
-                      guidance_scale_2=3.5),
+                      guidance_scale_2=3.5, context_frames=1),
         "two 14B experts: about 56 GB of weights in bfloat16, before UMT5-XXL and activations (not yet measured here)",
     ),
 }

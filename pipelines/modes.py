@@ -217,6 +217,8 @@ def build(mode: str, defaults: Any, geometry: Any, **params: Any) -> GenerationR
         params["new_frames"] = frames_for_seconds(DEFAULT_NEW_SECONDS[mode], fps, mode, geometry.temporal)
     if "window" in accepted:
         params.setdefault("window", defaults.num_frames)
+    if "context_frames" in accepted and getattr(defaults, "context_frames", None) is not None:
+        params.setdefault("context_frames", defaults.context_frames)
     if mode in ("t2v", "animate"):
         params.setdefault("num_frames", defaults.num_frames)
     source = next((params.get(name) for name in SOURCES.get(mode, ())), None)

@@ -198,17 +198,21 @@ def test_guidance_scale_2_is_checked():
 
 
 # ---- folders, the registry and their defaults ---------------------------------------------------------------
-def test_an_image_to_video_folder_loads_as_its_family(tmp_path, flf2v_components, stills):
+def test_an_image_to_video_folder_loads_as_its_family(tmp_path, flf2v_components, stills, png_clip):
     folder = tmp_path / "flf2v"
     WanImageToVideoPipeline(**flf2v_components).save_pretrained(folder)
     facts = inspect_model(str(folder))
     assert facts.family is WanImageToVideo and facts.offered == ["connect"]
-    assert facts.defaults == ModelDefaults()  # diffusers' call defaults: 832x480, 81 frames, 50 steps, guidance 5
+    # diffusers' call defaults (832x480, 81 frames, 50 steps, guidance 5); connect holds each clip's facing frame
+    assert facts.defaults == ModelDefaults(context_frames=1)
     assert set(WanImageToVideo.required(facts.configs)) >= {"image_encoder", "image_processor"}
     (folder / "studio.json").write_text('{"width": 32, "height": 32, "num_frames": 9, "fps": 8, "steps": 2}')
     pipe = VideoPipeline.from_pretrained(str(folder), device="cpu")
-    path_a, path_b = stills[:2]
-    assert pipe.generate(pipe.request("connect", clip_a=path_a, clip_b=path_b, prompt=PROMPT, seed=1)).frames.shape[0] == 9  # 1 s at 8 fps between
+    clip, frames = png_clip(9)
+    result = pipe.generate(pipe.request("connect", clip_a=clip, clip_b=stills[1], prompt=PROMPT, seed=1))
+    # A's last frame opens the window and B closes it, 1 s at 8 fps apart: A's 9 frames, 7 new, B.
+    assert [(i.frame_index, i.source_count) for i in result.request.conditioning] == [(0, 1), (8, 1)]
+    assert len(result.frames) == 17 and np.array_equal(result.frames[8], frames[-1])
     # A Wan 2.2 A14B folder names its boundary and both experts; one expert alone is refused before loading.
     configs = Configs({"_class_name": "WanPipeline", "boundary_ratio": 0.875}, {})
     assert family_of(configs) is Wan and "transformer_2" in Wan.required(configs)
@@ -227,5 +231,6 @@ def test_registry_entries_name_their_checkpoints_and_defaults():
         assert (MODELS[name].source, d.width, d.height, d.steps, d.guidance_scale, d.guidance_scale_2) == \
             (source, width, height, steps, guidance, guidance_2), name
         assert (d.num_frames, d.fps, d.max_sequence_length) == (81, 16.0, 512), name
+        assert d.context_frames == (None if name == "wan2.2-t2v-a14b" else 1), name  # stills: one facing frame
     assert set(REAL_CONFIGS) == set(expected)
     assert FAMILIES["wan-i2v"] is WanImageToVideo

@@ -272,6 +272,13 @@ class WanImageToVideo(Wan):
         return modes
 
     @classmethod
+    def read_defaults(cls, configs: Configs) -> ModelDefaults:
+        # WanImageToVideoPipeline's call defaults; connect holds each clip's facing frame, a still.
+        if not cls.concatenates(configs):
+            return super().read_defaults(configs)
+        return ModelDefaults(context_frames=1)
+
+    @classmethod
     def required(cls, configs: Configs) -> tuple[str, ...]:
         images = ("image_encoder", "image_processor") if cls.reads_images(configs) else ()
         return super().required(configs) + images
