@@ -250,6 +250,9 @@ class VideoPipeline:
         if family.reads_text and not request.prompt.strip():
             raise ValueError(f"prompt = {request.prompt!r} is not valid for this model: a non-empty text describing "
                              f"the video ({family.label} reads the prompt)")
+        if request.guidance_scale_2 is not None and len(family.denoisers) < 2:
+            raise ValueError(f"guidance_scale_2 = {request.guidance_scale_2:g} is not valid for this model: None (it "
+                             "has one denoiser; guidance_scale_2 guides a second expert, as Wan 2.2 A14B's low-noise one)")
         for knob in KNOBS:
             value = getattr(request, knob)
             if value is not None and knob not in family.knobs:

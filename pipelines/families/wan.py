@@ -120,9 +120,6 @@ class Wan(Family):
         return [self.transformer] + ([self.transformer_2] if self.transformer_2 is not None else [])
 
     def check(self, request: GenerationRequest) -> None:
-        if request.guidance_scale_2 is not None and self.transformer_2 is None:
-            raise ValueError(f"guidance_scale_2 = {request.guidance_scale_2:g} is not valid for this model: None "
-                             "(it has one denoiser; guidance_scale_2 guides Wan 2.2 A14B's low-noise expert)")
         # Wan's rotary embedding has `rope_max_seq_len` positions per axis (1024 in Wan's checkpoints); past
         # them diffusers fails with a reshape error that names no setting.
         positions = getattr(self.transformer.config, "rope_max_seq_len", None)
