@@ -66,17 +66,39 @@ class ModelInfo:
     join_guidance_scale: float | None = None  # extend, loop and connect (None: guidance_scale)
     # Stable Video Diffusion's animate knobs (request.KNOBS) and their defaults: empty for models that read none.
     knobs: dict[str, float] = dataclasses.field(default_factory=dict)
+    modes: dict[str, str | None] | None = None  # mode -> None where offered, else why not (None: every mode)
+    samplers: tuple[str, ...] = tuple(SAMPLERS)  # the ones its family can run
 
     @classmethod
     def of(cls, pipe: Any) -> ModelInfo:
         d = pipe.defaults
         knobs = {name: getattr(d, name) for name in pipe.family.knobs if getattr(d, name, None) is not None}
         return cls(pipe.model_id, d.width, d.height, d.num_frames, d.fps, d.steps, d.guidance_scale, pipe.grid,
-                   pipe.temporal, d.image_first, d.join_guidance_scale, knobs)
+                   pipe.temporal, d.image_first, d.join_guidance_scale, knobs,
+                   dict(pipe.modes), tuple(s for s in SAMPLERS if s in pipe.family.samplers))
 
     def guidance_for(self, tab: str) -> float:
         """A tab's default guidance: its mode's (the Extend tab's loops share extend's)."""
         return default_guidance(tab, self.guidance_scale, self.join_guidance_scale)
+
+    def why_not(self, tab: str) -> str | None:
+        """Why the model cannot do a tab's mode (the tab is named after it), or None when it can."""
+        return (self.modes or {}).get(tab)
+
+    def context_choices(self, at_end: bool) -> list[int]:
+        """Context frames a clip may give: temporal*k+1 (1, 5, 9, ... for a 4x VAE), at least temporal+1 for a
+        clip held at the window's end."""
+        return [self.temporal * k + 1 for k in range(1 if at_end else 0, 5)]
+
+    @property
+    def seconds(self) -> float:
+        """The duration widgets' default: the one that gives the model's default frame count back (between the
+        first and last frame, 5 s for Wan's 81 at 16 fps; counted per frame where the VAE has no temporal
+        compression, 2 s for Stable Video Diffusion's 14 at 7)."""
+        for seconds in (round((self.num_frames - 1) / self.fps, 2), round(self.num_frames / self.fps, 2)):
+            if modes.frames_for_seconds(seconds, self.fps, "window", self.temporal) == self.num_frames:
+                return seconds
+        return round(self.num_frames / self.fps, 2)
 
 
 # ---- sizes and lengths -----------------------------------------------------------------------------------
@@ -573,7 +595,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
     app = StudioApp(engine, info)
     presets = list(app.presets)
     size_choices = presets + [MATCH_INPUT]
-    seconds_default = round((info.num_frames - 1) / info.fps, 2)
+    seconds_default = info.seconds
 
     with gr.Blocks(title="Video Studio") as demo:
         last_output = gr.State(None)
@@ -618,7 +640,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                 steps = gr.Slider(1, 100, value=info.steps, step=1, label="Steps", elem_id=f"{tab}-steps")
                 guidance = gr.Slider(0.0, 15.0, value=info.guidance_for(tab), step=0.5, elem_id=f"{tab}-guidance",
                                      label="Guidance (classifier-free; <= 1 turns it off)")
-                sampler = gr.Dropdown(list(SAMPLERS), value="default", label="Sampler")
+                sampler = gr.Dropdown(list(info.samplers), value="default", label="Sampler")
                 if tab == "animate":  # the model's animate knobs, if it reads any (Stable Video Diffusion)
                     extra["animate_knobs"] = [
                         gr.Slider(KNOB_WIDGETS[name][2], KNOB_WIDGETS[name][3], value=value, step=KNOB_WIDGETS[name][4],
@@ -627,6 +649,12 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
             found = Controls(prompt, negative, seed, steps, guidance, sampler, size, seconds_w, fps)
             controls[tab] = found
             return found
+
+        def unavailable(tab: str) -> None:
+            """A tab whose mode the model lacks says why at its top (its button stays off)."""
+            why = info.why_not(tab)
+            if why:
+                gr.Markdown(f"**{TABS[tab]} is not available for this model:** {why}", elem_id=f"{tab}-unavailable")
 
         def fitted_view(media: gr.components.Component, controls: Controls) -> None:
             view = gr.Image(label="As the model sees it", interactive=False, height=160)
@@ -640,24 +668,30 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
             with gr.Column(scale=3):
                 with gr.Tabs() as tabs:
                     with gr.Tab(TABS["t2v"], id="t2v"):
+                        unavailable("t2v")
                         c = shared("t2v", False, seconds_default)
                         with gr.Row():
                             one_frame = gr.Checkbox(label="One frame (an image)")
                             image_first = gr.Checkbox(label="Image first (the first frame, then the clip from it)",
                                                       value=info.image_first, elem_id="t2v-image-first")
                         extra["t2v"] = {"one_frame": one_frame, "image_first": image_first}
-                        t2v_go = gr.Button("Generate", variant="primary", elem_id="t2v-generate")
+                        t2v_go = gr.Button("Generate", variant="primary", elem_id="t2v-generate",
+                                           interactive=info.why_not("t2v") is None)
                     with gr.Tab(TABS["animate"], id="animate"):
+                        unavailable("animate")
                         image = ImageFile(label="Still (becomes the first frame)", type="filepath", height=200)
                         c = shared("animate", True, seconds_default)
                         fitted_view(image, c)
                         extra["animate"] = {"image": image, **dict(zip(info.knobs, extra["animate_knobs"]))}
-                        animate_go = gr.Button("Animate", variant="primary", elem_id="animate-generate")
+                        animate_go = gr.Button("Animate", variant="primary", elem_id="animate-generate",
+                                               interactive=info.why_not("animate") is None)
                     with gr.Tab(TABS["extend"], id="extend"):
+                        unavailable("extend")
                         ext_video = VideoFile(label="Clip", format=None, height=200)
                         with gr.Row():
                             direction = gr.Radio(["forward", "backward"], value="forward", label="Direction")
-                            context = gr.Dropdown([1, 5, 9, 13, 17], value=9, label="Context frames the model sees")
+                            context = gr.Dropdown(info.context_choices(False), value=2 * info.temporal + 1,
+                                                  label="Context frames the model sees")
                             make_loop = gr.Checkbox(label="Make it loop (bridge the end back to the start)")
                             ext_candidates = gr.Dropdown(CANDIDATES, value=1, label=CANDIDATES_LABEL,
                                                          allow_custom_value=True)
@@ -665,10 +699,12 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                         fitted_view(ext_video, c)
                         extra["extend"] = {"video": ext_video, "direction": direction, "context": context,
                                            "loop": make_loop, "candidates": ext_candidates}
-                        extend_go = gr.Button("Extend", variant="primary", elem_id="extend-generate")
+                        extend_go = gr.Button("Extend", variant="primary", elem_id="extend-generate",
+                                              interactive=info.why_not("extend") is None)
                         make_loop.change(lambda loop: gr.update(value=extend_kind(loop).capitalize()), make_loop,
                                          extend_go, queue=False, api_visibility="private")
                     with gr.Tab(TABS["restyle"], id="restyle"):
+                        unavailable("restyle")
                         rs_video = VideoFile(label="Footage", format=None, height=200)
                         strength = gr.Slider(0.05, 1.0, value=modes.DEFAULT_RESTYLE_STRENGTH, step=0.05,
                                              label="Strength (how far the footage is noised before repainting)")
@@ -680,20 +716,24 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                         fitted_view(rs_video, c)
                         extra["restyle"] = {"video": rs_video, "strength": strength, "trim_from": trim_from,
                                             "trim_to": trim_to}
-                        restyle_go = gr.Button("Restyle", variant="primary", elem_id="restyle-generate")
+                        restyle_go = gr.Button("Restyle", variant="primary", elem_id="restyle-generate",
+                                               interactive=info.why_not("restyle") is None)
                     with gr.Tab(TABS["connect"], id="connect"):
+                        unavailable("connect")
                         with gr.Row():
                             clip_a = VideoFile(label="Clip A (before)", format=None, height=180)
                             clip_b = VideoFile(label="Clip B (after)", format=None, height=180)
                         with gr.Row():
-                            cn_context = gr.Dropdown([5, 9, 13, 17], value=9, label="Context frames of each clip")
+                            cn_context = gr.Dropdown(info.context_choices(True), value=2 * info.temporal + 1,
+                                                     label="Context frames of each clip")
                             cn_candidates = gr.Dropdown(CANDIDATES, value=1, label=CANDIDATES_LABEL,
                                                         allow_custom_value=True)
                         c = shared("connect", True, 1.0, "Transition length (s)", "connect")
                         fitted_view(clip_a, c)
                         extra["connect"] = {"clip_a": clip_a, "clip_b": clip_b, "context": cn_context,
                                             "candidates": cn_candidates}
-                        connect_go = gr.Button("Connect", variant="primary", elem_id="connect-generate")
+                        connect_go = gr.Button("Connect", variant="primary", elem_id="connect-generate",
+                                               interactive=info.why_not("connect") is None)
                     with gr.Tab(TABS["history"], id="history"):
                         refresh = gr.Button("Refresh", size="sm")
                         table = gr.Dataframe(headers=["file", "mode", "prompt", "frames", "seed", "made from"],
@@ -730,24 +770,28 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
         # The engine queues and orders generations (one on the device at a time); Gradio only streams them.
         run_args = dict(outputs=outputs, concurrency_limit=None, show_progress="minimal", show_progress_on=[queue_info])
 
-        def handler(build_request):
+        def handler(build_request, tab: str):
             def run(request: gr.Request, *values):  # Gradio passes the request first (by its type)
+                why = info.why_not(tab)
+                if why:  # an API call to a tab the page shows as unavailable gets the same reason
+                    raise gr.Error(f"{TABS[tab]} is not available for this model: {why}")
                 yield from app.stream(build_request, values, request)
 
             return run
 
         t, a, e, r, k = (controls[n] for n in ("t2v", "animate", "extend", "restyle", "connect"))
         events = [
-            t2v_go.click(handler(app.request_t2v), t.inputs() + [one_frame, image_first], api_name="t2v", **run_args),
-            animate_go.click(handler(app.request_animate), [image] + a.inputs() + extra["animate_knobs"],
+            t2v_go.click(handler(app.request_t2v, "t2v"), t.inputs() + [one_frame, image_first], api_name="t2v",
+                         **run_args),
+            animate_go.click(handler(app.request_animate, "animate"), [image] + a.inputs() + extra["animate_knobs"],
                              api_name="animate", **run_args),
-            extend_go.click(handler(app.request_extend),
+            extend_go.click(handler(app.request_extend, "extend"),
                             [ext_video, direction, context, make_loop, ext_candidates] + e.inputs(),
                             api_name="extend", **run_args),
-            restyle_go.click(handler(app.request_restyle), [rs_video, strength] + r.inputs() + [trim_from, trim_to],
-                             api_name="restyle", **run_args),
-            connect_go.click(handler(app.request_connect), [clip_a, clip_b, cn_context, cn_candidates] + k.inputs(),
-                             api_name="connect", **run_args),
+            restyle_go.click(handler(app.request_restyle, "restyle"),
+                             [rs_video, strength] + r.inputs() + [trim_from, trim_to], api_name="restyle", **run_args),
+            connect_go.click(handler(app.request_connect, "connect"),
+                             [clip_a, clip_b, cn_context, cn_candidates] + k.inputs(), api_name="connect", **run_args),
         ]
         for event in events:
             event.then(app.history_rows, None, [table, picked], queue=False, api_visibility="private")
