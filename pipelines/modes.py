@@ -73,7 +73,8 @@ def _context(requested: int | None, available: int, at_end: bool, temporal: int,
     # frames are held as latents the pipeline refuses it, naming the rule).
     if (requested < minimum and requested != 1) or (requested - 1) % temporal:
         raise ValueError(f"context_frames = {requested} is not valid: {temporal}k+1 frames"
-                         f"{f', at least {minimum}' if minimum > 1 else ''} (1, 5, 9, 13, ... for this VAE)")
+                         f"{f', at least {minimum}' if minimum > 1 else ''} "
+                         f"({', '.join(str(temporal * k + 1) for k in range(4))}, ... for this VAE)")
     if requested > available:
         raise ValueError(f"context_frames = {requested} is more than {name} has ({frames_text(available)})")
     return requested
