@@ -27,7 +27,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -313,13 +312,15 @@ def plan_runs(pipe: VideoPipeline, inputs: Path) -> list[Run]:
 
     runs = []
     window = None
+    size_taken = sizes[0]  # the size a window mode was accepted at (a fixed-size checkpoint: its own)
     for mode in offered:
         if mode in ("t2v", "animate"):
             chosen = accepted(mode, prompt=PROMPT, num_frames=None, **({"image": still} if mode == "animate" else {}))
+            size_taken = (chosen["width"], chosen["height"]) if chosen else size_taken
         elif mode == "image":
             chosen = accepted(mode, prompt=PROMPT)
         else:
-            chosen = {"width": sizes[0][0], "height": sizes[0][1]}
+            chosen = {"width": size_taken[0], "height": size_taken[1]}
         assert chosen is not None, f"{mode}: no small request is valid for this model"
         size = ["--width", str(chosen["width"]), "--height", str(chosen["height"])]
         if mode == "t2v":
