@@ -68,6 +68,7 @@ class ModelInfo:
     knobs: dict[str, float] = dataclasses.field(default_factory=dict)
     modes: dict[str, str | None] | None = None  # mode -> None where offered, else why not (None: every mode)
     samplers: tuple[str, ...] = tuple(SAMPLERS)  # the ones its family can run
+    context_frames: int | None = None  # frames each clip of extend, loop and connect holds (None: the tab's)
 
     @classmethod
     def of(cls, pipe: Any) -> ModelInfo:
@@ -75,7 +76,7 @@ class ModelInfo:
         knobs = {name: getattr(d, name) for name in pipe.family.knobs if getattr(d, name, None) is not None}
         return cls(pipe.model_id, d.width, d.height, d.num_frames, d.fps, d.steps, d.guidance_scale, pipe.grid,
                    pipe.temporal, d.image_first, d.join_guidance_scale, knobs,
-                   dict(pipe.modes), tuple(s for s in SAMPLERS if s in pipe.family.samplers))
+                   dict(pipe.modes), tuple(s for s in SAMPLERS if s in pipe.family.samplers), d.context_frames)
 
     def guidance_for(self, tab: str) -> float:
         """A tab's default guidance: its mode's (the Extend tab's loops share extend's)."""
@@ -87,8 +88,15 @@ class ModelInfo:
 
     def context_choices(self, at_end: bool) -> list[int]:
         """Context frames a clip may give: temporal*k+1 (1, 5, 9, ... for a 4x VAE), at least temporal+1 for a
-        clip held at the window's end."""
+        clip held at the window's end; only 1 for a model that holds single stills (Wan's image-to-video)."""
+        if self.context_frames == 1:
+            return [1]
         return [self.temporal * k + 1 for k in range(1 if at_end else 0, 5)]
+
+    @property
+    def context(self) -> int:
+        """The context dropdowns' default."""
+        return self.context_frames or 2 * self.temporal + 1
 
     @property
     def seconds(self) -> float:
@@ -690,7 +698,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                         ext_video = VideoFile(label="Clip", format=None, height=200)
                         with gr.Row():
                             direction = gr.Radio(["forward", "backward"], value="forward", label="Direction")
-                            context = gr.Dropdown(info.context_choices(False), value=2 * info.temporal + 1,
+                            context = gr.Dropdown(info.context_choices(False), value=info.context,
                                                   label="Context frames the model sees")
                             make_loop = gr.Checkbox(label="Make it loop (bridge the end back to the start)")
                             ext_candidates = gr.Dropdown(CANDIDATES, value=1, label=CANDIDATES_LABEL,
@@ -724,7 +732,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                             clip_a = VideoFile(label="Clip A (before)", format=None, height=180)
                             clip_b = VideoFile(label="Clip B (after)", format=None, height=180)
                         with gr.Row():
-                            cn_context = gr.Dropdown(info.context_choices(True), value=2 * info.temporal + 1,
+                            cn_context = gr.Dropdown(info.context_choices(True), value=info.context,
                                                      label="Context frames of each clip")
                             cn_candidates = gr.Dropdown(CANDIDATES, value=1, label=CANDIDATES_LABEL,
                                                         allow_custom_value=True)

@@ -337,7 +337,7 @@ def plan_runs(pipe: VideoPipeline, inputs: Path) -> list[Run]:
             if clip is None:
                 clip = write_clip(inputs / "clip.mp4", clip_frames, *sizes[0], d.fps)
             new = new_frame_counts(mode, t)[0] if mode != "restyle" else 0
-            context = ["--context-frames", str(t + 1)]
+            context = ["--context-frames", str(d.context_frames or t + 1)]
             if mode == "extend":
                 runs.append(Run(mode, ["--video", clip, "--frames", str(new), *context, *size, "--out", "extend.mp4"],
                                 frames + new))
