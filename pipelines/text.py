@@ -8,6 +8,7 @@ Any transformers encoder with `last_hidden_state` works (UMT5 for Wan, MiniLM fo
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import torch
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
@@ -19,7 +20,7 @@ class PromptEncoder:
         self.text_encoder = text_encoder
         self.max_sequence_length = max_sequence_length
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     @torch.no_grad()
     def _encode(self, text: str) -> torch.Tensor:
@@ -39,13 +40,14 @@ class PromptEncoder:
         hidden[:, length:] = 0  # Wan trains with zeroed padding
         return hidden
 
-    def __call__(self, text: str) -> torch.Tensor:
-        """(1, max_sequence_length, D) embeddings of `text`, from the cache when it was seen recently."""
-        if text in self._cache:
-            self._cache.move_to_end(text)
-            return self._cache[text]
-        embeds = self._encode(text)
-        self._cache[text] = embeds
+    def __call__(self, text: str, *options: Any) -> torch.Tensor:
+        """(1, max_sequence_length, D) embeddings of `text`, from the cache when it was seen recently (with the
+        same `options`, which a subclass's `_encode` reads)."""
+        key = (text, *options)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        embeds = self._cache[key] = self._encode(text, *options)
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return embeds

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pipelines import acceleration
-from pipelines.request import MODES, frames_text
+from pipelines.request import frames_text
 
 log = logging.getLogger("studio.cli")
 
@@ -27,15 +27,21 @@ class UsageError(Exception):
     """A problem with the invocation: printed as one line, exit status 2."""
 
 
-class LoopPlan(NamedTuple):
-    """loop needs the pipeline before its request can be built when it starts from a prompt alone."""
+class BasePlan(NamedTuple):
+    """A mode whose clip is made from the prompt first (`ModeSpec.base`: loop) needs the pipeline before its
+    request can be built."""
 
-    video: str | None
-    params: dict[str, Any]  # modes.build's parameters for the loop, without its clip
+    mode: str
+    source: str  # the parameter the base clip fills
+    params: dict[str, Any]  # modes.build's parameters for the mode, without its clip
 
     def base_params(self) -> dict[str, Any]:
-        """The text-to-video base clip's: the loop's settings, one candidate (they are for the bridge)."""
-        return {k: v for k, v in self.params.items() if k not in ("new_frames", "context_frames")} | {"best_of": 1}
+        """The base clip's: the mode's settings without its own parameters, one candidate (they are for the
+        joins)."""
+        from pipelines.modes import spec_of
+
+        own = {p.name for p in spec_of(self.mode).params}
+        return {k: v for k, v in self.params.items() if k not in own} | {"best_of": 1}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,11 +51,11 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.loading import MODELS
-    from pipelines.modes import DEFAULT_RESTYLE_STRENGTH
+    from pipelines.modes import SPECS
     from pipelines.samplers import SAMPLERS
 
     p = _Parser(prog="launch.py generate", description="Generate a clip without the browser studio.")
-    p.add_argument("mode", choices=MODES + ("reproduce",),
+    p.add_argument("mode", choices=(*SPECS, "reproduce"),
                    help="what to make; reproduce re-runs the request in a sidecar given with --request")
     p.add_argument("--request", help="reproduce: an output's JSON sidecar (its request is run again as it was)")
     p.add_argument("--model", help=f"a registry name ({', '.join(MODELS)}), a diffusers folder or a hub id "
@@ -57,13 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=False, help="what the clip shows (a model that reads no prompt, such "
                    "as Stable Video Diffusion, animates without one)")
     p.add_argument("--negative", default="", help="what to steer away from")
-    p.add_argument("--image", help="animate: the still that becomes frame 0")
-    p.add_argument("--video", help="extend, loop, restyle: the clip; connect: clip A")
-    p.add_argument("--video-b", help="connect: clip B")
-    p.add_argument("--direction", choices=("forward", "backward"), default="forward", help="extend: which way")
-    p.add_argument("--start", type=float, default=0.0, metavar="SECONDS",
-                   help="restyle: where in the clip the window starts (the trim's in point; --frames or --seconds "
-                        "is its length)")
+    add_mode_options(p)
     p.add_argument("--frames", type=int, help="frames of the clip; for extend, loop and connect the new frames")
     p.add_argument("--seconds", type=float, help="length instead of --frames, snapped to a valid frame count")
     p.add_argument("--fps", type=float, help="frames per second (the model's default when omitted)")
@@ -72,24 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int)
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (<= 1 turns it off; the model's "
                                                 "default for the mode when omitted)")
-    p.add_argument("--strength", type=float,
-                   help="restyle: how far the clip is noised (0-1, default "
-                        f"{DEFAULT_RESTYLE_STRENGTH:g}); animate: how firmly the still is held")
-    p.add_argument("--context-frames", type=int, help="extend, loop, connect: frames of each clip the model sees")
     p.add_argument("--seed", type=int, help="random seed (random when omitted; recorded in the sidecar)")
     p.add_argument("--best-of", type=int, default=1, metavar="N",
                    help="extend, loop, connect: sample N candidates (seeds seed..seed+N-1), keep the smoothest joins")
-    p.add_argument("--image-first", action=argparse.BooleanOptionalAction, default=None,
-                   help="t2v: sample the first frame alone, then the clip with it held (the model's default when "
-                        "omitted)")
     p.add_argument("--sampler", choices=tuple(SAMPLERS), default="default")
     p.add_argument("--shift", type=float, help="flow shift (the checkpoint's when omitted)")
-    p.add_argument("--motion-bucket", type=int, metavar="ID", help="animate, Stable Video Diffusion: how much motion "
-                   "(0-1023, more is more; the model's 127 when omitted)")
-    p.add_argument("--noise-aug", type=float, metavar="STRENGTH", help="animate, Stable Video Diffusion: noise "
-                   "added to the still before encoding (more departs further from it; the model's 0.02 when omitted)")
-    p.add_argument("--min-guidance", type=float, help="animate, Stable Video Diffusion: the first frame's guidance, "
-                   "rising to --guidance at the last (the model's 1 when omitted)")
     p.add_argument("--conditioning", choices=("per_token", "replace"), help="override the model's conditioning strategy")
     p.add_argument("--no-saved-latents", action="store_true", help="re-encode source clips even when they have latents")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -103,6 +90,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames-out", help="also write every frame of the final clip as PNG into this folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def mode_options() -> dict[str, list[tuple[Any, Any]]]:
+    """Each mode option (but the length's --frames/--seconds) with the (spec, param) pairs that take it."""
+    from pipelines.modes import SPECS
+
+    options: dict[str, list[tuple[Any, Any]]] = {}
+    for spec in SPECS.values():
+        for param in spec.params:
+            if param.kind != "length":
+                options.setdefault(param.option, []).append((spec, param))
+    return options
+
+
+def _dest(option: str) -> str:
+    return option.lstrip("-").replace("-", "_")
+
+
+def add_mode_options(p: argparse.ArgumentParser) -> None:
+    """The modes' own options, made from their specs: one option may serve several modes (--video)."""
+    kinds = {"start": float, "context": int, "int": int, "float": float, "image": str, "clip": str}
+    for option, users in mode_options().items():
+        param = users[0][1]
+        helps: dict[str, list[str]] = {}
+        for spec, user in users:
+            default = "" if user.default is None or user.kind == "start" else f" (default {user.default})"
+            if spec.base and user in spec.media():
+                default += f" (when omitted, one is made from the prompt first, as {spec.base} makes it)"
+            helps.setdefault(user.help + default, []).append(spec.name)
+        text = "; ".join(f"{', '.join(names)}: {text}" for text, names in helps.items())
+        if param.knob:
+            text += " (models that read it: Stable Video Diffusion; the model's default when omitted)"
+        if param.kind == "bool":
+            p.add_argument(option, action=argparse.BooleanOptionalAction, default=None,
+                           help=text + " (the model's default when omitted)")
+        elif param.kind == "choice":
+            p.add_argument(option, choices=param.choices, help=text)
+        else:
+            p.add_argument(option, type=kinds[param.kind], help=text)
 
 
 # ---- from arguments to a request ------------------------------------------------------------------------
@@ -201,65 +227,73 @@ def _typed_text(value: str | None, flag: str) -> str | None:
     return text
 
 
-# The flags of GenerationRequest's KNOBS: only families that read them (Family.knobs) take them.
-KNOB_FLAGS = {"motion_bucket_id": ("--motion-bucket", "motion_bucket"),
-              "noise_aug_strength": ("--noise-aug", "noise_aug"),
-              "min_guidance_scale": ("--min-guidance", "min_guidance")}
+def _names(modes: list[str]) -> str:
+    return modes[0] if len(modes) == 1 else f"{', '.join(modes[:-1])} and {modes[-1]}"
+
+
+def _check_applies(args: argparse.Namespace, spec: Any, knobs: tuple[str, ...]) -> None:
+    """Refuse an option the mode (or the model) does not read, naming those that do."""
+    length = next((p for p in spec.params if p.kind == "length"), None)
+    if length is None and (args.frames is not None or args.seconds is not None):
+        if spec.frames == 1:
+            raise UsageError(f"{spec.name} makes one frame; drop --frames/--seconds")
+        raise UsageError(f"{spec.name} has no length to set; drop --frames/--seconds")
+    for option, users in mode_options().items():
+        if getattr(args, _dest(option)) is None:
+            continue
+        param = spec.param(next((p.name for s, p in users if s is spec), ""))
+        if param is None:
+            raise UsageError(f"{option} applies to {_names([s.name for s, _ in users])}, not {spec.name}")
+        if param.knob and param.name not in knobs:
+            raise UsageError(f"{option} applies to models that read it (Stable Video Diffusion), not this one")
+
+
+def _mode_value(args: argparse.Namespace, spec: Any, param: Any, fps: float, temporal: int) -> Any:
+    """A mode parameter from its option, in the builder's units."""
+    from pipelines import modes
+
+    if param.kind == "length":
+        return _frames(args, param.count, fps, temporal, None)
+    value = getattr(args, _dest(param.option))
+    if value is None:
+        return None
+    if param.is_media:
+        return _require_file(value, param.option, spec.name)
+    if param.kind == "start":
+        return modes.trim(value, None, fps, temporal)[0]
+    return value
 
 
 def build_request(args: argparse.Namespace, defaults: Any, geometry: Any, reads_text: bool = True,
                   knobs: tuple[str, ...] = ()):
-    """The request the flags describe; what they leave out takes the model's defaults (modes.build).
-    `reads_text` False: the model reads no prompt (animate runs without --prompt); `knobs`: the optional
-    request fields it reads (request.KNOBS)."""
+    """The request the options describe, made by the mode's spec; what they leave out takes the model's
+    defaults (modes.build). `reads_text` False: the model reads no prompt (a promptless mode runs without
+    --prompt); `knobs`: the optional request fields it reads (request.KNOBS)."""
     from pipelines import modes
-    from pipelines.request import PROMPTLESS_MODES
 
     args.prompt, args.negative = _typed_text(args.prompt, "--prompt"), _typed_text(args.negative, "--negative")
-    mode, prompt, temporal = args.mode, args.prompt, geometry.temporal
-    for knob, (flag, attribute) in KNOB_FLAGS.items():
-        if getattr(args, attribute) is not None and knob not in knobs:
-            raise UsageError(f"{flag} applies to models that read it (Stable Video Diffusion), not this one")
-    if not prompt and (reads_text or mode not in PROMPTLESS_MODES):
-        raise UsageError(f"{mode} needs --prompt")
-    prompt = prompt or ""
-    if args.strength is not None and mode not in ("restyle", "animate"):
-        raise UsageError(f"--strength applies to restyle and animate, not {mode}")
-    if args.start and mode != "restyle":
-        raise UsageError(f"--start applies to restyle, not {mode}")
-    if args.image_first is not None and mode != "t2v":
-        raise UsageError(f"--image-first applies to t2v, not {mode}")
+    spec = modes.spec_of(args.mode)
+    _check_applies(args, spec, knobs)
+    if not args.prompt and (reads_text or not spec.promptless):
+        raise UsageError(f"{spec.name} needs --prompt")
     fps = args.fps if args.fps is not None else defaults.fps
     params: dict[str, Any] = dict(
-        prompt=prompt, negative_prompt=args.negative, width=args.width, height=args.height, fps=fps,
+        prompt=args.prompt or "", negative_prompt=args.negative, width=args.width, height=args.height, fps=fps,
         steps=args.steps, guidance_scale=args.guidance,
         seed=args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little"),
         sampler=args.sampler, shift=args.shift, conditioning_strategy=args.conditioning,
         use_saved_latents=not args.no_saved_latents, best_of=args.best_of,
-        **{knob: getattr(args, attribute) for knob, (_, attribute) in KNOB_FLAGS.items()},
     )
-    if mode == "t2v":
-        params.update(num_frames=_frames(args, "window", fps, temporal, None), image_first=args.image_first)
-    elif mode == "animate":
-        params.update(image=_require_file(args.image, "--image", mode), strength=args.strength,
-                      num_frames=_frames(args, "window", fps, temporal, None))
-    elif mode == "restyle":
-        params.update(video=_require_file(args.video, "--video", mode), strength=args.strength,
-                      start=modes.trim(args.start, None, fps, temporal)[0],
-                      num_frames=_frames(args, "window", fps, temporal, None))
-    elif mode == "extend":
-        params.update(clip=_require_file(args.video, "--video", mode), direction=args.direction,
-                      new_frames=_frames(args, "extend", fps, temporal, None), context_frames=args.context_frames)
-    elif mode == "connect":
-        params.update(clip_a=_require_file(args.video, "--video", mode),
-                      clip_b=_require_file(args.video_b, "--video-b", mode),
-                      new_frames=_frames(args, "connect", fps, temporal, None), context_frames=args.context_frames)
-    elif mode == "loop":
-        params.update(new_frames=_frames(args, "loop", fps, temporal, None), context_frames=args.context_frames)
-        return LoopPlan(args.video and _require_file(args.video, "--video", mode), params)
-    elif mode != "image":
-        raise UsageError(f"unknown mode {mode!r}")
-    return modes.build(mode, defaults, geometry, **params)
+    missing = None
+    for param in spec.params:
+        params[param.name] = _mode_value(args, spec, param, fps, geometry.temporal)
+        if param.is_media and params[param.name] is None:
+            missing = missing or param
+    if missing is not None:
+        if spec.base is None:
+            raise UsageError(f"{spec.name} needs {missing.option}")
+        return BasePlan(spec.name, missing.name, {k: v for k, v in params.items() if k != missing.name})
+    return modes.build(spec.name, defaults, geometry, **params)
 
 
 def _reproduced(args: argparse.Namespace):
@@ -295,9 +329,13 @@ def _sources_beside(request: Any, folder: Path) -> Any:
             return source
         return str(folder / source)
 
+    from pipelines.modes import spec_of
+
     items = tuple(dataclasses.replace(item, source=found(item.source)) for item in request.conditioning)
     init = found(request.init_video) if request.init_video else request.init_video
-    return request.replace(conditioning=items, init_video=init)
+    made = dict(request.mode_params)
+    made.update({p.name: found(made[p.name]) for p in spec_of(request.mode).media() if made.get(p.name)})
+    return request.replace(conditioning=items, init_video=init, mode_params=made)
 
 
 def _check_device(device: str | None) -> None:
@@ -340,8 +378,6 @@ def run(argv: list[str]) -> int:
     from pipelines.families import inspect_model
 
     _check_device(args.device)
-    if args.mode == "image" and (args.frames is not None or args.seconds is not None):
-        raise UsageError("image makes one frame; drop --frames/--seconds")
     recorded = None
     if args.mode == "reproduce":
         built, recorded = _reproduced(args)
@@ -352,7 +388,7 @@ def run(argv: list[str]) -> int:
     args.model = args.model or "embedded"
     model = inspect_model(args.model)
     defaults, geometry = model.defaults, model.geometry
-    mode = getattr(built, "mode", "loop") if args.mode == "reproduce" else args.mode
+    mode = built.mode if args.mode == "reproduce" else args.mode
     if model.modes.get(mode):
         raise UsageError(f"{args.model} cannot {mode}: {model.modes[mode]}. It offers: {', '.join(model.offered)}")
     if args.mode != "reproduce":
@@ -361,30 +397,29 @@ def run(argv: list[str]) -> int:
     check_out_paths(out if out is not None else DEFAULT_OUTPUTS / "new.mp4", args.frames_out)
     if out is not None and out.suffix.lower() not in (".mp4", ".gif", ".png"):
         raise UsageError(f"--out {str(out)!r} is not valid: a .mp4, .gif or .png file")
-    if out is not None and out.suffix.lower() == ".png" and getattr(built, "mode", args.mode) != "image":
-        raise UsageError("--out .png holds one frame: use it with the image mode, or write .mp4/.gif")
-    _check_targets(out, args, _inputs_of(built, args))
-
     from pipelines import VideoPipeline, modes
     from pipelines.request import GenerationRequest, check_grid
 
+    if out is not None and out.suffix.lower() == ".png" and modes.spec_of(built.mode).frames != 1:
+        raise UsageError("--out .png holds one frame: use it with the image mode, or write .mp4/.gif")
+    _check_targets(out, args, _inputs_of(built, args), isinstance(built, BasePlan))
+
     # Checked before the weights load, which takes minutes for a real checkpoint.
-    probe = built if isinstance(built, GenerationRequest) else modes.build("t2v", defaults, geometry,
-                                                                           **built.base_params())
+    probe = built if isinstance(built, GenerationRequest) else modes.build(
+        modes.spec_of(built.mode).base, defaults, geometry, **built.base_params())
     check_grid(probe, geometry.grid, geometry.temporal)
     _quiet_library_progress()
     started = time.perf_counter()
     pipe = VideoPipeline.from_pretrained(args.model, device=args.device, low_vram=args.low_vram)
     acceleration.apply_arguments(pipe, args)
     print(f"loaded {pipe.model_id} on {pipe.device} in {time.perf_counter() - started:.1f} s")
-    if isinstance(built, LoopPlan):  # from a clip, or from the prompt through a text-to-video base clip
-        video = built.video
-        if video is None:  # without --guidance the base clip takes text-to-video's, the bridge the join guidance
-            base = modes.build("t2v", defaults, geometry, **built.base_params())
-            base_out = None if out is None else out.with_name(out.stem + ".base.mp4")
-            video = str(_generate_and_write(pipe, base, base_out, None, args.quiet, overwrite=False)[0])
-            print(f"wrote the clip to loop: {video}")
-        built = modes.build("loop", defaults, geometry, clip=video, **built.params)
+    if isinstance(built, BasePlan):  # its clip from the prompt first (loop: a text-to-video clip)
+        # Without --guidance the base clip takes its own mode's guidance, the joins theirs.
+        base = modes.build(modes.spec_of(built.mode).base, defaults, geometry, **built.base_params())
+        base_out = None if out is None else out.with_name(out.stem + ".base.mp4")
+        clip = str(_generate_and_write(pipe, base, base_out, None, args.quiet, overwrite=False)[0])
+        print(f"wrote the clip to {built.mode}: {clip}")
+        built = modes.build(built.mode, defaults, geometry, **{built.source: clip}, **built.params)
     out, sidecar = _generate_and_write(pipe, built, out, args.frames_out, args.quiet, args.overwrite)
     joins = f", joins {', '.join(f'{x:.2f}' for x in sidecar['joins'])}x the median step" if sidecar["joins"] else ""
     print(f"wrote {out} ({frames_text(sidecar['frames'])}, {sidecar['width']}x{sidecar['height']}, "
@@ -410,21 +445,21 @@ def _inputs_of(built: Any, args: argparse.Namespace) -> list[tuple[str, Path]]:
     if isinstance(built, GenerationRequest):
         found += [("an input", item.source) for item in built.conditioning]
         found += [("--video", built.init_video)] if built.init_video else []
-    elif built.video:
-        found.append(("--video", built.video))
-    named = {Path(path).resolve(): flag for path, flag in ((args.image, "--image"), (args.video, "--video"),
-                                                            (args.video_b, "--video-b")) if path}
+    media = [option for option, users in mode_options().items() if users[0][1].is_media]
+    named = {Path(path).resolve(): option for option in media if (path := getattr(args, _dest(option)))}
+    found += [(option, path) for path, option in named.items() if not isinstance(built, GenerationRequest)]
     return [(named.get(Path(path).resolve(), flag), Path(path).resolve()) for flag, path in found]
 
 
-def _check_targets(out: Path | None, args: argparse.Namespace, inputs: list[tuple[str, Path]]) -> None:
+def _check_targets(out: Path | None, args: argparse.Namespace, inputs: list[tuple[str, Path]],
+                   makes_base: bool = False) -> None:
     """Before anything loads: the run never writes over what it reads, nor over an existing file unless
     --overwrite names exactly that path."""
     from pipelines.video_io import FRAME_FILES
     from studio.outputs import files_of
 
     targets = [] if out is None else files_of(out, gif=False, latents=out.suffix.lower() == ".mp4")
-    base = [] if out is None or args.mode != "loop" or args.video else \
+    base = [] if out is None or not makes_base else \
         files_of(out.with_name(out.stem + ".base.mp4"), gif=False, latents=True)
     taken = [t.name for t in base if os.path.lexists(t)]
     if taken:  # --overwrite names --out alone

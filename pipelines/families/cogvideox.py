@@ -32,7 +32,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from pipelines.cpu_kernels import use_onednn_conv3d
 from pipelines.families.base import Conditions, Configs, Denoiser, Family, Geometry
 from pipelines.loading import ModelDefaults
-from pipelines.request import MODES, GenerationRequest
+from pipelines.modes import SPECS
+from pipelines.request import GenerationRequest
 from pipelines.sampling import GuidedDenoiser, HeldLatents, Schedule
 from pipelines.text import PromptEncoder
 
@@ -178,7 +179,7 @@ class CogVideoX(Family):
     @classmethod
     def read_modes(cls, configs: Configs) -> dict[str, str | None]:
         if not _is_i2v(configs):
-            return {mode: None for mode in MODES}
+            return {mode: None for mode in SPECS}
         needs_still = ("CogVideoX image-to-video needs a still at frame 0 (its transformer reads the still's "
                        "latents on its channels)")
         clips = ("CogVideoX image-to-video holds only a still at frame 0, not clips; a CogVideoX text-to-video "
@@ -216,10 +217,7 @@ class CogVideoX(Family):
     # ---- loaded -------------------------------------------------------------------------------------
     def __init__(self, parts, configs, defaults, device, low_vram=False):
         super().__init__(parts, configs, defaults, device, low_vram)
-        self.transformer = parts["transformer"].eval()
-        self.text_encoder = parts["text_encoder"].eval()
-        self.scheduler = parts["scheduler"]  # the checkpoint's; each pass gets a fresh copy
-        self.prompts = T5Prompts(parts["tokenizer"], self.text_encoder, defaults.max_sequence_length)
+        self.hold_text_model(T5Prompts)
         self.i2v = _is_i2v(configs)
         self._still: tuple[np.ndarray, Any] | None = None  # the last still encoded and its posterior
         vae = self.vae.eval()

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +44,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from pipelines.families.base import Conditions, Configs, Denoiser, Family, Geometry, Schedule
 from pipelines.loading import ModelDefaults
 from pipelines.request import GenerationRequest
+from pipelines.text import PromptEncoder
 from pipelines.samplers import make_scheduler
 from pipelines.sampling import GuidedDenoiser, HeldLatents
 
@@ -163,19 +163,13 @@ class LTXHeld(HeldLatents):
         return latents[:, :, self.extra_frames:]
 
 
-class T5Prompts:
+class T5Prompts(PromptEncoder):
     """LTX's prompt encoding (diffusers' `_get_t5_prompt_embeds`): the prompt padded to `max_sequence_length`
     tokens, padding states kept; LTXPipeline encodes without the attention mask, LTXConditionPipeline with it
-    (`masked`). The mask travels with the states for the transformer's cross-attention. Recent prompts are
-    cached."""
-
-    def __init__(self, tokenizer, text_encoder: torch.nn.Module, max_sequence_length: int, cache_size: int = 8):
-        self.tokenizer, self.text_encoder = tokenizer, text_encoder
-        self.max_sequence_length, self.cache_size = max_sequence_length, cache_size
-        self._cache: OrderedDict[tuple[str, bool], torch.Tensor] = OrderedDict()
+    (`masked`). The mask travels with the states for the transformer's cross-attention."""
 
     @torch.no_grad()
-    def _encode(self, text: str, masked: bool) -> torch.Tensor:
+    def _encode(self, text: str, masked: bool = False) -> torch.Tensor:
         tokens = self.tokenizer([text], padding="max_length", max_length=self.max_sequence_length, truncation=True,
                                 add_special_tokens=True, return_tensors="pt")
         device = next(self.text_encoder.parameters()).device
@@ -186,14 +180,7 @@ class T5Prompts:
     def __call__(self, text: str, masked: bool = False) -> torch.Tensor:
         """(1, L, D + 1): the states with the attention mask appended as their last channel, so guidance can
         batch them as one tensor."""
-        key = (text, masked)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        embeds = self._cache[key] = self._encode(text, masked)
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return embeds
+        return super().__call__(text, masked)
 
 
 class LTX(Family):
@@ -223,10 +210,7 @@ class LTX(Family):
 
     def __init__(self, parts, configs, defaults, device, low_vram=False):
         super().__init__(parts, configs, defaults, device, low_vram)
-        self.transformer = parts["transformer"].eval()
-        self.text_encoder = parts["text_encoder"].eval()
-        self.scheduler = parts["scheduler"]  # the checkpoint's; each pass gets a fresh copy
-        self.prompts = T5Prompts(parts["tokenizer"], self.text_encoder, defaults.max_sequence_length)
+        self.hold_text_model(T5Prompts)
         vae = self.vae.eval()
         z = self.geometry.channels
         self._latent_mean = vae.latents_mean.float().view(1, z, 1, 1, 1).cpu()

@@ -29,7 +29,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from pipelines.families.base import Conditions, Configs, Denoiser, Family, Geometry, Schedule
 from pipelines.loading import ModelDefaults
-from pipelines.request import MODES, GenerationRequest
+from pipelines.modes import SPECS
+from pipelines.request import GenerationRequest
 from pipelines.sampling import GuidedDenoiser
 
 LABEL = "Stable Video Diffusion"
@@ -80,7 +81,7 @@ class SVD(Family):
     # ---- from the configs alone -----------------------------------------------------------------------
     @classmethod
     def read_modes(cls, configs: Configs) -> dict[str, str | None]:
-        return {mode: WHY_NOT.get(mode) for mode in MODES}
+        return {mode: WHY_NOT.get(mode) for mode in SPECS}
 
     @classmethod
     def read_geometry(cls, configs: Configs) -> Geometry:
