@@ -27,6 +27,14 @@ class UsageError(Exception):
     """A problem with the invocation: printed as one line, exit status 2."""
 
 
+class MissingInput(UsageError):
+    """An input file that does not exist (yet: a batch's job may read what an earlier job writes)."""
+
+    def __init__(self, message: str, path: str):
+        super().__init__(message)
+        self.path = path
+
+
 class BasePlan(NamedTuple):
     """A mode whose clip is made from the prompt first (`ModeSpec.base`: loop) needs the pipeline before its
     request can be built."""
@@ -55,9 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.samplers import SAMPLERS
 
     p = _Parser(prog="launch.py generate", description="Generate a clip without the browser studio.")
-    p.add_argument("mode", choices=(*SPECS, "reproduce"),
-                   help="what to make; reproduce re-runs the request in a sidecar given with --request")
+    p.add_argument("mode", choices=(*SPECS, "reproduce", "batch"),
+                   help="what to make; reproduce re-runs the request in a sidecar given with --request; batch runs "
+                        "every job in --jobs on one load of the model")
     p.add_argument("--request", help="reproduce: an output's JSON sidecar (its request is run again as it was)")
+    p.add_argument("--jobs", help="batch: a JSON-lines file, one job a line: the options of a run by name "
+                   '({"mode": "t2v", "prompt": "a cat", "seconds": 2}) or an output\'s sidecar')
     p.add_argument("--model", help=f"a registry name ({', '.join(MODELS)}), a diffusers folder or a hub id "
                                    "(default: embedded; for reproduce, the model recorded in the sidecar)")
     p.add_argument("--prompt", required=False, help="what the clip shows (a model that reads no prompt, such "
@@ -137,7 +148,7 @@ def _require_file(path: str | None, flag: str, mode: str) -> str:
     if not path:
         raise UsageError(f"{mode} needs {flag}")
     if not Path(path).exists():
-        raise UsageError(f"{flag} {path!r} does not exist")
+        raise MissingInput(f"{flag} {path!r} does not exist", path)
     return str(Path(path).absolute())
 
 
@@ -297,8 +308,6 @@ def build_request(args: argparse.Namespace, defaults: Any, geometry: Any, reads_
 
 
 def _reproduced(args: argparse.Namespace):
-    from pipelines.request import GenerationRequest
-
     path = _require_file(args.request, "--request", "reproduce")
     try:
         data = json.loads(Path(path).read_bytes().decode("utf-8"))
@@ -310,13 +319,20 @@ def _reproduced(args: argparse.Namespace):
         raise UsageError(f"--request {path!r} nests too deep to be a sidecar this studio wrote") from None
     except ValueError as error:  # not JSON, or an integer longer than Python converts
         raise UsageError(f"--request {path!r} is not a readable JSON sidecar ({str(error)[:120]})") from None
+    return sidecar_request(data, Path(path).absolute().parent, f"--request {path!r}")
+
+
+def sidecar_request(data: Any, folder: Path, where: str) -> tuple[Any, str | None]:
+    """(the request, the model it records) of a sidecar's contents; `where` names it in errors."""
+    from pipelines.request import GenerationRequest
+
     if not isinstance(data, dict) or "request" not in data:
-        raise UsageError(f"--request {path!r} holds no 'request': pass the .json written beside an output")
+        raise UsageError(f"{where} holds no 'request': pass the .json written beside an output")
     model = data.get("model")
     if model is not None and (not isinstance(model, str) or not model):
-        raise UsageError(f"--request {path!r} records a model that is not a name ({model!r:.60}); pass --model")
+        raise UsageError(f"{where} records a model that is not a name ({model!r:.60}); pass --model")
     request = GenerationRequest.from_dict(data["request"])
-    return _sources_beside(request, Path(path).absolute().parent), model
+    return _sources_beside(request, folder), model
 
 
 def _sources_beside(request: Any, folder: Path) -> Any:
@@ -378,7 +394,11 @@ def run(argv: list[str]) -> int:
     from pipelines.families import inspect_model
 
     _check_device(args.device)
-    recorded = None
+    if args.mode == "batch":
+        from studio.batch import run_batch
+
+        return run_batch(args)
+    built = None
     if args.mode == "reproduce":
         built, recorded = _reproduced(args)
         if args.model is None:
@@ -387,45 +407,65 @@ def run(argv: list[str]) -> int:
             print(f"note: reproducing with {args.model}; the sidecar records {recorded}")
     args.model = args.model or "embedded"
     model = inspect_model(args.model)
+    built, out = prepare(args, model, built)
+    pipe = load(args)
+    execute(pipe, model, built, out, args)
+    return 0
+
+
+def prepare(args: argparse.Namespace, model: Any, built: Any = None) -> tuple[Any, Path | None]:
+    """(the request or base plan, the output path) of one run, checked before any weights load, which takes
+    minutes for a real checkpoint. `built`: a request given whole (reproduce), else built from `args`."""
+    from pipelines import modes
+    from pipelines.request import GenerationRequest, check_grid
+
     defaults, geometry = model.defaults, model.geometry
-    mode = built.mode if args.mode == "reproduce" else args.mode
+    mode = built.mode if built is not None else args.mode
     if model.modes.get(mode):
         raise UsageError(f"{args.model} cannot {mode}: {model.modes[mode]}. It offers: {', '.join(model.offered)}")
-    if args.mode != "reproduce":
+    if built is None:
         built = build_request(args, defaults, geometry, model.family.reads_text, model.family.knobs)
     out = Path(args.out) if args.out else None
     check_out_paths(out if out is not None else DEFAULT_OUTPUTS / "new.mp4", args.frames_out)
     if out is not None and out.suffix.lower() not in (".mp4", ".gif", ".png"):
         raise UsageError(f"--out {str(out)!r} is not valid: a .mp4, .gif or .png file")
-    from pipelines import VideoPipeline, modes
-    from pipelines.request import GenerationRequest, check_grid
-
     if out is not None and out.suffix.lower() == ".png" and modes.spec_of(built.mode).frames != 1:
         raise UsageError("--out .png holds one frame: use it with the image mode, or write .mp4/.gif")
     _check_targets(out, args, _inputs_of(built, args), isinstance(built, BasePlan))
-
-    # Checked before the weights load, which takes minutes for a real checkpoint.
     probe = built if isinstance(built, GenerationRequest) else modes.build(
         modes.spec_of(built.mode).base, defaults, geometry, **built.base_params())
     check_grid(probe, geometry.grid, geometry.temporal)
+    return built, out
+
+
+def load(args: argparse.Namespace) -> Any:
+    """The pipeline of `--model`, with the speed options applied."""
+    from pipelines import VideoPipeline
+
     _quiet_library_progress()
     started = time.perf_counter()
     pipe = VideoPipeline.from_pretrained(args.model, device=args.device, low_vram=args.low_vram)
     acceleration.apply_arguments(pipe, args)
     print(f"loaded {pipe.model_id} on {pipe.device} in {time.perf_counter() - started:.1f} s")
+    return pipe
+
+
+def execute(pipe: Any, model: Any, built: Any, out: Path | None, args: argparse.Namespace) -> Path:
+    """Generate a prepared run and write it (a base plan makes its clip first); returns the output's path."""
+    from pipelines import modes
+
     if isinstance(built, BasePlan):  # its clip from the prompt first (loop: a text-to-video clip)
         # Without --guidance the base clip takes its own mode's guidance, the joins theirs.
-        base = modes.build(modes.spec_of(built.mode).base, defaults, geometry, **built.base_params())
+        base = modes.build(modes.spec_of(built.mode).base, model.defaults, model.geometry, **built.base_params())
         base_out = None if out is None else out.with_name(out.stem + ".base.mp4")
         clip = str(_generate_and_write(pipe, base, base_out, None, args.quiet, overwrite=False)[0])
         print(f"wrote the clip to {built.mode}: {clip}")
-        built = modes.build(built.mode, defaults, geometry, **{built.source: clip}, **built.params)
+        built = modes.build(built.mode, model.defaults, model.geometry, **{built.source: clip}, **built.params)
     out, sidecar = _generate_and_write(pipe, built, out, args.frames_out, args.quiet, args.overwrite)
     joins = f", joins {', '.join(f'{x:.2f}' for x in sidecar['joins'])}x the median step" if sidecar["joins"] else ""
     print(f"wrote {out} ({frames_text(sidecar['frames'])}, {sidecar['width']}x{sidecar['height']}, "
-          f"{sidecar['fps']:g} fps, "
-          f"seed {built.seed}{joins}) and {out.name}.json")
-    return 0
+          f"{sidecar['fps']:g} fps, seed {built.seed}{joins}) and {out.name}.json")
+    return out
 
 
 def _quiet_library_progress() -> None:
@@ -441,7 +481,7 @@ def _inputs_of(built: Any, args: argparse.Namespace) -> list[tuple[str, Path]]:
     """(flag, resolved path) of every file or folder the run reads."""
     from pipelines.request import GenerationRequest
 
-    found = [("--request", args.request)] if args.mode == "reproduce" else []
+    found = [("--request", args.request)] if args.mode == "reproduce" and args.request else []
     if isinstance(built, GenerationRequest):
         found += [("an input", item.source) for item in built.conditioning]
         found += [("--video", built.init_video)] if built.init_video else []
