@@ -267,9 +267,13 @@ def small_size(grid: int) -> tuple[int, int]:
     return grid * -(-64 // grid), grid * -(-32 // grid)
 
 
+# CogVideoX-5B-I2V animates at its one size, 720x480: about 520 s on CI's two cores, more on a loaded machine.
+RUN_TIMEOUT_S = 1200
+
+
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          text=True, timeout=RUN_TIMEOUT_S, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 COVERED: dict[str, str] = {}  # a configuration's fingerprint -> the entry whose command-line runs covered it
