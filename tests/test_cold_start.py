@@ -7,11 +7,13 @@ import json
 import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from pipelines.text import prompt_clean
+from studio.serve import PendingPipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "diffusers", "transformers", "gradio")
@@ -62,6 +64,47 @@ def test_a_generation_imports_model_classes_not_diffusers_pipelines(tmp_path):
     assert "diffusers.models.transformers.transformer_wan" in modules  # the embedded model did run
     assert not pipeline_modules(modules)
     assert "gradio" not in modules
+
+
+def test_the_studio_page_is_built_before_diffusers_loads(tmp_path):
+    """`python launch.py` serves its page from the model's configs; the weights load after."""
+    code = (f"from pathlib import Path\nfrom studio.serve import PendingPipeline, create\n"
+            f"demo, _ = create('embedded', Path({str(tmp_path)!r}), pipe=PendingPipeline('embedded', 'cpu'))\nrc = 0")
+    rc, modules, err = imported_by(code)
+    assert rc == 0, err
+    assert "gradio" in modules
+    assert not {"diffusers", "transformers"} & modules
+
+
+def test_a_pending_pipeline_shows_the_loaded_ones_facts_and_makes_users_wait(tiny_model_dir):
+    from studio.app import ModelInfo
+
+    pending = PendingPipeline(str(tiny_model_dir), "cpu")
+    before = ModelInfo.of(pending)  # what the page is built from, before any weights
+    found = {}
+    waiter = threading.Thread(target=lambda: found.update(device=pending.device))  # not known from configs
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive() and not found  # waits for the load
+    pending.load()
+    waiter.join(60)
+    assert str(found["device"]) == "cpu"
+    assert ModelInfo.of(pending) == before == ModelInfo.of(pending._pipe)
+    assert type(pending.family).__name__ == "Wan"  # the loaded adapter now, not the class
+
+
+def test_a_pending_pipeline_that_failed_to_load_says_so(tmp_path, tiny_model_dir):
+    import shutil
+
+    folder = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, folder)
+    for weights in (folder / "transformer").glob("*.safetensors"):
+        weights.write_bytes(b"not weights")
+    pending = PendingPipeline(str(folder), "cpu")  # its configs are fine
+    with pytest.raises(Exception):
+        pending.load()
+    with pytest.raises(RuntimeError, match="the model did not load"):
+        pending.generate
 
 
 AWKWARD = [
