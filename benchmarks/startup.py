@@ -12,6 +12,10 @@ own ratios (and the ratio of the minimums).
   against benchmarks/diffusers_wan_script.py, diffusers' `WanPipeline` as a plain script on the same folder,
   size, steps, guidance, seed and prompt length.
 
+Each measure also records the process's CPU seconds (user + system) up to that point. On a machine shared
+with other work the wall-clock figures stretch with the load; the CPU figures much less (the load averages
+at the start and end of the run are printed), so both ratios are given.
+
 With `--clips`, the last round's studio also makes two clips through its API, as the browser does: seconds
 from the page to the first step and to the finished clip, then the same for a second clip (weights load once).
 
@@ -52,20 +56,38 @@ def failed(what: str, process: subprocess.Popen, output: bytes) -> SystemExit:
     return SystemExit(f"{what} exited with {process.returncode}:\n{output.decode(errors='replace')[-3000:]}")
 
 
-def time_exit(command: list[str], limit: float) -> float:
-    """Seconds from starting `command` to its exit (status 0)."""
-    begin = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, timeout=limit, check=False)
-    seconds = time.perf_counter() - begin
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command[:4])} ... exited with {done.returncode}:\n"
-                         f"{(done.stdout + done.stderr).decode(errors='replace')[-3000:]}")
-    return seconds
+def cpu_so_far(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a running process has used, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
-def time_first_step(command: list[str], limit: float) -> tuple[float, int]:
-    """(seconds from starting the CLI to its progress bar's first completed step, the step it showed). tqdm
-    redraws at most every 0.1 s, so a step shorter than that may show as a later one: the step is returned."""
+def time_exit(command: list[str], limit: float) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) from starting `command` to its exit (status 0)."""
+    with tempfile.TemporaryFile() as output:
+        begin = time.perf_counter()
+        process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
+        deadline = begin + limit
+        while True:  # wait4 gives the finished process's own CPU accounting
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                process.kill()
+                raise SystemExit(f"{' '.join(command[:4])} ... ran past {limit:.0f} s")
+            time.sleep(0.005)
+        seconds = time.perf_counter() - begin
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            output.seek(0)
+            raise failed(" ".join(command[:4]) + " ...", process, output.read())
+    return seconds, usage.ru_utime + usage.ru_stime
+
+
+def time_first_step(command: list[str], limit: float) -> tuple[float, float, int]:
+    """(wall seconds from starting the CLI to its progress bar's first completed step, CPU seconds by then,
+    the step it showed). tqdm redraws at most every 0.1 s, so a step shorter than that may show as a later
+    one: the step is returned."""
     begin = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen = b""
@@ -82,7 +104,7 @@ def time_first_step(command: list[str], limit: float) -> tuple[float, int]:
                 seen += chunk
                 steps = [int(m.group(1)) for m in PROGRESS.finditer(seen) if int(m.group(1)) > 0]
                 if steps:
-                    return time.perf_counter() - begin, steps[0]
+                    return time.perf_counter() - begin, cpu_so_far(process.pid), steps[0]
         raise SystemExit(f"no progress from the CLI after {limit:.0f} s:\n{seen.decode(errors='replace')[-3000:]}")
     finally:
         process.kill()
@@ -122,7 +144,8 @@ def generate(client, defaults: list) -> tuple[float, float]:
 
 
 def time_page(model: str, outputs: Path, limit: float, clips: bool) -> dict[str, float]:
-    """Seconds from starting the studio to a 200 on its root URL; with `clips`, then two clips' timings."""
+    """Seconds from starting the studio to a 200 on its root URL (and its CPU seconds by then); with `clips`,
+    then two clips' timings."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     begin = time.perf_counter()
@@ -131,7 +154,7 @@ def time_page(model: str, outputs: Path, limit: float, clips: bool) -> dict[str,
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_for_page(url, process, limit)
-        found = {"page": time.perf_counter() - begin}
+        found = {"page": time.perf_counter() - begin, "page_cpu": cpu_so_far(process.pid)}
         if clips:
             from gradio_client import Client
 
@@ -184,46 +207,61 @@ def main(argv: list[str] | None = None) -> None:
         if encoder != facts.folder / "text_encoder":  # taken from a package (studio.json)
             reference += ["--text-encoder", str(encoder)]
 
-        times: dict[str, list[float]] = {"torch": [], "first_step": [], "page": [], "cli": [], "diffusers": []}
-        shown_steps, clips = [], {}
+        measures = ("torch", "first_step", "page", "cli", "diffusers")
+        times: dict[str, list[float]] = {name: [] for name in measures}
+        cpu: dict[str, list[float]] = {name: [] for name in measures}
+        shown_steps, clips, load = [], {}, [os.getloadavg()[0]]
         for index in range(args.rounds):
             last = index == args.rounds - 1
-            times["torch"].append(time_exit([sys.executable, "-c", "import torch"], args.limit))
-            seconds, step = time_first_step(cli, args.limit)
+            seconds, used = time_exit([sys.executable, "-c", "import torch"], args.limit)
+            times["torch"].append(seconds)
+            cpu["torch"].append(used)
+            seconds, used, step = time_first_step(cli, args.limit)
             times["first_step"].append(seconds)
+            cpu["first_step"].append(used)
             shown_steps.append(step)
             found = time_page(model, tmp / "outputs", args.limit, clips=args.clips and last)
             times["page"].append(found.pop("page"))
+            cpu["page"].append(found.pop("page_cpu"))
             clips |= found
             # The pair alternates which runs first, so neither always follows the other's page cache.
             for name in (("cli", "diffusers") if index % 2 == 0 else ("diffusers", "cli")):
-                times[name].append(time_exit(cli if name == "cli" else reference, args.limit))
+                seconds, used = time_exit(cli if name == "cli" else reference, args.limit)
+                times[name].append(seconds)
+                cpu[name].append(used)
             print(f"round {index + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()),
                   flush=True)
+        load.append(os.getloadavg()[0])
 
-    ratios = {"first_step/torch": ratio(times["first_step"], times["torch"]),
-              "page/torch": ratio(times["page"], times["torch"]),
-              "cli/diffusers": ratio(times["cli"], times["diffusers"])}
+    pairs = {"first_step/torch": ("first_step", "torch"), "page/torch": ("page", "torch"),
+             "cli/diffusers": ("cli", "diffusers")}
+    ratios = {key: ratio(times[a], times[b]) for key, (a, b) in pairs.items()}
+    cpu_ratios = {key: ratio(cpu[a], cpu[b]) for key, (a, b) in pairs.items()}
     targets = {"first_step/torch": 2.5, "page/torch": 5.0, "cli/diffusers": 0.7}
     result = {"model": label, "rounds": args.rounds, "steps": args.steps, "size": size, "cpus": os.cpu_count(),
-              "seconds": {k: summary(v) for k, v in times.items()}, "runs": times, "first_step_shown": shown_steps,
-              "ratios": ratios, "targets": targets, "clips": clips}
+              "load_average_1min": {"start": load[0], "end": load[1]},
+              "seconds": {k: summary(v) for k, v in times.items()}, "cpu_seconds": {k: summary(v) for k, v in cpu.items()},
+              "runs": times, "cpu_runs": cpu, "first_step_shown": shown_steps,
+              "ratios": ratios, "cpu_ratios": cpu_ratios, "targets": targets, "clips": clips}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
 
     print(f"\nmodel: {label}; {size['width']}x{size['height']}x{size['frames']}, {args.steps} steps, "
-          f"{args.rounds} rounds, {os.cpu_count()} CPUs")
+          f"{args.rounds} rounds, {os.cpu_count()} CPUs, 1-minute load average {load[0]:.1f} at the start and "
+          f"{load[1]:.1f} at the end")
     names = {"torch": '`python -c "import torch"`', "first_step": "`launch.py generate t2v` to its first step",
              "page": "`python launch.py` to a usable page", "cli": "`launch.py generate t2v`, whole process",
              "diffusers": "diffusers' `WanPipeline` script, whole process"}
-    print("| measure | min s | median s |")
-    print("|---|---|---|")
+    print("| measure | wall s: min | median | CPU s: min | median |")
+    print("|---|---|---|---|---|")
     for key, name in names.items():
-        print(f"| {name} | {min(times[key]):.2f} | {statistics.median(times[key]):.2f} |")
-    print("\n| ratio | median of rounds | of minimums | target |")
-    print("|---|---|---|---|")
+        print(f"| {name} | {min(times[key]):.2f} | {statistics.median(times[key]):.2f} | {min(cpu[key]):.2f} | "
+              f"{statistics.median(cpu[key]):.2f} |")
+    print("\n| ratio | wall: median of rounds | of minimums | CPU: median of rounds | of minimums | target |")
+    print("|---|---|---|---|---|---|")
     for key, value in ratios.items():
-        print(f"| {key} | {value['median']:.2f} | {value['of_min']:.2f} | <= {targets[key]:g} |")
+        print(f"| {key} | {value['median']:.2f} | {value['of_min']:.2f} | {cpu_ratios[key]['median']:.2f} | "
+              f"{cpu_ratios[key]['of_min']:.2f} | <= {targets[key]:g} |")
     if any(step != 1 for step in shown_steps):
         print(f"note: the progress bar first showed steps {shown_steps} (a step under tqdm's 0.1 s redraw)")
     if clips:

@@ -34,6 +34,7 @@ def test_startup_benchmark_times_each_start_against_importing_torch(tiny_model_d
     # Every start imports torch; the CLI's first step comes before its whole run ends.
     assert all(0 < seconds["torch"]["min"] < row["min"] for name, row in seconds.items() if name != "torch")
     assert seconds["first_step"]["min"] < seconds["cli"]["min"]
+    assert set(result["cpu_seconds"]) == set(seconds) and all(row["min"] > 0 for row in result["cpu_seconds"].values())
     assert set(result["ratios"]) == {"first_step/torch", "page/torch", "cli/diffusers"}
     clips = result["clips"]
     assert 0 < clips["first_step_after_page"] <= clips["first_clip_after_page"]
