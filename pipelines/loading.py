@@ -13,11 +13,12 @@ import json
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from pipelines.request import GenerationRequest, default_guidance
+
+if TYPE_CHECKING:  # the registry and the folder checks run before torch is needed (the CLI's usage errors)
+    import torch
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -224,6 +225,8 @@ def load_components(folder: Path, index: dict[str, Any], required: tuple[str, ..
     missing = [name for name in required if name not in listed]
     if missing:
         raise ModelNotAvailable(f"{str(folder)!r} lacks components the pipeline needs: {', '.join(missing)}")
+    import torch
+
     unweighted = ("tokenizer", "scheduler", "processor", "feature_extractor")
     return {name: load_component(folder, name, spec,
                                  torch.float32 if name == "vae" else None if name.startswith(unweighted) or

@@ -7,11 +7,23 @@ Any transformers encoder with `last_hidden_state` works (UMT5 for Wan, MiniLM fo
 
 from __future__ import annotations
 
+import html
 from collections import OrderedDict
 from typing import Any
 
 import torch
-from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+
+def prompt_clean(text: str) -> str:
+    """diffusers' `prompt_clean` of its Wan pipelines, copied because importing `diffusers.pipelines.wan`
+    costs seconds at start-up; tests/test_cold_start.py checks it against diffusers' own on awkward text.
+    Whitespace is matched with the `regex` package, as diffusers does: the standard library's \\s also
+    matches U+001C-U+001F."""
+    import ftfy  # a dependency: diffusers applies it whenever it is installed
+    import regex
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return regex.sub(r"\s+", " ", text).strip()
 
 
 class PromptEncoder:

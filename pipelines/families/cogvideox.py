@@ -25,9 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers.models.embeddings import get_3d_rotary_pos_embed
-from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
-from diffusers.utils.torch_utils import randn_tensor
 
 from pipelines.cpu_kernels import use_onednn_conv3d
 from pipelines.families.base import Conditions, Configs, Denoiser, Family, Geometry
@@ -36,6 +33,9 @@ from pipelines.modes import SPECS
 from pipelines.request import GenerationRequest
 from pipelines.sampling import GuidedDenoiser, HeldLatents, Schedule
 from pipelines.text import PromptEncoder
+
+# diffusers is imported where it is used: its pipeline modules take seconds to import, and the registry
+# imports every family to read a model's configs (the CLI's argument checks, the studio's page).
 
 I2V_PIPELINE = "CogVideoXImageToVideoPipeline"
 
@@ -329,6 +329,8 @@ class CogVideoX(Family):
         """Draws in the order of diffusers' pipelines: image-to-video samples the still's posterior, then the
         noise; video-to-video samples the init video's posterior, then the noise; the noise is drawn in
         (B, F, C, H, W) over the padded frames (CogVideoX 1.5) and read in the loop's (B, C, F, H, W)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
         batch, channels, frames, height, width = shape
         padded = frames + temporal_padding(frames, self.patch_t)
         extras: dict[str, Any] = {}
@@ -380,6 +382,9 @@ class CogVideoX(Family):
         """(cos, sin) of the rotary embeddings over `frames` latent frames of height x width latents, as
         diffusers' `_prepare_rotary_positional_embeddings`: 1.0 fits the grid into the sample size's crop;
         1.5 slices a fixed table (frames counted in temporal patches)."""
+        from diffusers.models.embeddings import get_3d_rotary_pos_embed
+        from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
+
         config = self.transformer.config
         p, p_t = config.patch_size, config.patch_size_t
         grid_h, grid_w = height // p, width // p

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 
 from pipelines.families.base import Conditions, Configs, Denoiser, Family, Geometry, Schedule
 from pipelines.loading import ModelDefaults
@@ -178,6 +177,8 @@ class Wan(Family):
         return scheduled(request, make_scheduler(request.sampler, self.scheduler, request.shift), self.device)
 
     def prepare(self, request, shape, placed, generator) -> Conditions:
+        from diffusers.utils.torch_utils import randn_tensor  # here: the registry imports this module early
+
         # Drawn on the CPU from the seed, as diffusers' randn_tensor draws it.
         return Conditions(randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32))
 
