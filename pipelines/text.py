@@ -15,8 +15,9 @@ import torch
 
 
 def prompt_clean(text: str) -> str:
-    """diffusers' `prompt_clean` of its Wan pipelines, copied because importing `diffusers.pipelines.wan`
-    costs seconds at start-up; tests/test_cold_start.py checks it against diffusers' own on awkward text.
+    """diffusers' `prompt_clean` of its Wan pipelines, copied: the registry imports this module to read a
+    model's configs, before anything needs diffusers, whose Wan pipeline module takes seconds to import
+    alone. tests/test_cold_start.py checks the copy against diffusers' own on awkward text.
     Whitespace is matched with the `regex` package, as diffusers does: the standard library's \\s also
     matches U+001C-U+001F."""
     import ftfy  # a dependency: diffusers applies it whenever it is installed

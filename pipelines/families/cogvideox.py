@@ -34,8 +34,8 @@ from pipelines.request import GenerationRequest
 from pipelines.sampling import GuidedDenoiser, HeldLatents, Schedule
 from pipelines.text import PromptEncoder
 
-# diffusers is imported where it is used: its pipeline modules take seconds to import, and the registry
-# imports every family to read a model's configs (the CLI's argument checks, the studio's page).
+# diffusers is imported where it is used: the registry imports every family to read a model's configs
+# (the CLI's argument checks, the studio's page), which must not wait seconds for diffusers to import.
 
 I2V_PIPELINE = "CogVideoXImageToVideoPipeline"
 

@@ -45,8 +45,8 @@ from pipelines.text import PromptEncoder
 from pipelines.samplers import make_scheduler
 from pipelines.sampling import GuidedDenoiser, HeldLatents
 
-# diffusers is imported where it is used: its pipeline modules take seconds to import, and the registry
-# imports every family to read a model's configs (the CLI's argument checks, the studio's page).
+# diffusers is imported where it is used: the registry imports every family to read a model's configs
+# (the CLI's argument checks, the studio's page), which must not wait seconds for diffusers to import.
 
 # LTXConditionPipeline's call default. Diffusers' LTX notes suggest 0.025 for 0.9.1+ (and the 0.9.7 examples
 # use 0); set `family.image_cond_noise_scale` to change it.

@@ -31,8 +31,8 @@ from pipelines.modes import SPECS
 from pipelines.request import GenerationRequest
 from pipelines.sampling import GuidedDenoiser
 
-# diffusers is imported where it is used: its pipeline modules take seconds to import, and the registry
-# imports every family to read a model's configs (the CLI's argument checks, the studio's page).
+# diffusers is imported where it is used: the registry imports every family to read a model's configs
+# (the CLI's argument checks, the studio's page), which must not wait seconds for diffusers to import.
 
 LABEL = "Stable Video Diffusion"
 # StableVideoDiffusionPipeline's call defaults, for a folder that names none (no registry entry, no studio.json).
