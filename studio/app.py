@@ -270,6 +270,10 @@ def _seconds(value: Any, field: str = "Duration") -> float:
     return seconds
 
 
+def _trim_from(value: Any) -> float:
+    return _number(value, "Trim from", "0 or more seconds into the clip")
+
+
 def _candidates(value: Any) -> int:
     return _number(value, "Candidates", f"a whole number from 1 to {MAX_BEST_OF}", whole=True)
 
@@ -334,7 +338,7 @@ class StudioApp:
         if param.is_media:
             return self._keep(value, param.help)
         if param.kind == "length" and param.after:  # a trim's end, after its start
-            start = _number(values.get(spec.param(param.after).key), "Trim from", "0 or more seconds into the clip")
+            start = _trim_from(values.get(spec.param(param.after).key))
             empty = value is None or (isinstance(value, str) and not value.strip())
             end = None if empty else _number(value, "Trim to", "a time in seconds after 'from', or 0 for as far "
                                                                "as the model's window goes")
@@ -342,7 +346,7 @@ class StudioApp:
         if param.kind == "length":
             return modes.frames_for_seconds(_seconds(value, param.caption), fps, param.count, self.info.temporal)
         if param.kind == "start":
-            return modes.trim(_number(value, "Trim from", "0 or more seconds into the clip"), None, fps,
+            return modes.trim(_trim_from(value), None, fps,
                               self.info.temporal)[0]
         if param.kind == "context":
             return _context(value)
@@ -659,7 +663,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                 found["fps"] = gr.Number(value=info.fps, label="Frames per second", minimum=1, maximum=60)
             if length is not None:  # what the duration becomes, under the rule of the mode the checkboxes pick
                 def note(seconds: float, fps: float, *ticked: bool) -> str:
-                    picked = next((spec for spec, on in zip(switches, ticked) if on), tab_modes()[tab][0])
+                    picked = mode_of(tab, dict(zip((spec.switch for spec in switches), ticked)))
                     rule = next(p for p in picked.params if p.kind == "length")
                     return length_text(seconds, fps, rule.count, info)
 
@@ -754,7 +758,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                                      interactive=info.why_not(tab) is None)
             if switches:
                 def action(*ticked: bool) -> Any:
-                    picked = next((spec for spec, on in zip(switches, ticked) if on), specs[0])
+                    picked = mode_of(tab, dict(zip((spec.switch for spec in switches), ticked)))
                     return gr.update(value=picked.action)
 
                 for spec in switches:
