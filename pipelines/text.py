@@ -39,6 +39,10 @@ class PromptEncoder:
         hidden[:, length:] = 0  # Wan trains with zeroed padding
         return hidden
 
+    def __contains__(self, text: str) -> bool:
+        """Whether `text`'s embeddings are cached (the planner counts only the prompts still to encode)."""
+        return text in self._cache
+
     def __call__(self, text: str) -> torch.Tensor:
         """(1, max_sequence_length, D) embeddings of `text`, from the cache when it was seen recently."""
         if text in self._cache:

@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pipelines import acceleration
+from pipelines import acceleration, planner
 from pipelines.request import MODES, frames_text
 
 log = logging.getLogger("studio.cli")
 
 DEFAULT_OUTPUTS = Path("outputs")
+PLANNER_CACHE = DEFAULT_OUTPUTS / ".planner"  # the planner's calibration (pipelines/planner.py)
 
 
 class UsageError(Exception):
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conditioning", choices=("per_token", "replace"), help="override the model's conditioning strategy")
     p.add_argument("--no-saved-latents", action="store_true", help="re-encode source clips even when they have latents")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--low-vram", action="store_true", help="offload models to the CPU between uses and tile the VAE")
+    planner.add_arguments(p)  # --memory, --low-vram (= --memory low), --plan-only
     acceleration.add_arguments(p)
     p.add_argument("--out", help="output file: .mp4, .gif, or .png for one frame (default: a new name in outputs/, "
                                  "<time>-<mode>-<seed>.mp4)")
@@ -374,7 +375,7 @@ def run(argv: list[str]) -> int:
     check_grid(probe, geometry.grid, geometry.temporal)
     _quiet_library_progress()
     started = time.perf_counter()
-    pipe = VideoPipeline.from_pretrained(args.model, device=args.device, low_vram=args.low_vram)
+    pipe = VideoPipeline.from_pretrained(args.model, device=args.device, memory=planner.load_mode(args.memory))
     acceleration.apply_arguments(pipe, args)
     print(f"loaded {pipe.model_id} on {pipe.device} in {time.perf_counter() - started:.1f} s")
     if isinstance(built, LoopPlan):  # from a clip, or from the prompt through a text-to-video base clip
@@ -382,9 +383,15 @@ def run(argv: list[str]) -> int:
         if video is None:  # without --guidance the base clip takes text-to-video's, the bridge the join guidance
             base = modes.build("t2v", defaults, geometry, **built.base_params())
             base_out = None if out is None else out.with_name(out.stem + ".base.mp4")
+            planner.announce(pipe, base, args.memory, PLANNER_CACHE)
+            if args.plan_only:
+                return 0
             video = str(_generate_and_write(pipe, base, base_out, None, args.quiet, overwrite=False)[0])
             print(f"wrote the clip to loop: {video}")
         built = modes.build("loop", defaults, geometry, clip=video, **built.params)
+    planner.announce(pipe, built, args.memory, PLANNER_CACHE)
+    if args.plan_only:
+        return 0
     out, sidecar = _generate_and_write(pipe, built, out, args.frames_out, args.quiet, args.overwrite)
     joins = f", joins {', '.join(f'{x:.2f}' for x in sidecar['joins'])}x the median step" if sidecar["joins"] else ""
     print(f"wrote {out} ({frames_text(sidecar['frames'])}, {sidecar['width']}x{sidecar['height']}, "

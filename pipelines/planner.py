@@ -1,0 +1,769 @@
+"""Know before you run: a request's predicted time and peak memory on the loaded pipeline and device, and the
+memory mode that fits it (`--memory auto`).
+
+Predictions come from measurements of the loaded model on this device, not from constants:
+- Time. A denoiser forward of batch B over n latent tokens takes a + B (b n + c n^2) seconds (c is the part of
+  attention that grows with the square of the tokens), fitted to a few timed sampling steps at different token
+  counts; per-token timesteps (held frames) add d n per batch item. A VAE decode takes a + b (frames x pixels),
+  an encode the same form; a prompt's encoding is timed once.
+- Memory. The same forms give the peak each stage adds above what the process holds before it (the sampling
+  state and activations, attention, the VAE's working set and its output), fitted to the peaks of the same
+  runs: the process's resident set on a CPU (VmHWM, reset before each run, after returning freed memory to
+  the system), `torch.cuda.max_memory_allocated` on CUDA. Weights are counted, not fitted: the bytes of every
+  module's parameters and buffers, resident as the memory mode keeps them (pipelines/memory.py).
+A request's plan adds the stages as the engine runs them: text for prompts not yet cached, the encoding of
+its conditioning frames, each candidate's sampling passes (image-first's two) and its decode.
+
+Calibration runs on first use per model, device, dtype, thread count and attention backend, with explicit
+generators, and is cached in a small JSON file in the folder the caller names (the CLI: outputs/.planner/).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import json
+import os
+import uuid
+import platform
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from pipelines import memory as memory_modes
+from pipelines.request import ConditioningItem, GenerationRequest, frames_text
+from pipelines.sampling import GenerationCancelled
+
+MEMORY_CHOICES = ("auto",) + memory_modes.MODES
+CALIBRATION_FILE = "calibration.json"
+CALIBRATION_VERSION = 1
+GB = 2**30  # shown as "GB", as operating systems and GPU tools show memory
+PROBE_PROMPT = "the planner's calibration run"
+PROBE_STEPS = 3  # per timed sampling pass: the first step (shape warm-up) is not timed
+STAGES = ("text", "encode", "denoise", "decode")
+
+
+# ---- measuring -----------------------------------------------------------------------------------------
+def _status(field_name: str) -> int | None:
+    """A byte count from /proc/self/status (Linux), or None."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _rss() -> int:
+    rss = _status("VmRSS")
+    if rss is None:
+        import psutil
+
+        rss = psutil.Process().memory_info().rss
+    return rss
+
+
+def _malloc_trim() -> None:
+    """Give the memory glibc keeps after frees back to the system, so that the resident set counts what is in
+    use (a later allocation reuses what it kept, so a peak measured over kept memory reads too low)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+class Meter:
+    """Device memory in use and its peak over a block of work: the process's resident set on a CPU (what the
+    operating system counts against its RAM), the allocator's bytes on CUDA; and a clock that waits for the
+    device."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self._sampled = 0
+        self._sampler: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def now(self) -> int:
+        return torch.cuda.memory_allocated(self.device) if self.cuda else _rss()
+
+    def start(self) -> int:
+        """Release what the allocator holds unused and restart the peak from here; returns the use now."""
+        self.stop()
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self.now()
+        _malloc_trim()
+        try:  # Linux: "5" resets the resident set's high-water mark (VmHWM)
+            with open("/proc/self/clear_refs", "w") as refs:
+                refs.write("5")
+        except OSError:  # elsewhere, sample the resident set until stop()
+            self._sampled = _rss()
+            self._stop.clear()
+            self._sampler = threading.Thread(target=self._sample, daemon=True)
+            self._sampler.start()
+        return self.now()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self._sampled = max(self._sampled, _rss())
+
+    def stop(self) -> None:
+        if self._sampler is not None:
+            self._stop.set()
+            self._sampler.join()
+            self._sampler = None
+
+    def peak(self) -> int:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(self.device)
+        hwm = _status("VmHWM") if self._sampler is None else None
+        return max(hwm if hwm is not None else self._sampled, self.now())
+
+    def clock(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers."""
+    return sum(t.numel() * t.element_size() for t in itertools.chain(module.parameters(), module.buffers()))
+
+
+def resident_bytes(pipe) -> int:
+    """Bytes of the pipeline's weights on its device now."""
+    kind = pipe.device.type
+    return sum(t.numel() * t.element_size() for module in memory_modes.modules_of(pipe.family).values()
+               for t in itertools.chain(module.parameters(), module.buffers()) if t.device.type == kind)
+
+
+# ---- fitting ---------------------------------------------------------------------------------------------
+def _fit(features: list[list[float]], values: list[float]) -> list[float]:
+    """Non-negative least squares on relative errors (each row divided by its value): every subset of the
+    columns is solved and the best solution with no negative coefficient kept (at most 3 columns here)."""
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(values, dtype=np.float64)
+    weight = 1.0 / np.maximum(np.abs(y), 1e-12)
+    xw, yw = x * weight[:, None], y * weight
+    columns = x.shape[1]
+    best, best_error = np.zeros(columns), float(np.sum(yw**2))
+    for mask in range(1, 2**columns):
+        chosen = [j for j in range(columns) if mask >> j & 1]
+        solution, *_ = np.linalg.lstsq(xw[:, chosen], yw, rcond=None)
+        if (solution < 0).any():
+            continue
+        error = float(np.sum((xw[:, chosen] @ solution - yw) ** 2))
+        if error < best_error - 1e-15:
+            best, best_error = np.zeros(columns), error
+            best[chosen] = solution
+    return [float(v) for v in best]
+
+
+def _poly(coefficients: list[float], *features: float) -> float:
+    return sum(c * f for c, f in zip(coefficients, (1.0, *features)))
+
+
+def forward_seconds(step: dict[str, Any], batch: int, n: int, held: bool) -> float:
+    """Seconds of one denoiser forward of `batch` items over n tokens: the per-call overhead plus `batch`
+    times one item's time. One item's time is read off the timed probes (linear between them); past the
+    largest, it grows as the quadratic fitted to the probes from the default size up (attention's share
+    grows with the square of the tokens); below the smallest, along the line through the two smallest."""
+    ns, seconds = [p[0] for p in step["points"]], [p[1] for p in step["points"]]
+    overhead = step["overhead"]
+    if n > ns[-1]:
+        total = seconds[-1] * _poly(step["beyond"], n, n * n) / max(_poly(step["beyond"], ns[-1], ns[-1] ** 2), 1e-12)
+    elif n < ns[0] and len(ns) > 1:
+        total = max(overhead, seconds[0] - (ns[0] - n) * (seconds[1] - seconds[0]) / (ns[1] - ns[0]))
+    else:
+        total = float(np.interp(n, ns, seconds))
+    return overhead + batch * max(0.0, total - overhead + (step["per_token"][0] * n if held else 0.0))
+
+
+# ---- the VAE's geometry ----------------------------------------------------------------------------------
+def _tiles(vae: Any, height: int, width: int, spatial: int, tiled: bool) -> tuple[int, int]:
+    """(largest tile's pixels, all tiles' pixels) of one frame as the VAE decodes it: the frame itself, or,
+    when its tiling is on and the frame is larger than a tile, its overlapping tiles (diffusers' tiled_decode
+    steps over the latents by the stride and decodes up to the minimum tile size from each position)."""
+    if not tiled or not hasattr(vae, "tile_sample_min_height"):
+        return height * width, height * width
+    tile_h, tile_w = vae.tile_sample_min_height, vae.tile_sample_min_width
+    if height <= tile_h and width <= tile_w:
+        return height * width, height * width
+    stride_h = max(1, vae.tile_sample_stride_height // spatial)
+    stride_w = max(1, vae.tile_sample_stride_width // spatial)
+    lat_h, lat_w, min_h, min_w = height // spatial, width // spatial, tile_h // spatial, tile_w // spatial
+    rows = [min(min_h, lat_h - i) * spatial for i in range(0, lat_h, stride_h)]
+    cols = [min(min_w, lat_w - j) * spatial for j in range(0, lat_w, stride_w)]
+    return max(rows) * max(cols), sum(rows) * sum(cols)
+
+
+def _vae_features(pipe, frames: int, height: int, width: int, tiled: bool) -> tuple[float, float, float]:
+    """(frames x all tiles' pixels, frames at once x largest tile's pixels, frames x pixels) of a VAE pass:
+    its work, its working set (a causal VAE holds one latent's frames at a time) and its output."""
+    tile, total = _tiles(pipe.vae, height, width, pipe.spatial, tiled)
+    at_once = min(frames, pipe.temporal)
+    return frames * total, at_once * tile, frames * height * width
+
+
+# ---- calibration -----------------------------------------------------------------------------------------
+def calibration_key(pipe) -> str:
+    """What the measurements hold for: the model (its id and denoiser size), the device, the dtype, the CPU
+    threads and the attention backend."""
+    device = pipe.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"cpu {platform.machine()} x{torch.get_num_threads()}"
+    denoiser = pipe.transformer
+    parameters = sum(p.numel() for module in pipe.family.denoisers for p in module.parameters())
+    backend = next((getattr(m.processor, "_attention_backend", None) for m in denoiser.modules()
+                    if hasattr(m, "processor")), None)
+    return f"{pipe.model_id} ({parameters:,} parameters) on {name}, {str(denoiser.dtype).removeprefix('torch.')}, " \
+           f"attention {backend or 'default'}"
+
+
+@dataclass
+class _Probe:
+    stamps: list[float]  # clock at each step callback
+    base: int  # device memory in use before the run
+    peak: int  # its peak during the run
+
+
+class Calibration:
+    """Measured coefficients of one model on one device, by section ("step", "decode", "encode", "text",
+    "transfer"), each measured on first use and saved to `cache` (a folder; None keeps them in this process)."""
+
+    _memory: dict[str, dict[str, Any]] = {}  # key -> sections, for cache=None and between reads
+
+    def __init__(self, pipe, cache: str | Path | None = None):
+        self.pipe = pipe
+        self.key = calibration_key(pipe)
+        self.path = Path(cache) / CALIBRATION_FILE if cache is not None else None
+        stored = self._read().get(self.key) if self.path is not None else None
+        self.sections: dict[str, Any] = stored if stored is not None else Calibration._memory.setdefault(self.key, {})
+        self.meter = Meter(pipe.device)
+        self.runs = 0  # calibration runs made by this object (sampling probes and VAE/text passes)
+        self._stills: tempfile.TemporaryDirectory | None = None  # grey stills for models that only animate
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data.get("entries", {}) if data.get("version") == CALIBRATION_VERSION else {}
+
+    def _write(self) -> None:
+        if self.path is None:
+            return
+        entries = self._read()
+        entries[self.key] = self.sections
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        temporary.write_text(json.dumps({"version": CALIBRATION_VERSION, "entries": entries}, indent=1))
+        os.replace(temporary, self.path)
+
+    def section(self, name: str) -> dict[str, Any]:
+        if name not in self.sections:
+            measure: Callable[[], dict[str, Any]] = getattr(self, f"_measure_{name}")
+            with self._calibration_mode(), torch.no_grad():
+                self.sections[name] = measure()
+            self._write()
+        return self.sections[name]
+
+    @contextlib.contextmanager
+    def _calibration_mode(self):
+        """Measure with the weights where they do not move during a stage: everything resident on a CPU
+        (where it is free), one model at a time on CUDA (what fits a device a model's weights fit), so that
+        timings hold no transfers; the pipeline's mode comes back afterwards."""
+        family = self.pipe.family
+        was = family.memory.name
+        wanted = "full" if self.pipe.device.type == "cpu" else "low"
+        if wanted != was:
+            memory_modes.apply(family, wanted)
+        try:
+            yield
+        finally:
+            if family.memory.name != was:
+                memory_modes.apply(family, was)
+
+    # -- the runs --
+    def _probe_request(self, width: int, height: int, frames: int, steps: int, **extra: Any) -> GenerationRequest:
+        """A small unguided request at this size: text to video, or animate from a grey still where the model
+        makes clips from stills only."""
+        pipe = self.pipe
+        settings = dict(prompt=PROBE_PROMPT, width=width, height=height, num_frames=frames, fps=pipe.defaults.fps,
+                        steps=steps, guidance_scale=1.0, seed=0, **extra)
+        if pipe.modes.get("t2v") is None:
+            return GenerationRequest(mode="t2v", **settings)
+        from PIL import Image
+
+        if self._stills is None:
+            self._stills = tempfile.TemporaryDirectory(prefix="planner-")
+        still = Path(self._stills.name) / f"grey-{width}x{height}.png"
+        Image.new("RGB", (width, height), (128, 128, 128)).save(still)
+        settings.pop("image_first", None)
+        return GenerationRequest(mode="animate", conditioning=(ConditioningItem(str(still), source_count=1),),
+                                 **settings)
+
+    def _sample(self, request: GenerationRequest, callbacks: int) -> _Probe:
+        """Run `request` for `callbacks` steps, then cancel it (no decode): the clock at each step, the peak."""
+        stamps: list[float] = []
+
+        def callback(step: int, total: int, latents: torch.Tensor) -> None:
+            stamps.append(self.meter.clock())
+            if len(stamps) >= callbacks:
+                raise GenerationCancelled
+
+        base = self.meter.start()
+        with contextlib.suppress(GenerationCancelled):
+            self.pipe.generate(request, callback=callback)
+        self.runs += 1
+        probe = _Probe(stamps, base, self.meter.peak())
+        self.meter.stop()
+        return probe
+
+    def _timed(self, work: Callable[[], Any]) -> tuple[float, int]:
+        """(seconds, peak bytes above the use before) of one call."""
+        base = self.meter.start()
+        started = self.meter.clock()
+        result = work()
+        seconds = self.meter.clock() - started
+        peak = self.meter.peak() - base
+        self.meter.stop()
+        del result
+        self.runs += 1
+        return seconds, peak
+
+    def _correction(self, stage: str, resident_before: int) -> int:
+        """Weights the calibration mode moved onto the device for `stage` (counted, not fitted)."""
+        return stage_weights(self.pipe, self.pipe.family.memory.name, stage) - resident_before
+
+    def _sizes(self) -> list[tuple[int, int, int]]:
+        """Probe windows around the model's default: half, one and two times its side at its length, and two
+        times its side at about twice its length (for the quadratic part), within its token limit."""
+        pipe, d = self.pipe, self.pipe.defaults
+        grid, t = pipe.grid, pipe.temporal
+        fixed = pipe.family.geometry.fixed_size
+
+        def side(value: int, k: float) -> int:
+            return max(grid, int(round(value * k / grid)) * grid)
+
+        frames = d.num_frames
+        longer = frames + ((frames - 1) // t) * t if frames > 1 else 1 + t
+        shapes = [(0.5, frames), (1, frames), (2, frames), (2, longer)]
+        sizes = []
+        for k, f in shapes:
+            w, h = fixed if fixed else (side(d.width, k), side(d.height, k))
+            if pipe.latent_tokens(w, h, f) <= pipe.max_latent_tokens and (w, h, f) not in sizes:
+                sizes.append((w, h, f))
+        return sizes
+
+    def _measure_step(self) -> dict[str, Any]:
+        pipe = self.pipe
+        self.section("text")  # the probe prompt is encoded (and cached) before any step is timed
+        points = []  # (tokens, seconds per forward, bytes)
+        for w, h, f in self._sizes():
+            resident = resident_bytes(self.pipe)
+            probe = self._sample(self._probe_request(w, h, f, PROBE_STEPS), PROBE_STEPS)
+            seconds = min(np.diff(probe.stamps))
+            points.append((pipe.latent_tokens(w, h, f), float(seconds),
+                           probe.peak - probe.base - self._correction("denoise", resident)))
+        points.sort()
+        # A forward over more tokens never takes less time: a probe slower than a larger one was slowed by
+        # something else on the machine, and the larger one's time bounds it.
+        for i in range(len(points) - 2, -1, -1):
+            points[i] = (points[i][0], min(points[i][1], points[i + 1][1]), points[i][2])
+        ns, seconds = [n for n, _, _ in points], [s for _, s, _ in points]
+        # The per-call overhead: where the line through the two smallest probes meets zero tokens.
+        slope = (seconds[1] - seconds[0]) / (ns[1] - ns[0]) if len(ns) > 1 else 0.0
+        overhead = min(max(0.0, seconds[0] - slope * ns[0]), seconds[0])
+        default = pipe.latent_tokens(pipe.defaults.width, pipe.defaults.height, pipe.defaults.num_frames)
+        upper = [(n, s) for n, s in zip(ns, seconds) if n >= default] or list(zip(ns, seconds))[-2:]
+        beyond = _fit([[1, n, n * n] for n, _ in upper], [s for _, s in upper])
+        memory_fit = _fit([[1, n, n * n] for n, _, _ in points], [m for _, _, m in points])
+        step = {"overhead": overhead, "beyond": beyond, "memory": memory_fit, "per_token": [0.0, 0.0],
+                "points": points}
+        # Per-token timesteps (frames held by timestep, image-first's second pass): the denoiser embeds a
+        # timestep per token. Measured on image-first's second pass where the model runs it.
+        w, h, f = self._sizes()[min(2, len(self._sizes()) - 1)]
+        probe_request = self._probe_request(w, h, f, PROBE_STEPS, image_first=True)
+        if probe_request.mode == "t2v" and pipe.uses_image_first(probe_request) and \
+                "per_token" in pipe.family.strategies:
+            probe_request = probe_request.replace(conditioning_strategy="per_token")
+            resident = resident_bytes(self.pipe)
+            probe = self._sample(probe_request, 2 * PROBE_STEPS)
+            n = pipe.latent_tokens(w, h, f)
+            seconds = float(min(np.diff(probe.stamps[PROBE_STEPS:])))
+            peak = probe.peak - probe.base - self._correction("denoise", resident)
+            step["per_token"] = [max(0.0, (seconds - forward_seconds(step, 1, n, False)) / n),
+                                 max(0.0, (peak - _poly(memory_fit, n, n * n)) / n)]
+            step["held"] = [n, seconds, peak]
+        return step
+
+    def _vae_points(self, stage: str, run: Callable[[int, int, int], Any]) -> dict[str, Any]:
+        """Time and peak of VAE passes at one, two and four times the default side, over one to many frames
+        (chosen so that the working set, one latent's frames at a time, and the output vary apart)."""
+        pipe, d = self.pipe, self.pipe.defaults
+        t = pipe.temporal
+        tiled = pipe.family.memory.tile_vae
+        fixed = pipe.family.geometry.fixed_size
+        w1, h1 = fixed or (d.width, d.height)
+        shapes = [(1, w1, h1), (1 + 2 * t, w1, h1)]
+        shapes += [(1 + t, w1, h1)] if fixed else [(1 + t, 2 * w1, 2 * h1), (1, 4 * w1, 4 * h1)]
+        points = []
+        for frames, w, h in shapes:
+            resident = resident_bytes(self.pipe)
+            seconds, peak = self._timed(lambda: run(frames, w, h))
+            work, at_once, output = _vae_features(pipe, frames, h, w, tiled)
+            points.append((frames, w, h, float(seconds), peak - self._correction(stage, resident), work,
+                           at_once, output))
+        time_fit = _fit([[1, p[5]] for p in points], [p[3] for p in points])
+        memory_fit = _fit([[1, p[6], p[7]] for p in points], [p[4] for p in points])
+        return {"time": time_fit, "memory": memory_fit, "points": [p[:5] for p in points]}
+
+    def _measure_decode(self) -> dict[str, Any]:
+        pipe = self.pipe
+        generator = torch.Generator("cpu").manual_seed(0)
+
+        def decode(frames: int, width: int, height: int):
+            latent_frames = (frames - 1) // pipe.temporal + 1
+            latents = torch.randn((1, pipe.family.geometry.channels, latent_frames, height // pipe.spatial,
+                                   width // pipe.spatial), generator=generator)
+            return pipe.decode(latents)
+
+        return self._vae_points("decode", decode)
+
+    def _measure_encode(self) -> dict[str, Any]:
+        rng = np.random.default_rng(0)
+        return self._vae_points("encode", lambda frames, width, height: self.pipe.encode(
+            rng.integers(0, 256, (frames, height, width, 3), dtype=np.uint8)))
+
+    def _measure_text(self) -> dict[str, Any]:
+        family = self.pipe.family
+        # A prompt no cache holds: the first encoding of a prompt is what a plan counts.
+        request = self._probe_request(self.pipe.defaults.width, self.pipe.defaults.height, 1, 1)
+        request = request.replace(prompt=f"{PROBE_PROMPT} {uuid.uuid4().hex}")
+        resident = resident_bytes(self.pipe)
+        seconds, peak = self._timed(lambda: family.encode_text(request))
+        return {"time": float(seconds), "memory": peak - self._correction("text", resident)}
+
+    def _measure_transfer(self) -> dict[str, Any]:
+        """Host-to-device bytes per second (CUDA), from pinned memory as the offloading hooks copy."""
+        if self.pipe.device.type != "cuda":
+            return {"bandwidth": None}
+        block = torch.empty(256 * 2**20, dtype=torch.uint8).pin_memory()
+        block.to(self.pipe.device)
+        started = self.meter.clock()
+        for _ in range(3):
+            block.to(self.pipe.device)
+        return {"bandwidth": 3 * block.numel() / (self.meter.clock() - started)}
+
+
+# ---- weights under a memory mode ------------------------------------------------------------------------
+STAGE_MODULES = {"text": ("text_encoder",), "encode": ("vae", "image_encoder"),
+                 "denoise": ("transformer", "transformer_2", "unet"), "decode": ("vae",)}
+
+
+def stage_weights(pipe, mode: str, stage: str) -> int:
+    """Bytes of weights on the device during `stage` under memory mode `mode`: on a CPU every model (they are
+    in RAM whatever the mode); on CUDA all of them (full), the stage's own models (low: the others wait on the
+    CPU), or a stage model's two largest layers (minimal: one running, the next arriving)."""
+    modules = memory_modes.modules_of(pipe.family)
+    if pipe.device.type == "cpu" or mode == "full":
+        return sum(module_bytes(m) for m in modules.values())
+    own = [m for name, m in modules.items() if name in STAGE_MODULES[stage]]
+    if mode == "low":
+        # Two experts take turns; one is resident at a time.
+        return max((module_bytes(m) for m in own), default=0) if stage == "denoise" else \
+            sum(module_bytes(m) for m in own)
+    leaves = sorted((module_bytes(leaf) for m in own for leaf in m.modules() if not list(leaf.children())),
+                    reverse=True)
+    return sum(leaves[:2])
+
+
+# ---- the plan ----------------------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    """A request's predicted cost on the loaded pipeline under one memory mode."""
+
+    mode: str
+    device: str
+    seconds: float
+    peak: int  # bytes of device memory at the busiest stage (CPU: the process's resident set)
+    capacity: int  # bytes the device offers
+    stage: str  # the busiest stage: text, encode, denoise or decode
+    tokens: int
+    passes: int  # sampling passes: candidates x (2 for image-first, else 1)
+    steps: int  # steps per pass
+    time: dict[str, float] = field(default_factory=dict)  # seconds by stage (+ transfer)
+    memory: dict[str, int] = field(default_factory=dict)  # bytes at the busiest stage, by what holds them
+
+    @property
+    def fits(self) -> bool:
+        return self.peak <= self.capacity
+
+    @property
+    def line(self) -> str:
+        """"about 40 s, 9.1 of 24 GB" """
+        capacity = self.capacity / GB
+        return f"about {duration(self.seconds)}, {self.peak / GB:.1f} of {capacity:.{0 if capacity >= 10 else 1}f} GB"
+
+    def describe(self) -> str:
+        """The line with the mode and what the time and memory are made of."""
+        times = ", ".join(f"{k} {v:.1f} s" for k, v in self.time.items() if v >= 0.05)
+        parts = ", ".join(f"{k} {v / GB:.2f}" for k, v in self.memory.items() if v >= 0.005 * GB)
+        return f"{self.line} (memory {self.mode}; {self.tokens:,} tokens x {self.passes} pass" \
+               f"{'es' if self.passes > 1 else ''} x {self.steps} steps; {times}; peak at {self.stage}: {parts} GB)"
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{int(seconds // 3600)} h {round(seconds % 3600 / 60)} min"
+
+
+def capacity_of(device: torch.device) -> int:
+    """Bytes a generation may use: on CUDA the free memory plus what this process's allocator already holds;
+    on a CPU the process's resident set plus the RAM available."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device)
+    import psutil
+
+    return _rss() + psutil.virtual_memory().available
+
+
+def _encoded_frames(request: GenerationRequest) -> list[int]:
+    """Frames of each VAE encode the request's conditioning needs (sources with saved latents may skip it)."""
+    counts = [item.source_count if item.source_count is not None else request.num_frames - item.frame_index
+              for item in request.conditioning]
+    return counts + ([request.num_frames] if request.init_video else [])
+
+
+def plan(pipe, request: GenerationRequest, memory: str = "full", *, cache: str | Path | None = None,
+         capacity: int | None = None) -> Plan:
+    """The predicted time and peak memory of `request` on `pipe` under memory mode `memory` (auto: the mode
+    `choose_memory` picks, or the lowest when none fits). Calibrates on first use (see the module)."""
+    if memory == "auto":
+        return _choose(pipe, request, capacity, cache)[1]
+    memory_modes.profile(memory)  # a ValueError naming the valid modes
+    pipe.check_request(request)
+    return _predict(pipe, request, memory, Calibration(pipe, cache), capacity)
+
+
+def _predict(pipe, request: GenerationRequest, mode: str, calibration: Calibration, capacity: int | None) -> Plan:
+    family, profile = pipe.family, memory_modes.profile(mode)
+    w, h, f = request.width, request.height, request.num_frames
+    tokens = pipe.latent_tokens(w, h, f)
+    shape = family.geometry.latent_shape(request)
+    steps = len(family.schedule(request, shape, torch.Generator("cpu").manual_seed(0)))
+    strategy = request.conditioning_strategy or pipe.defaults.conditioning_strategy
+    per_token = strategy == "per_token" and "per_token" in family.strategies
+    # Sampling passes as the engine runs them: image-first samples latent frame 0 alone (plain timesteps),
+    # then the clip with it held; every candidate does the same.
+    if pipe.uses_image_first(request):
+        passes = [(pipe.latent_tokens(w, h, 1), False), (tokens, per_token)]
+    else:
+        passes = [(tokens, per_token and bool(request.conditioning))]
+    guided = request.guidance_scale > 1.0
+    batch, calls = (2, 1) if guided and profile.batched_guidance else (1, 2) if guided else (1, 1)
+
+    step = calibration.section("step")
+    ma, mb, mc = step["memory"]
+    dm = step["per_token"][1]
+    denoise_time, activations, attention = 0.0, 0.0, 0.0
+    for n, held in passes:
+        denoise_time += steps * calls * forward_seconds(step, batch, n, held)
+        pass_activations = ma + batch * (mb * n + (dm * n if held else 0.0))
+        if pass_activations + batch * mc * n * n > activations + attention:
+            activations, attention = pass_activations, batch * mc * n * n
+    denoise_time *= request.best_of
+
+    decode = calibration.section("decode")
+    work, at_once, output = _vae_features(pipe, f, h, w, profile.tile_vae)
+    decode_time = request.best_of * _poly(decode["time"], work)
+    # The decode's working set and output, and the clip assembled from it (uint8); joins compare frames in
+    # float32 (pipelines/seams.py: three copies of the assembled clip at once).
+    joined = 12 * 3 * output if request.mode in ("extend", "loop", "connect") else 0
+    decode_memory = _poly(decode["memory"], at_once, output) + 3 * output + joined
+
+    encode_time, encode_memory = 0.0, 0.0
+    encoded = _encoded_frames(request)
+    if encoded:
+        encode = calibration.section("encode")
+        for frames in encoded:
+            e_work, e_at_once, e_output = _vae_features(pipe, frames, h, w, profile.tile_vae)
+            encode_time += _poly(encode["time"], e_work)
+            encode_memory = max(encode_memory, _poly(encode["memory"], e_at_once, e_output))
+
+    text_time, text_memory = 0.0, 0.0
+    texts = new_text(family, request, guided)
+    if texts:
+        text = calibration.section("text")
+        text_time, text_memory = len(texts) * text["time"], text["memory"]
+
+    forwards = request.best_of * steps * len(passes) * calls
+    transfer = _transfer_time(pipe, profile, calibration, forwards, bool(texts), shape[2] * request.best_of)
+
+    # Memory: what the process holds now besides weights, plus each stage's weights and transient.
+    meter = calibration.meter
+    if not meter.cuda:
+        _malloc_trim()
+    held_now = meter.now()
+    other = max(0, held_now - resident_bytes(pipe))
+    transients = {"text": {"text encoder": text_memory}, "encode": {"vae": encode_memory},
+                  "denoise": {"activations": activations, "attention": attention}, "decode": {"vae": decode_memory}}
+    stages = {stage: other + stage_weights(pipe, mode, stage) + sum(parts.values())
+              for stage, parts in transients.items()
+              if stage in ("denoise", "decode") or sum(parts.values()) > 0}
+    busiest = max(stages, key=stages.get)
+    breakdown = {"process": other, "weights": stage_weights(pipe, mode, busiest), **transients[busiest]}
+    times = {"text": text_time, "encode": encode_time, "denoise": denoise_time, "decode": decode_time,
+             "transfer": transfer}
+    return Plan(mode=mode, device=str(pipe.device), seconds=sum(times.values()), peak=int(stages[busiest]),
+                capacity=capacity if capacity is not None else capacity_of(pipe.device), stage=busiest,
+                tokens=tokens, passes=request.best_of * len(passes), steps=steps,
+                time={k: round(v, 3) for k, v in times.items()},
+                memory={k: int(v) for k, v in breakdown.items()})
+
+
+def new_text(family, request: GenerationRequest, guided: bool) -> list[str]:
+    """The request's prompts whose embeddings are not cached yet."""
+    if not family.reads_text:
+        return []
+    prompts = getattr(family, "prompts", None)
+    texts = {request.prompt} | ({request.negative_prompt} if guided else set())
+    return [t for t in texts if prompts is None or t not in prompts]
+
+
+def _transfer_time(pipe, profile: memory_modes.Profile, calibration: Calibration, forwards: int, text: bool,
+                   vae_calls: int) -> float:
+    """Seconds of copying weights under an offloading mode on CUDA (none on a CPU, where nothing moves):
+    model offload moves each model that runs on and off once; group offload streams the denoiser's weights
+    in for every forward and the VAE's for every latent frame it decodes, overlapped with the computation
+    (counted here in full: an upper bound)."""
+    if pipe.device.type != "cuda" or profile.offload is None:
+        return 0.0
+    bandwidth = calibration.section("transfer")["bandwidth"]
+    modules = memory_modes.modules_of(pipe.family)
+    running = {name: module for name, module in modules.items() if name != "text_encoder" or text}
+    if profile.offload == "model":
+        return 2 * sum(module_bytes(m) for m in running.values()) / bandwidth
+    denoiser = max(module_bytes(m) for m in pipe.family.denoisers)
+    vae = module_bytes(pipe.vae)
+    encoders = sum(module_bytes(m) for name, m in running.items() if name in ("text_encoder", "image_encoder"))
+    return (forwards * denoiser + vae_calls * vae + encoders) / bandwidth
+
+
+# ---- choosing a mode -----------------------------------------------------------------------------------
+def choose_memory(pipe, request: GenerationRequest, capacity: int | None = None, *,
+                  cache: str | Path | None = None) -> tuple[str, Plan]:
+    """The fastest memory mode whose predicted peak fits `capacity` (default: the device's), and its plan.
+    Raises ValueError, before any sampling, when the request fits in no mode, naming the largest size at the
+    same aspect and the longest length that fit."""
+    mode, chosen = _choose(pipe, request, capacity, cache)
+    if not chosen.fits:
+        raise ValueError(_refusal(pipe, request, chosen, Calibration(pipe, cache)))
+    return mode, chosen
+
+
+def _choose(pipe, request, capacity, cache) -> tuple[str, Plan]:
+    pipe.check_request(request)
+    calibration = Calibration(pipe, cache)
+    capacity = capacity if capacity is not None else capacity_of(pipe.device)
+    plans = [_predict(pipe, request, mode, calibration, capacity) for mode in memory_modes.MODES]
+    # On a CPU the modes differ in memory only (nothing moves): the fastest that fits is also the first.
+    fitting = [p for p in plans if p.fits]
+    chosen = min(fitting, key=lambda p: p.seconds) if fitting else plans[-1]
+    return chosen.mode, chosen
+
+
+def _refusal(pipe, request: GenerationRequest, lowest: Plan, calibration: Calibration) -> str:
+    w, h, f = request.width, request.height, request.num_frames
+
+    def fits(candidate: GenerationRequest) -> bool:
+        return _predict(pipe, candidate, lowest.mode, calibration, lowest.capacity).fits
+
+    size = None
+    if not pipe.family.geometry.fixed_size:
+        grid = pipe.grid
+        for k in range(max(w, h) // grid, 0, -1):
+            if w >= h:
+                width, height = k * grid, max(grid, round(k * grid * h / w / grid) * grid)
+            else:
+                width, height = max(grid, round(k * grid * w / h / grid) * grid), k * grid
+            if (width, height) != (w, h) and width <= w and height <= h and \
+                    fits(request.replace(width=width, height=height)):
+                size = (width, height)
+                break
+    length = next((frames for frames in range(f - pipe.temporal, 0, -pipe.temporal)
+                   if fits(request.replace(num_frames=frames))), None)
+    offers = []
+    if size:
+        offers.append(f"{size[0]}x{size[1]} at {frames_text(f)}")
+    if length:
+        offers.append(f"{w}x{h} at {frames_text(length)}")
+    fitting = f"at most {' or '.join(offers)} fits" if offers else "not even the smallest size or length fits"
+    return (f"{w}x{h} at {frames_text(f)} does not fit this device's memory in any memory mode: it needs about "
+            f"{lowest.peak / GB:.2f} GB even in memory mode {lowest.mode}, and {lowest.capacity / GB:.2f} GB is "
+            f"available; {fitting}")
+
+
+def apply_memory(pipe, mode: str) -> None:
+    """Put the pipeline under memory mode `mode` (full, low or minimal); nothing moves if it already is."""
+    if pipe.family.memory.name != mode:
+        memory_modes.apply(pipe.family, mode)
+
+
+def prepare(pipe, request: GenerationRequest, memory: str = "auto", *, cache: str | Path | None = None,
+            capacity: int | None = None) -> Plan:
+    """Plan `request` under `memory` (auto: the fastest mode that fits), refuse it when it fits in no mode
+    (ValueError), and put the pipeline in that mode: what the CLI, the studio and batch jobs call before
+    generating."""
+    if memory == "auto":
+        mode, chosen = choose_memory(pipe, request, capacity, cache=cache)
+    else:
+        chosen = plan(pipe, request, memory, cache=cache, capacity=capacity)
+    apply_memory(pipe, chosen.mode)
+    return chosen
+
+
+# ---- command line -------------------------------------------------------------------------------------
+def add_arguments(parser, plan_only: bool = True) -> None:
+    """--memory (and --low-vram, the older name of --memory low); --plan-only for `launch.py generate`."""
+    parser.add_argument("--memory", choices=MEMORY_CHOICES, default="auto",
+                        help="where the weights live while generating: full (all on the device, fastest), low "
+                             "(each model moves to the device for its own stage; VAE tiling), minimal (layer by "
+                             "layer; VAE tiling; guidance branches one after the other), or auto (the fastest "
+                             "that the planner predicts fits; default)")
+    parser.add_argument("--low-vram", dest="memory", action="store_const", const="low",
+                        help="the same as --memory low")
+    if plan_only:
+        parser.add_argument("--plan-only", action="store_true",
+                            help="print the predicted time and peak memory, and the memory mode, then exit")
+
+
+def load_mode(memory: str) -> str:
+    """The mode to load weights under: auto loads as low, so nothing is on the device before the plan."""
+    return "low" if memory == "auto" else memory
+
+
+def announce(pipe, request: GenerationRequest, memory: str, cache: str | Path | None) -> Plan:
+    """Plan and prepare the run (see `prepare`) and print its line: what the CLI calls before generating."""
+    if not Calibration(pipe, cache).sections:
+        print("plan: timing this model on this device first (once; kept in "
+              f"{Path(cache) / CALIBRATION_FILE if cache is not None else 'this process'})")
+    chosen = prepare(pipe, request, memory, cache=cache)
+    print(f"plan: {chosen.describe()}")
+    return chosen
