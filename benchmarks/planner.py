@@ -13,6 +13,7 @@ and the worst relative errors; the targets are time within 25 % and peak within 
 
     python -m benchmarks.planner                        # embedded model, this machine's device
     python -m benchmarks.planner --steps 10 --rounds 2 --memory full,low --device cuda
+    python -m benchmarks.planner --memory full,low,minimal --windows 512x512x17 --threads 1
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--memory", default="full", help="memory modes to plan and run, comma-separated (full,low,minimal)")
+    p.add_argument("--windows", help="WIDTHxHEIGHTxFRAMES,... instead of the six")
     p.add_argument("--out", type=Path, help="write the rows as JSON here")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--calibrate", action="store_true", help=argparse.SUPPRESS)
@@ -119,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             cache = str(Path(scratch) / f"round{round_}")
             calibrated = run_child(args, ["--calibrate", "--cache", cache, "--memory", "full"])
             calibrations.append(calibrated["seconds"])
-            order = [(tuple(w), m) for w in calibrated["windows"] for m in modes]
+            chosen = [tuple(map(int, w.split("x"))) for w in args.windows.split(",")] if args.windows else \
+                [tuple(w) for w in calibrated["windows"]]
+            order = [(w, m) for w in chosen for m in modes]
             for window, mode in order if round_ % 2 == 0 else order[::-1]:
                 row = run_child(args, ["--cache", cache, "--memory", mode, "--window", *map(str, window)])
                 assert row["planning_forwards"] == 0, "a window's plan recalibrated: the cache was not used"

@@ -43,7 +43,7 @@ from pipelines.sampling import GenerationCancelled
 
 MEMORY_CHOICES = ("auto",) + memory_modes.MODES
 CALIBRATION_FILE = "calibration.json"
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 3
 GB = 2**30  # shown as "GB", as operating systems and GPU tools show memory
 PROBE_PROMPT = "the planner's calibration run"
 PROBE_STEPS = 3  # per timed sampling pass: the first step (shape warm-up) is not timed
@@ -151,7 +151,7 @@ def resident_bytes(pipe) -> int:
 # ---- fitting ---------------------------------------------------------------------------------------------
 def _fit(features: list[list[float]], values: list[float]) -> list[float]:
     """Non-negative least squares on relative errors (each row divided by its value): every subset of the
-    columns is solved and the best solution with no negative coefficient kept (at most 3 columns here)."""
+    columns is solved and the best solution with no negative coefficient kept (at most 4 columns here)."""
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(values, dtype=np.float64)
     weight = 1.0 / np.maximum(np.abs(y), 1e-12)
@@ -208,12 +208,29 @@ def _tiles(vae: Any, height: int, width: int, spatial: int, tiled: bool) -> tupl
     return max(rows) * max(cols), sum(rows) * sum(cols)
 
 
-def _vae_features(pipe, frames: int, height: int, width: int, tiled: bool) -> tuple[float, float, float]:
-    """(frames x all tiles' pixels, frames at once x largest tile's pixels, frames x pixels) of a VAE pass:
-    its work, its working set (a causal VAE holds one latent's frames at a time) and its output."""
+# The clip in float32 as a VAE pass and the family's conversions hold it at once (the VAE's RGB output and
+# the copies of scaling, clamping and rounding it; the input's the same way for an encode): bytes per pixel
+# of every frame. Counted, not fitted: the probes are short clips, the requests long ones.
+CLIP_BYTES_PER_PIXEL = 4 * 3 * 4
+
+
+@dataclass(frozen=True)
+class VaeFeatures:
+    """What a VAE pass's time and memory grow with. A causal video VAE runs latent by latent: the first
+    latent's single frame, then `temporal` frames per latent, each at every layer's resolution."""
+
+    time: tuple[float, float]  # latents x pixels (its low-resolution layers), frames x pixels (its full-resolution ones)
+    # The working set of a one-frame latent, the extra of a many-frame one (the largest tile's pixels each),
+    # and the latents (what each adds besides pixels: the allocator's growth over the pass's chunks).
+    memory: tuple[float, float, float]
+    clip: int  # bytes of the whole clip in float32 copies (CLIP_BYTES_PER_PIXEL; tiles' outputs overlap)
+
+
+def vae_features(pipe, frames: int, height: int, width: int, tiled: bool) -> VaeFeatures:
     tile, total = _tiles(pipe.vae, height, width, pipe.spatial, tiled)
-    at_once = min(frames, pipe.temporal)
-    return frames * total, at_once * tile, frames * height * width
+    latents = (frames - 1) // pipe.temporal + 1
+    return VaeFeatures((latents * total, frames * total), (tile, tile if frames > 1 else 0, latents),
+                       CLIP_BYTES_PER_PIXEL * frames * total)
 
 
 # ---- calibration -----------------------------------------------------------------------------------------
@@ -238,14 +255,20 @@ class _Probe:
     peak: int  # its peak during the run
 
 
+class NotCalibrated(LookupError):
+    """A plan needs a measurement that has not been made, and the caller asked for none to run."""
+
+
 class Calibration:
     """Measured coefficients of one model on one device, by section ("step", "decode", "encode", "text",
-    "transfer"), each measured on first use and saved to `cache` (a folder; None keeps them in this process)."""
+    "transfer"), each measured on first use and saved to `cache` (a folder; None keeps them in this process).
+    With `measure=False` a missing section raises NotCalibrated instead (nothing runs on the model)."""
 
     _memory: dict[str, dict[str, Any]] = {}  # key -> sections, for cache=None and between reads
 
-    def __init__(self, pipe, cache: str | Path | None = None):
+    def __init__(self, pipe, cache: str | Path | None = None, measure: bool = True):
         self.pipe = pipe
+        self.measure = measure
         self.key = calibration_key(pipe)
         self.path = Path(cache) / CALIBRATION_FILE if cache is not None else None
         stored = self._read().get(self.key) if self.path is not None else None
@@ -273,6 +296,8 @@ class Calibration:
 
     def section(self, name: str) -> dict[str, Any]:
         if name not in self.sections:
+            if not self.measure:
+                raise NotCalibrated(f"the planner has not measured {name} on this model and device yet")
             measure: Callable[[], dict[str, Any]] = getattr(self, f"_measure_{name}")
             with self._calibration_mode(), torch.no_grad():
                 self.sections[name] = measure()
@@ -323,6 +348,7 @@ class Calibration:
             if len(stamps) >= callbacks:
                 raise GenerationCancelled
 
+        memory_modes.release(self.pipe.family)  # nothing left on the device from the run before
         base = self.meter.start()
         with contextlib.suppress(GenerationCancelled):
             self.pipe.generate(request, callback=callback)
@@ -333,6 +359,7 @@ class Calibration:
 
     def _timed(self, work: Callable[[], Any]) -> tuple[float, int]:
         """(seconds, peak bytes above the use before) of one call."""
+        memory_modes.release(self.pipe.family)
         base = self.meter.start()
         started = self.meter.clock()
         result = work()
@@ -347,16 +374,15 @@ class Calibration:
         """Weights the calibration mode moved onto the device for `stage` (counted, not fitted)."""
         return stage_weights(self.pipe, self.pipe.family.memory.name, stage) - resident_before
 
+    def _side(self, value: int, k: float) -> int:
+        """`value` x k pixels on the model's grid."""
+        return max(self.pipe.grid, int(round(value * k / self.pipe.grid)) * self.pipe.grid)
+
     def _sizes(self) -> list[tuple[int, int, int]]:
         """Probe windows around the model's default: half, one and two times its side at its length, and two
         times its side at about twice its length (for the quadratic part), within its token limit."""
         pipe, d = self.pipe, self.pipe.defaults
-        grid, t = pipe.grid, pipe.temporal
-        fixed = pipe.family.geometry.fixed_size
-
-        def side(value: int, k: float) -> int:
-            return max(grid, int(round(value * k / grid)) * grid)
-
+        t, fixed, side = pipe.temporal, pipe.family.geometry.fixed_size, self._side
         frames = d.num_frames
         longer = frames + ((frames - 1) // t) * t if frames > 1 else 1 + t
         shapes = [(0.5, frames), (1, frames), (2, frames), (2, longer)]
@@ -369,9 +395,12 @@ class Calibration:
 
     def _measure_step(self) -> dict[str, Any]:
         pipe = self.pipe
-        self.section("text")  # the probe prompt is encoded (and cached) before any step is timed
+        # The probe prompt is encoded (and cached) before the runs, so that no run's peak is the text
+        # encoder's (under model offload it visits the device on its own).
+        sizes = self._sizes()
+        pipe.family.encode_text(self._probe_request(*sizes[0], 1))
         points = []  # (tokens, seconds per forward, bytes)
-        for w, h, f in self._sizes():
+        for w, h, f in sizes:
             resident = resident_bytes(self.pipe)
             probe = self._sample(self._probe_request(w, h, f, PROBE_STEPS), PROBE_STEPS)
             seconds = min(np.diff(probe.stamps))
@@ -394,7 +423,7 @@ class Calibration:
                 "points": points}
         # Per-token timesteps (frames held by timestep, image-first's second pass): the denoiser embeds a
         # timestep per token. Measured on image-first's second pass where the model runs it.
-        w, h, f = self._sizes()[min(2, len(self._sizes()) - 1)]
+        w, h, f = sizes[min(2, len(sizes) - 1)]
         probe_request = self._probe_request(w, h, f, PROBE_STEPS, image_first=True)
         if probe_request.mode == "t2v" and pipe.uses_image_first(probe_request) and \
                 "per_token" in pipe.family.strategies:
@@ -410,25 +439,26 @@ class Calibration:
         return step
 
     def _vae_points(self, stage: str, run: Callable[[int, int, int], Any]) -> dict[str, Any]:
-        """Time and peak of VAE passes at one, two and four times the default side, over one to many frames
-        (chosen so that the working set, one latent's frames at a time, and the output vary apart)."""
+        """Time and peak of VAE passes on one frame at the default size and at three times its side, on 5
+        latents' frames at the default size, on 2 at twice its side and on 9 at half of it: one-frame and
+        many-frame working sets, latents and frames vary apart (`VaeFeatures`)."""
         pipe, d = self.pipe, self.pipe.defaults
         t = pipe.temporal
         tiled = pipe.family.memory.tile_vae
         fixed = pipe.family.geometry.fixed_size
         w1, h1 = fixed or (d.width, d.height)
-        shapes = [(1, w1, h1), (1 + 2 * t, w1, h1)]
-        shapes += [(1 + t, w1, h1)] if fixed else [(1 + t, 2 * w1, 2 * h1), (1, 4 * w1, 4 * h1)]
-        points = []
+        shapes = [(1, w1, h1), (1 + 4 * t, w1, h1)]
+        shapes += [(1 + t, w1, h1), (1 + 8 * t, w1, h1)] if fixed else \
+            [(1 + t, 2 * w1, 2 * h1), (1, 3 * w1, 3 * h1), (1 + 8 * t, self._side(w1, 0.5), self._side(h1, 0.5))]
+        points, features = [], []
         for frames, w, h in shapes:
             resident = resident_bytes(self.pipe)
             seconds, peak = self._timed(lambda: run(frames, w, h))
-            work, at_once, output = _vae_features(pipe, frames, h, w, tiled)
-            points.append((frames, w, h, float(seconds), peak - self._correction(stage, resident), work,
-                           at_once, output))
-        time_fit = _fit([[1, p[5]] for p in points], [p[3] for p in points])
-        memory_fit = _fit([[1, p[6], p[7]] for p in points], [p[4] for p in points])
-        return {"time": time_fit, "memory": memory_fit, "points": [p[:5] for p in points]}
+            points.append((frames, w, h, float(seconds), peak - self._correction(stage, resident)))
+            features.append(vae_features(pipe, frames, h, w, tiled))
+        time_fit = _fit([[1, *x.time] for x in features], [p[3] for p in points])
+        memory_fit = _fit([[1, *x.memory] for x in features], [p[4] - x.clip for p, x in zip(points, features)])
+        return {"time": time_fit, "memory": memory_fit, "points": points}
 
     def _measure_decode(self) -> dict[str, Any]:
         pipe = self.pipe
@@ -552,14 +582,21 @@ def _encoded_frames(request: GenerationRequest) -> list[int]:
 
 
 def plan(pipe, request: GenerationRequest, memory: str = "full", *, cache: str | Path | None = None,
-         capacity: int | None = None) -> Plan:
+         capacity: int | None = None, calibrate: bool = True) -> Plan | None:
     """The predicted time and peak memory of `request` on `pipe` under memory mode `memory` (auto: the mode
-    `choose_memory` picks, or the lowest when none fits). Calibrates on first use (see the module)."""
-    if memory == "auto":
-        return _choose(pipe, request, capacity, cache)[1]
-    memory_modes.profile(memory)  # a ValueError naming the valid modes
+    `choose_memory` picks, or the lowest when none fits). Calibrates on first use (see the module); with
+    `calibrate=False` it returns None instead, running nothing on the model (a display that updates while a
+    job runs on the pipeline must not run it too)."""
+    if memory != "auto":
+        memory_modes.profile(memory)  # a ValueError naming the valid modes
     pipe.check_request(request)
-    return _predict(pipe, request, memory, Calibration(pipe, cache), capacity)
+    calibration = Calibration(pipe, cache, measure=calibrate)
+    try:
+        if memory == "auto":
+            return _choose(pipe, request, capacity, calibration)[1]
+        return _predict(pipe, request, memory, calibration, capacity)
+    except NotCalibrated:
+        return None
 
 
 def _predict(pipe, request: GenerationRequest, mode: str, calibration: Calibration, capacity: int | None) -> Plan:
@@ -591,21 +628,22 @@ def _predict(pipe, request: GenerationRequest, mode: str, calibration: Calibrati
     denoise_time *= request.best_of
 
     decode = calibration.section("decode")
-    work, at_once, output = _vae_features(pipe, f, h, w, profile.tile_vae)
-    decode_time = request.best_of * _poly(decode["time"], work)
+    features = vae_features(pipe, f, h, w, profile.tile_vae)
+    decode_time = request.best_of * _poly(decode["time"], *features.time)
     # The decode's working set and output, and the clip assembled from it (uint8); joins compare frames in
     # float32 (pipelines/seams.py: three copies of the assembled clip at once).
-    joined = 12 * 3 * output if request.mode in ("extend", "loop", "connect") else 0
-    decode_memory = _poly(decode["memory"], at_once, output) + 3 * output + joined
+    pixels = f * h * w
+    joined = 12 * 3 * pixels if request.mode in ("extend", "loop", "connect") else 0
+    decode_memory = _poly(decode["memory"], *features.memory) + features.clip + 3 * pixels + joined
 
     encode_time, encode_memory = 0.0, 0.0
     encoded = _encoded_frames(request)
     if encoded:
         encode = calibration.section("encode")
         for frames in encoded:
-            e_work, e_at_once, e_output = _vae_features(pipe, frames, h, w, profile.tile_vae)
-            encode_time += _poly(encode["time"], e_work)
-            encode_memory = max(encode_memory, _poly(encode["memory"], e_at_once, e_output))
+            e = vae_features(pipe, frames, h, w, profile.tile_vae)
+            encode_time += _poly(encode["time"], *e.time)
+            encode_memory = max(encode_memory, _poly(encode["memory"], *e.memory) + e.clip)
 
     text_time, text_memory = 0.0, 0.0
     texts = new_text(family, request, guided)
@@ -672,15 +710,15 @@ def choose_memory(pipe, request: GenerationRequest, capacity: int | None = None,
     """The fastest memory mode whose predicted peak fits `capacity` (default: the device's), and its plan.
     Raises ValueError, before any sampling, when the request fits in no mode, naming the largest size at the
     same aspect and the longest length that fit."""
-    mode, chosen = _choose(pipe, request, capacity, cache)
+    pipe.check_request(request)
+    calibration = Calibration(pipe, cache)
+    mode, chosen = _choose(pipe, request, capacity, calibration)
     if not chosen.fits:
-        raise ValueError(_refusal(pipe, request, chosen, Calibration(pipe, cache)))
+        raise ValueError(_refusal(pipe, request, chosen, calibration))
     return mode, chosen
 
 
-def _choose(pipe, request, capacity, cache) -> tuple[str, Plan]:
-    pipe.check_request(request)
-    calibration = Calibration(pipe, cache)
+def _choose(pipe, request: GenerationRequest, capacity: int | None, calibration: Calibration) -> tuple[str, Plan]:
     capacity = capacity if capacity is not None else capacity_of(pipe.device)
     plans = [_predict(pipe, request, mode, calibration, capacity) for mode in memory_modes.MODES]
     # On a CPU the modes differ in memory only (nothing moves): the fastest that fits is also the first.
