@@ -357,6 +357,14 @@ class Calibration:
         self.meter.stop()
         return probe
 
+    def step_seconds(self, width: int, height: int, frames: int) -> float:
+        """Seconds of one unguided sampling step of a window of this size, timed as the calibration times it
+        (a reference for how fast the machine runs now: `benchmarks.planner` compares it with the
+        calibration's own)."""
+        with self._calibration_mode(), torch.no_grad():
+            probe = self._sample(self._probe_request(width, height, frames, PROBE_STEPS), PROBE_STEPS)
+        return float(min(np.diff(probe.stamps)))
+
     def _timed(self, work: Callable[[], Any]) -> tuple[float, int]:
         """(seconds, peak bytes above the use before) of one call."""
         memory_modes.release(self.pipe.family)
