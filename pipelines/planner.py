@@ -2,15 +2,19 @@
 memory mode that fits it (`--memory auto`).
 
 Predictions come from measurements of the loaded model on this device, not from constants:
-- Time. A denoiser forward of batch B over n latent tokens takes a + B (b n + c n^2) seconds (c is the part of
-  attention that grows with the square of the tokens), fitted to a few timed sampling steps at different token
-  counts; per-token timesteps (held frames) add d n per batch item. A VAE decode takes a + b (frames x pixels),
-  an encode the same form; a prompt's encoding is timed once.
-- Memory. The same forms give the peak each stage adds above what the process holds before it (the sampling
-  state and activations, attention, the VAE's working set and its output), fitted to the peaks of the same
-  runs: the process's resident set on a CPU (VmHWM, reset before each run, after returning freed memory to
-  the system), `torch.cuda.max_memory_allocated` on CUDA. Weights are counted, not fitted: the bytes of every
-  module's parameters and buffers, resident as the memory mode keeps them (pipelines/memory.py).
+- Time. A denoiser forward of batch B over n latent tokens takes a + B t(n) seconds: a per-call overhead and
+  one item's time t(n), timed in a few sampling steps at four token counts (read between them; past the
+  largest, growing as a + b n + c n^2 fitted to them, c being attention's share, which grows with the square
+  of the tokens); per-token timesteps (held frames) add d n per item. A VAE pass grows with its latents and
+  its frames times the pixels it decodes (tiles included), fitted to a few timed passes; a prompt's encoding
+  is timed once.
+- Memory. The peak each stage adds above what the process holds before it: the sampling state, activations
+  and attention (a + B (b n + c n^2)), the VAE's working set (of a one-frame and a many-frame latent, by a
+  tile's pixels, and what each latent adds), fitted to the peaks of the same runs: the process's resident
+  set on a CPU (VmHWM, reset before each run, after returning freed memory to the system),
+  `torch.cuda.max_memory_allocated` on CUDA. Counted, not fitted: the weights (the bytes of every module's
+  parameters and buffers, resident as the memory mode keeps them, pipelines/memory.py) and the clip's
+  float32 copies.
 A request's plan adds the stages as the engine runs them: text for prompts not yet cached, the encoding of
 its conditioning frames, each candidate's sampling passes (image-first's two) and its decode.
 
@@ -25,11 +29,11 @@ import ctypes
 import itertools
 import json
 import os
-import uuid
 import platform
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -43,11 +47,10 @@ from pipelines.sampling import GenerationCancelled
 
 MEMORY_CHOICES = ("auto",) + memory_modes.MODES
 CALIBRATION_FILE = "calibration.json"
-CALIBRATION_VERSION = 3
+CALIBRATION_VERSION = 4
 GB = 2**30  # shown as "GB", as operating systems and GPU tools show memory
 PROBE_PROMPT = "the planner's calibration run"
 PROBE_STEPS = 3  # per timed sampling pass: the first step (shape warm-up) is not timed
-STAGES = ("text", "encode", "denoise", "decode")
 
 
 # ---- measuring -----------------------------------------------------------------------------------------
@@ -208,10 +211,11 @@ def _tiles(vae: Any, height: int, width: int, spatial: int, tiled: bool) -> tupl
     return max(rows) * max(cols), sum(rows) * sum(cols)
 
 
-# The clip in float32 as a VAE pass and the family's conversions hold it at once (the VAE's RGB output and
-# the copies of scaling, clamping and rounding it; the input's the same way for an encode): bytes per pixel
-# of every frame. Counted, not fitted: the probes are short clips, the requests long ones.
-CLIP_BYTES_PER_PIXEL = 4 * 3 * 4
+# The whole clip in float32, three copies at once (an operation's input and result, besides the VAE's output
+# joined from its chunks, or the family's scaled and clamped copies as they turn into uint8; an encode's
+# input the same way): bytes per pixel of every frame. Counted, not fitted: the probes are short clips, the
+# requests long ones.
+CLIP_BYTES_PER_PIXEL = 3 * 3 * 4
 
 
 @dataclass(frozen=True)
@@ -274,7 +278,6 @@ class Calibration:
         stored = self._read().get(self.key) if self.path is not None else None
         self.sections: dict[str, Any] = stored if stored is not None else Calibration._memory.setdefault(self.key, {})
         self.meter = Meter(pipe.device)
-        self.runs = 0  # calibration runs made by this object (sampling probes and VAE/text passes)
         self._stills: tempfile.TemporaryDirectory | None = None  # grey stills for models that only animate
 
     def _read(self) -> dict[str, Any]:
@@ -352,18 +355,9 @@ class Calibration:
         base = self.meter.start()
         with contextlib.suppress(GenerationCancelled):
             self.pipe.generate(request, callback=callback)
-        self.runs += 1
         probe = _Probe(stamps, base, self.meter.peak())
         self.meter.stop()
         return probe
-
-    def step_seconds(self, width: int, height: int, frames: int) -> float:
-        """Seconds of one unguided sampling step of a window of this size, timed as the calibration times it
-        (a reference for how fast the machine runs now: `benchmarks.planner` compares it with the
-        calibration's own)."""
-        with self._calibration_mode(), torch.no_grad():
-            probe = self._sample(self._probe_request(width, height, frames, PROBE_STEPS), PROBE_STEPS)
-        return float(min(np.diff(probe.stamps)))
 
     def _timed(self, work: Callable[[], Any]) -> tuple[float, int]:
         """(seconds, peak bytes above the use before) of one call."""
@@ -375,7 +369,6 @@ class Calibration:
         peak = self.meter.peak() - base
         self.meter.stop()
         del result
-        self.runs += 1
         return seconds, peak
 
     def _correction(self, stage: str, resident_before: int) -> int:
@@ -458,6 +451,9 @@ class Calibration:
         shapes = [(1, w1, h1), (1 + 4 * t, w1, h1)]
         shapes += [(1 + t, w1, h1), (1 + 8 * t, w1, h1)] if fixed else \
             [(1 + t, 2 * w1, 2 * h1), (1, 3 * w1, 3 * h1), (1 + 8 * t, self._side(w1, 0.5), self._side(h1, 0.5))]
+        # A first pass allocates what the process then keeps (kernels' caches and pools): not part of any
+        # pass's peak, so it is made before the measured ones, on the smallest shape.
+        run(1, self._side(w1, 0.5), self._side(h1, 0.5))
         points, features = [], []
         for frames, w, h in shapes:
             resident = resident_bytes(self.pipe)
