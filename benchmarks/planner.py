@@ -161,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
         table.append({"window": window, "memory": mode, "runs": runs})
     print(f"\nworst time error {worst_time[0]:.0%} ({worst_time[1]}; target 25 %), worst peak error "
           f"{worst_peak[0]:.0%} ({worst_peak[1]}; target 20 %)")
+    for round_ in range(args.rounds):  # each round against its own calibration: the drift between rounds shows
+        ran = [runs[round_] for runs in rows.values() if len(runs) > round_]
+        time_errors = [abs(r["predicted_seconds"] / r["seconds"] - 1) for r in ran]
+        peak_errors = [abs(r["predicted_peak"] / r["peak"] - 1) for r in ran]
+        print(f"round {round_ + 1} alone (calibrated in {calibrations[round_]:.1f} s): worst time error "
+              f"{max(time_errors):.0%}, worst peak error {max(peak_errors):.0%}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"calibration_seconds": calibrations, "rows": table}, indent=1))
