@@ -14,7 +14,10 @@ transformer's repeated blocks, and step caching. Each can be measured on its own
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the command line reads these flags before torch is needed
+    import torch
 
 # Fastest first; each needs its kernels (flash-attn 3 or 2, cuDNN >= 9 through PyTorch, plain SDPA).
 CUDA_ATTENTION_PREFERENCE = ("_flash_3", "flash", "_native_cudnn", "native")

@@ -1,9 +1,9 @@
 """A faster 3D convolution on the CPU for the causal video VAE.
 
 PyTorch 2.13's CPU build sends float32 `conv3d` to its im2col fallback (`aten::slow_conv3d_forward`), which
-was 72 % of a Wan-style VAE decode on this project's 2-core machine; oneDNN's kernel computes the same
-convolution about 3.4x faster (benchmarks/cpu_vs_diffusers.py shows the effect on whole generations).
-The outputs differ only by float32 summation order.
+dominates a Wan-style VAE decode on a CPU; oneDNN's kernel computes the same convolution several times
+faster (figures: training/NOTES.md, "CPU kernels"; benchmarks/cpu_vs_diffusers.py shows the effect on whole
+generations). The outputs differ only by float32 summation order.
 """
 
 from __future__ import annotations

@@ -13,11 +13,12 @@ import json
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from pipelines.request import GenerationRequest, default_guidance
 
-from pipelines.request import default_guidance
+if TYPE_CHECKING:  # the registry and the folder checks run before torch is needed (the CLI's usage errors)
+    import torch
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -26,14 +27,20 @@ class ModelNotAvailable(RuntimeError):
     """The model cannot be found locally and cannot be downloaded now; the message says what to run."""
 
 
+_REQUEST = {f.name: f.default for f in fields(GenerationRequest)}
+
+
 @dataclass(frozen=True)
 class ModelDefaults:
-    width: int = 832
-    height: int = 480
-    num_frames: int = 81
-    fps: float = 16.0
-    steps: int = 50
-    guidance_scale: float = 5.0
+    """A model's settings where a request leaves them out (`pipelines.modes.build`). Unset, they are a
+    request's own (Wan 2.1's: 832x480, 81 frames at 16 fps, 50 steps, guidance 5)."""
+
+    width: int = _REQUEST["width"]
+    height: int = _REQUEST["height"]
+    num_frames: int = _REQUEST["num_frames"]
+    fps: float = _REQUEST["fps"]
+    steps: int = _REQUEST["steps"]
+    guidance_scale: float = _REQUEST["guidance_scale"]
     # Extend, loop and connect (None: guidance_scale). Their new frames must meet held frames, and guidance
     # that pushes them towards the prompt also pushes them away from those frames; Stable Video Diffusion
     # lowers its guidance next to its conditioning frame for the same reason (Blattmann et al., arXiv 2311.15127).
@@ -69,109 +76,59 @@ class ModelEntry:
     note: str = ""
 
 
+# Defaults several registry entries share, and their notes.
+_LTX = ModelDefaults(width=704, height=512, num_frames=161, fps=25.0, steps=50, guidance_scale=3.0,
+                     conditioning_strategy="per_token", max_sequence_length=128)
+_COGVIDEOX = ModelDefaults(width=720, height=480, num_frames=49, fps=8.0, steps=50, guidance_scale=6.0,
+                           max_sequence_length=226)
+_COGVIDEOX_15 = replace(_COGVIDEOX, width=1360, height=768, num_frames=81, fps=16.0)
+_SVD = ModelDefaults(width=1024, height=576, num_frames=14, fps=7.0, steps=25, guidance_scale=3.0,
+                     motion_bucket_id=127, noise_aug_strength=0.02, min_guidance_scale=1.0)
+_WAN_I2V = ModelDefaults(context_frames=1)  # Wan 2.1's defaults; a clip's facing frame is what it holds
+_WAN_A14B = ModelDefaults(width=1280, height=720, steps=40, guidance_scale=4.0, guidance_scale_2=3.0)
+_UNMEASURED = "not yet measured here"
+_14B = f"a 14B denoiser: about 28 GB of weights in bfloat16, before UMT5-XXL and activations ({_UNMEASURED})"
+_A14B = f"two 14B experts: about 56 GB of weights in bfloat16, before UMT5-XXL and activations ({_UNMEASURED})"
+
 # Registry: names shown in the CLI and the studio's dropdown.
 MODELS: dict[str, ModelEntry] = {
     "embedded": ModelEntry(str(ASSETS / "embedded-model"), ModelDefaults(), "runs on a CPU"),
-    "wan2.1-t2v-1.3b": ModelEntry(
-        "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
-        ModelDefaults(width=832, height=480, num_frames=81, fps=16.0, steps=50, guidance_scale=5.0),
-        "Wan's README: 8.2 GB of GPU memory at 832x480x81 with offloading (not yet measured here)",
-    ),
+    "wan2.1-t2v-1.3b": ModelEntry("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", ModelDefaults(),
+                                  f"Wan's README: 8.2 GB of GPU memory at 832x480x81 with offloading ({_UNMEASURED})"),
     "wan2.2-ti2v-5b": ModelEntry(
         "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
-        ModelDefaults(width=1280, height=704, num_frames=121, fps=24.0, steps=50, guidance_scale=5.0,
-                      conditioning_strategy="per_token"),
-        "Wan's README: 22.9 GB of GPU memory at 1280x704x121 (not yet measured here)",
-    ),
+        ModelDefaults(width=1280, height=704, num_frames=121, fps=24.0, conditioning_strategy="per_token"),
+        f"Wan's README: 22.9 GB of GPU memory at 1280x704x121 ({_UNMEASURED})"),
     # LTX-Video 2B: LTXPipeline's call defaults. The hub folder of Lightricks/LTX-Video holds 0.9.1 in diffusers
     # layout (its timestep-aware VAE: diffusers' LTX examples decode it with decode_timestep).
-    "ltx-video-0.9.1": ModelEntry(
-        "Lightricks/LTX-Video",
-        ModelDefaults(width=704, height=512, num_frames=161, fps=25.0, steps=50, guidance_scale=3.0,
-                      conditioning_strategy="per_token", max_sequence_length=128),
-        "2B DiT, 32x8 VAE: 7,392 latent tokens at 704x512x161 (memory not yet measured here)",
-    ),
-    "ltx-video-0.9.5": ModelEntry(
-        "Lightricks/LTX-Video-0.9.5",
-        ModelDefaults(width=704, height=512, num_frames=161, fps=25.0, steps=50, guidance_scale=3.0,
-                      conditioning_strategy="per_token", max_sequence_length=128),
-        "2B DiT with keyframes anywhere in the clip, new VAE; memory not yet measured here",
-    ),
+    "ltx-video-0.9.1": ModelEntry("Lightricks/LTX-Video", _LTX,
+                                  f"2B DiT, 32x8 VAE: 7,392 latent tokens at 704x512x161 ({_UNMEASURED})"),
+    "ltx-video-0.9.5": ModelEntry("Lightricks/LTX-Video-0.9.5", _LTX,
+                                  f"2B DiT with keyframes anywhere in the clip, new VAE ({_UNMEASURED})"),
     # CogVideoXPipeline's call defaults (CogVideoX 1.5: its model card's 1360x768 at 81 frames and 16 fps).
-    "cogvideox-2b": ModelEntry(
-        "THUDM/CogVideoX-2b",
-        ModelDefaults(width=720, height=480, num_frames=49, fps=8.0, steps=50, guidance_scale=6.0,
-                      max_sequence_length=226),
-        "not yet measured here",
-    ),
-    "cogvideox-5b": ModelEntry(
-        "THUDM/CogVideoX-5b",
-        ModelDefaults(width=720, height=480, num_frames=49, fps=8.0, steps=50, guidance_scale=6.0,
-                      max_sequence_length=226),
-        "not yet measured here",
-    ),
-    "cogvideox-5b-i2v": ModelEntry(
-        "THUDM/CogVideoX-5b-I2V",
-        ModelDefaults(width=720, height=480, num_frames=49, fps=8.0, steps=50, guidance_scale=6.0,
-                      max_sequence_length=226),
-        "animates a still at 720x480 only (its learned positional table); not yet measured here",
-    ),
-    "cogvideox1.5-5b": ModelEntry(
-        "THUDM/CogVideoX1.5-5B",
-        ModelDefaults(width=1360, height=768, num_frames=81, fps=16.0, steps=50, guidance_scale=6.0,
-                      max_sequence_length=226),
-        "not yet measured here",
-    ),
-    "cogvideox1.5-5b-i2v": ModelEntry(
-        "THUDM/CogVideoX1.5-5B-I2V",
-        ModelDefaults(width=1360, height=768, num_frames=81, fps=16.0, steps=50, guidance_scale=6.0,
-                      max_sequence_length=226),
-        "animates a still; not yet measured here",
-    ),
+    "cogvideox-2b": ModelEntry("THUDM/CogVideoX-2b", _COGVIDEOX, _UNMEASURED),
+    "cogvideox-5b": ModelEntry("THUDM/CogVideoX-5b", _COGVIDEOX, _UNMEASURED),
+    "cogvideox-5b-i2v": ModelEntry("THUDM/CogVideoX-5b-I2V", _COGVIDEOX,
+                                   f"animates a still at 720x480 only (its learned positional table); {_UNMEASURED}"),
+    "cogvideox1.5-5b": ModelEntry("THUDM/CogVideoX1.5-5B", _COGVIDEOX_15, _UNMEASURED),
+    "cogvideox1.5-5b-i2v": ModelEntry("THUDM/CogVideoX1.5-5B-I2V", _COGVIDEOX_15, f"animates a still; {_UNMEASURED}"),
     # StableVideoDiffusionPipeline's call defaults; the frame count is the UNet's num_frames, as diffusers takes it.
-    "svd": ModelEntry(
-        "stabilityai/stable-video-diffusion-img2vid",
-        ModelDefaults(width=1024, height=576, num_frames=14, fps=7.0, steps=25, guidance_scale=3.0,
-                      motion_bucket_id=127, noise_aug_strength=0.02, min_guidance_scale=1.0),
-        "animates a still (no prompt); not yet measured here",
-    ),
-    "svd-xt": ModelEntry(
-        "stabilityai/stable-video-diffusion-img2vid-xt",
-        ModelDefaults(width=1024, height=576, num_frames=25, fps=7.0, steps=25, guidance_scale=3.0,
-                      motion_bucket_id=127, noise_aug_strength=0.02, min_guidance_scale=1.0),
-        "animates a still (no prompt); not yet measured here",
-    ),
+    "svd": ModelEntry("stabilityai/stable-video-diffusion-img2vid", _SVD,
+                      f"animates a still (no prompt); {_UNMEASURED}"),
+    "svd-xt": ModelEntry("stabilityai/stable-video-diffusion-img2vid-xt", replace(_SVD, num_frames=25),
+                         f"animates a still (no prompt); {_UNMEASURED}"),
     # Wan 2.1 image-to-video 14B: animate a still (the first-last-frame checkpoint also connects two stills).
     # Sizes are each checkpoint's own resolution, steps and guidance diffusers' call defaults (Wan's own).
-    "wan2.1-i2v-14b-480p": ModelEntry(
-        "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
-        ModelDefaults(width=832, height=480, num_frames=81, fps=16.0, steps=50, guidance_scale=5.0, context_frames=1),
-        "a 14B denoiser: about 28 GB of weights in bfloat16, before UMT5-XXL and activations (not yet measured here)",
-    ),
-    "wan2.1-i2v-14b-720p": ModelEntry(
-        "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
-        ModelDefaults(width=1280, height=720, num_frames=81, fps=16.0, steps=50, guidance_scale=5.0, context_frames=1),
-        "a 14B denoiser: about 28 GB of weights in bfloat16, before UMT5-XXL and activations (not yet measured here)",
-    ),
-    "wan2.1-flf2v-14b-720p": ModelEntry(
-        "Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers",
-        ModelDefaults(width=1280, height=720, num_frames=81, fps=16.0, steps=50, guidance_scale=5.0, context_frames=1),
-        "a 14B denoiser: about 28 GB of weights in bfloat16, before UMT5-XXL and activations (not yet measured here)",
-    ),
+    "wan2.1-i2v-14b-480p": ModelEntry("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", _WAN_I2V, _14B),
+    "wan2.1-i2v-14b-720p": ModelEntry("Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
+                                      replace(_WAN_I2V, width=1280, height=720), _14B),
+    "wan2.1-flf2v-14b-720p": ModelEntry("Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers",
+                                        replace(_WAN_I2V, width=1280, height=720), _14B),
     # Wan 2.2 A14B: two 14B experts; Wan's own sample settings (wan/configs/wan_{t2v,i2v}_A14B.py): 40 steps,
     # guidance (high-noise, low-noise) 4.0 / 3.0 for text-to-video and 3.5 / 3.5 for image-to-video.
-    "wan2.2-t2v-a14b": ModelEntry(
-        "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
-        ModelDefaults(width=1280, height=720, num_frames=81, fps=16.0, steps=40, guidance_scale=4.0,
-                      guidance_scale_2=3.0),
-        "two 14B experts: about 56 GB of weights in bfloat16, before UMT5-XXL and activations (not yet measured here)",
-    ),
-    "wan2.2-i2v-a14b": ModelEntry(
-        "Wan-AI/Wan2.2-I2V-A14B-Diffusers",
-        ModelDefaults(width=1280, height=720, num_frames=81, fps=16.0, steps=40, guidance_scale=3.5,
-                      guidance_scale_2=3.5, context_frames=1),
-        "two 14B experts: about 56 GB of weights in bfloat16, before UMT5-XXL and activations (not yet measured here)",
-    ),
+    "wan2.2-t2v-a14b": ModelEntry("Wan-AI/Wan2.2-T2V-A14B-Diffusers", _WAN_A14B, _A14B),
+    "wan2.2-i2v-a14b": ModelEntry("Wan-AI/Wan2.2-I2V-A14B-Diffusers",
+                                  replace(_WAN_A14B, guidance_scale=3.5, guidance_scale_2=3.5, context_frames=1), _A14B),
 }
 
 
@@ -268,6 +225,8 @@ def load_components(folder: Path, index: dict[str, Any], required: tuple[str, ..
     missing = [name for name in required if name not in listed]
     if missing:
         raise ModelNotAvailable(f"{str(folder)!r} lacks components the pipeline needs: {', '.join(missing)}")
+    import torch
+
     unweighted = ("tokenizer", "scheduler", "processor", "feature_extractor")
     return {name: load_component(folder, name, spec,
                                  torch.float32 if name == "vae" else None if name.startswith(unweighted) or

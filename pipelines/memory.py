@@ -11,7 +11,8 @@ own offloading hooks.
 
 On a CPU the offloading hooks move nothing (the weights are in RAM either way), but they run, and the modes
 keep their other savings (tiles, one guidance branch at a time). `pipelines.planner` predicts each mode's
-time and peak and picks one (`auto`).
+time and peak and picks one (`auto`). This module imports torch only where it moves weights, so that the
+command line's flags (`add_arguments`) cost nothing before it runs.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-
 if TYPE_CHECKING:
+    import torch
+
     from pipelines.families.base import Family
 
 
@@ -53,6 +54,8 @@ def profile(mode: str) -> Profile:
 
 def modules_of(family: Family) -> dict[str, torch.nn.Module]:
     """The family's weighted components, in the order they run."""
+    import torch
+
     modules = {name: part for name, part in family.parts.items() if isinstance(part, torch.nn.Module)}
     ordered = [name for name in RUN_ORDER if name in modules] + [name for name in modules if name not in RUN_ORDER]
     return {name: modules[name] for name in ordered}
@@ -60,6 +63,8 @@ def modules_of(family: Family) -> dict[str, torch.nn.Module]:
 
 def apply(family: Family, mode: str) -> None:
     """Put the family's models under memory mode `mode`, undoing the mode they were in."""
+    import torch
+
     chosen = profile(mode)
     modules = modules_of(family)
     for module in modules.values():
@@ -122,3 +127,24 @@ def _remove_offloading(module: torch.nn.Module) -> None:
             for name in (_GROUP_OFFLOADING, _LAYER_EXECUTION_TRACKER, _LAZY_PREFETCH_GROUP_OFFLOADING):
                 if registry.get_hook(name) is not None:
                     registry.remove_hook(name, recurse=False)
+
+
+# ---- command line -------------------------------------------------------------------------------------
+def add_arguments(parser, plan_only: bool = True) -> None:
+    """--memory, --low-vram (its older name for low) and, for `launch.py generate`, --plan-only (the planner's
+    line alone)."""
+    parser.add_argument("--memory", choices=("auto",) + MODES, default="auto",
+                        help="where the weights live while generating: full (all on the device, fastest), low "
+                             "(each model moves to the device for its own stage; VAE tiling), minimal (layer by "
+                             "layer; VAE tiling; guidance branches one after the other), or auto (the fastest "
+                             "that the planner predicts fits; default)")
+    parser.add_argument("--low-vram", dest="memory", action="store_const", const="low",
+                        help="the same as --memory low")
+    if plan_only:
+        parser.add_argument("--plan-only", action="store_true",
+                            help="print the predicted time and peak memory, and the memory mode, then exit")
+
+
+def load_mode(memory: str) -> str:
+    """The mode to load weights under: auto loads as low, so that nothing is on the device before the plan."""
+    return "low" if memory == "auto" else memory

@@ -1,5 +1,10 @@
 """Every mode as a request: conditioning items plus a starting noise level (no mode samples on its own).
 
+A mode is one `ModeSpec` in `SPECS`: its builder, its parameters as people give them (`Param`: type, default,
+limits, help), and how an older request's parameters are read back from its layout. The CLI's options, the
+studio's widgets and Reproduce are made from the specs; `build` is the one place a request's unset fields take
+the loaded model's defaults. A request records the parameters it was built from (`mode_params`).
+
 Window geometry follows the causal VAE (`temporal` = 4 for Wan): the window has 4k+1 frames; a clip held at
 frame 0 has 4a+1 frames; a clip held at the end has 4b+1 frames and starts on a multiple of 4. Hence:
 - extend (either way) adds a multiple of 4 frames;
@@ -12,19 +17,17 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.request import ConditioningItem, GenerationRequest, frames_text, nearest_valid
+from pipelines.request import KNOBS, ConditioningItem, GenerationRequest, frames_text, nearest_valid
 from pipelines.video_io import count_frames
 
 DEFAULT_CONTEXT_FRAMES = 9
-# New frames extend, loop and connect make when none are asked for, in seconds.
-DEFAULT_NEW_SECONDS = {"extend": 2.0, "loop": 1.0, "connect": 1.0}
-# Restyle's default strength, read by the CLI and the studio. Measured on the embedded model (a 17-frame
-# moving square, two prompts, seeds 0-1, 20 steps), against the input: strength 0.3 kept 15.6-16.4 dB PSNR and
-# a luminance-gradient correlation of 0.33 (the VAE's own round trip: 17.1 dB, 0.39); 0.4 kept 0.07-0.14 and
-# 0.5-0.7 nothing (0.00-0.03, 9.4-13.3 dB): above 0.3 the footage is no longer recognisable.
+# Restyle's default strength: the highest at which the embedded model still keeps the footage recognisable
+# (measured in training/NOTES.md, "Restyle strength").
 DEFAULT_RESTYLE_STRENGTH = 0.3
 MAX_SECONDS = 3600  # longer than any clip the media check takes: a bound for durations typed anywhere
 MAX_ASPECT = 4.0  # widest (and tallest) output shape size_for picks from an input: 4:1
@@ -95,19 +98,31 @@ def size_for(media: str, default_width: int, default_height: int, grid: int) -> 
     return snapped_w, snapped_h
 
 
-def text_to_video(prompt: str, **settings: Any) -> GenerationRequest:
-    return GenerationRequest(prompt=prompt, mode="t2v", **settings)
+def text_to_video(prompt: str, num_frames: int | None = None, image_first: bool | None = None,
+                  **settings: Any) -> GenerationRequest:
+    """`image_first` means nothing for one frame (there is no clip to make from it), so it is dropped there."""
+    if num_frames is not None:
+        settings["num_frames"] = num_frames
+    if settings.get("num_frames") == 1:
+        image_first = None
+    made = {"num_frames": settings.get("num_frames"), "image_first": image_first}
+    return GenerationRequest(prompt=prompt, mode="t2v", image_first=image_first, mode_params=made, **settings)
 
 
 def text_to_image(prompt: str, **settings: Any) -> GenerationRequest:
     return GenerationRequest(prompt=prompt, mode="image", **{**settings, "num_frames": 1})
 
 
-def animate(image: str, prompt: str = "", strength: float = 1.0, **settings: Any) -> GenerationRequest:
+def animate(image: str, prompt: str = "", strength: float = 1.0, num_frames: int | None = None,
+            **settings: Any) -> GenerationRequest:
     """The still becomes frame 0 of the clip. The prompt may be left out for a model that reads none (Stable
     Video Diffusion); the others refuse an empty prompt (VideoPipeline.check_request)."""
+    if num_frames is not None:
+        settings["num_frames"] = num_frames
     item = ConditioningItem(source=image, frame_index=0, strength=strength, source_count=1)
-    return GenerationRequest(prompt=prompt, mode="animate", conditioning=(item,), **settings)
+    made = {"image": image, "strength": strength, "num_frames": settings.get("num_frames"),
+            **{knob: settings.get(knob) for knob in KNOBS}}
+    return GenerationRequest(prompt=prompt, mode="animate", conditioning=(item,), mode_params=made, **settings)
 
 
 def extend(clip: str, prompt: str, new_frames: int, direction: str = "forward", context_frames: int | None = None,
@@ -123,8 +138,9 @@ def extend(clip: str, prompt: str, new_frames: int, direction: str = "forward", 
         item = ConditioningItem(clip, frame_index=0, source_start=length - context, source_count=context, output="source")
     else:
         item = ConditioningItem(clip, frame_index=new_frames, source_start=0, source_count=context, output="source")
+    made = {"clip": clip, "direction": direction, "new_frames": new_frames, "context_frames": context}
     return GenerationRequest(prompt=prompt, mode="extend", num_frames=context + new_frames, fps=fps,
-                             conditioning=(item,), **settings)
+                             conditioning=(item,), mode_params=made, **settings)
 
 
 def connect(clip_a: str, clip_b: str, prompt: str, new_frames: int, context_frames: int | None = None,
@@ -141,8 +157,10 @@ def connect(clip_a: str, clip_b: str, prompt: str, new_frames: int, context_fram
         ConditioningItem(clip_b, frame_index=context_a + new_frames, source_start=0, source_count=context_b,
                          output=b_output),
     )
+    made = {"clip_a": clip_a, "clip_b": clip_b} if mode == "connect" else {"clip": clip_a}
+    made |= {"new_frames": new_frames, "context_frames": context_a}
     return GenerationRequest(prompt=prompt, mode=mode, num_frames=context_a + new_frames + context_b, fps=fps,
-                             conditioning=items, **settings)
+                             conditioning=items, mode_params=made, **settings)
 
 
 def loop(clip: str, prompt: str, new_frames: int, context_frames: int | None = None, temporal: int = 4,
@@ -167,8 +185,9 @@ def restyle(video: str, prompt: str, strength: float = DEFAULT_RESTYLE_STRENGTH,
     elif num_frames > left:
         raise ValueError(f"the trim {start / fps:g}-{(start + num_frames) / fps:g} s goes past the clip's end "
                          f"({length / fps:.2f} s at {fps:g} fps)")
+    made = {"video": video, "strength": strength, "start": start, "num_frames": num_frames}
     return GenerationRequest(prompt=prompt, mode="restyle", init_video=video, init_strength=strength,
-                             init_start=start, num_frames=num_frames, fps=fps, **settings)
+                             init_start=start, num_frames=num_frames, fps=fps, mode_params=made, **settings)
 
 
 def trim(start_s: float, end_s: float | None, fps: float, temporal: int = 4) -> tuple[int, int | None]:
@@ -187,42 +206,248 @@ def trim(start_s: float, end_s: float | None, fps: float, temporal: int = 4) -> 
     return start, span - (span - 1) % temporal
 
 
-BUILDERS = {
-    "t2v": text_to_video,
-    "image": text_to_image,
-    "animate": animate,
-    "extend": extend,
-    "loop": loop,
-    "restyle": restyle,
-    "connect": connect,
+# ---- the specs -------------------------------------------------------------------------------------------
+PARAM_KINDS = {
+    "image": "a path to an image",
+    "clip": "a path to a video file or a folder of PNG frames",
+    "length": "a frame count (given as frames or seconds, snapped to the counts the VAE takes)",
+    "start": "a frame of the source clip (given in seconds)",
+    "context": "frames of each source clip the model sees",
+    "choice": "one of the choices",
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false (None: the model's default)",
 }
 
 
-SOURCES = {"animate": ("image",), "extend": ("clip",), "loop": ("clip",), "restyle": ("video",),
-           "connect": ("clip_a", "clip_b")}  # each builder's input parameters, in order
+@dataclass(frozen=True)
+class Param:
+    """One of a mode's parameters as people give it; the CLI's options, the studio's widgets and Reproduce
+    are made from these (studio/cli.py, studio/app.py)."""
+
+    name: str  # the builder's keyword, and its key in the request's mode_params
+    kind: str  # one of PARAM_KINDS
+    help: str  # for a media parameter, what it is as a noun ("a clip to extend")
+    label: str | None = None  # the studio widget's (None: the help, capitalised)
+    studio: bool = True  # offered by the studio (else only by the CLI; the builder's default applies there)
+    default: Any = None  # None: the builder's, or the model's (`model_default`)
+    choices: tuple[Any, ...] = ()
+    limits: tuple[float, float, float] | None = None  # the studio widget's (minimum, maximum, step)
+    flag: str | None = None  # the CLI's option (None: --name)
+    widget: str | None = None  # the studio's widget, which is also Reproduce's key (None: name)
+    count: str = "window"  # a length's rule: a whole "window" (temporal*k+1), or extend/loop/connect's new frames
+    seconds: float | None = None  # a length's default in seconds (None: the model's window)
+    after: str | None = None  # a length the studio shows as the time it ends at, after this "start" parameter
+    model_default: str | None = None  # the ModelDefaults attribute that is its default, when the model has one
+    knob: bool = False  # a request field only families that read it take (request.KNOBS, Family.knobs)
+    at_end: bool = False  # a context whose clip closes the window (at least temporal+1 frames)
+
+    def __post_init__(self) -> None:
+        if self.kind not in PARAM_KINDS:
+            raise ValueError(f"Param {self.name!r}: kind = {self.kind!r} is not valid: one of {', '.join(PARAM_KINDS)}")
+
+    @property
+    def option(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def key(self) -> str:
+        return self.widget or self.name
+
+    @property
+    def is_media(self) -> bool:
+        """An input file: an image or a clip."""
+        return self.kind in ("image", "clip")
+
+    @property
+    def caption(self) -> str:
+        return self.label or self.help[:1].upper() + self.help[1:]
+
+    def check(self, value: Any) -> Any:
+        """`value` as recorded in a request (a sidecar may be crafted): a ValueError unless it is of this kind."""
+        whole = self.kind in ("length", "start", "context", "int")
+        ok = (value is None or
+              (self.is_media and isinstance(value, str) and value != "") or
+              (whole and isinstance(value, int) and not isinstance(value, bool) and value >= 0) or
+              (self.kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool)
+               and math.isfinite(value)) or
+              (self.kind == "bool" and isinstance(value, bool)) or
+              (self.kind == "choice" and value in self.choices))
+        if not ok:
+            valid = f"one of {', '.join(map(str, self.choices))}" if self.choices else PARAM_KINDS[self.kind]
+            raise ValueError(f"mode_params.{self.name} = {value!r:.80} is not valid: {valid}")
+        return value
+
+
+@dataclass(frozen=True)
+class ModeSpec:
+    """Everything the studio, the CLI and Reproduce know of a mode."""
+
+    name: str
+    title: str  # the studio's tab; for a mode another tab offers, the label of the checkbox that picks it
+    builder: Callable[..., GenerationRequest]
+    params: tuple[Param, ...] = ()
+    action: str = "Generate"  # the studio's button
+    tab: str | None = None  # the studio tab that offers it, when not its own
+    switch: str | None = None  # that tab's checkbox that picks this mode over the tab's own
+    frames: int | None = None  # a mode that always makes this many frames (image: 1)
+    held: int = 0  # conditioning items its requests hold (request validation)
+    joins: bool = False  # its new frames meet copied-through clips at joins (extend, loop, connect)
+    promptless: bool = False  # a model that reads no text runs it without a prompt (Stable Video Diffusion)
+    base: str | None = None  # without its clip, this mode first makes one from the prompt (the CLI's loop)
+    # Its parameters read back from a request written before requests recorded them (format 1 sidecars).
+    legacy: Callable[[GenerationRequest], dict[str, Any]] | None = None
+
+    @property
+    def home(self) -> str:
+        """The studio tab that offers it."""
+        return self.tab or self.name
+
+    def media(self) -> tuple[Param, ...]:
+        return tuple(p for p in self.params if p.is_media)
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def values(self, request: GenerationRequest) -> dict[str, Any]:
+        """The parameters `request` was built from: those it records, checked against this spec; else (a
+        request from before they were recorded, or a record that does not fit, as a crafted or hand-edited
+        sidecar may hold) read off its layout, where the mode can."""
+        try:
+            return self._checked(request.mode_params)
+        except ValueError:
+            if self.legacy is None:
+                raise
+        return self._checked(self.legacy(request))
+
+    def _checked(self, recorded: dict[str, Any]) -> dict[str, Any]:
+        known = {p.name: p for p in self.params}
+        unknown = sorted(set(recorded) - set(known))
+        if unknown or (not recorded and known):
+            raise ValueError(f"mode_params {unknown or '{}'} are not the parameters of {self.name}: "
+                             f"{', '.join(known) or 'it has none'}")
+        return {name: known[name].check(value) for name, value in recorded.items()}
+
+
+def _new_frames(request: GenerationRequest) -> int:
+    return request.num_frames - sum(item.source_count or 0 for item in request.conditioning)
+
+
+def _legacy_join(request: GenerationRequest) -> dict[str, Any]:
+    first = request.conditioning[0]
+    found = {"new_frames": _new_frames(request), "context_frames": first.source_count}
+    if request.mode == "connect":
+        return found | {"clip_a": first.source, "clip_b": request.conditioning[1].source}
+    found["clip"] = first.source
+    if request.mode == "extend":
+        found["direction"] = "forward" if first.frame_index == 0 else "backward"
+    return found
+
+
+LENGTH_HELP = "length of the clip"
+NEW_HELP = "new frames"
+CONTEXT_HELP = "frames of each clip the model sees"
+_KNOB_PARAMS = (
+    Param("motion_bucket_id", "int", "how much motion (0-1023, more is more)", flag="--motion-bucket",
+          label="Motion bucket (more is more motion)", limits=(0, 255, 1), model_default="motion_bucket_id",
+          knob=True),
+    Param("noise_aug_strength", "float", "noise added to the still before it is encoded (more departs further "
+          "from it)", flag="--noise-aug", label="Noise augmentation (more departs further from the still)",
+          limits=(0.0, 1.0, 0.01), model_default="noise_aug_strength", knob=True),
+    Param("min_guidance_scale", "float", "the first frame's guidance, rising to the guidance at the last",
+          flag="--min-guidance", label="First frame's guidance (rising to Guidance at the last)",
+          limits=(0.0, 15.0, 0.5), model_default="min_guidance_scale", knob=True),
+)
+
+SPECS: dict[str, ModeSpec] = {}
+
+
+def register(spec: ModeSpec) -> ModeSpec:
+    """Add a mode: the CLI offers it, the studio lists it, Reproduce reads it back."""
+    if spec.name in SPECS or spec.name in ("reproduce", "batch"):  # the CLI's own commands
+        raise ValueError(f"a mode named {spec.name!r} exists already")
+    SPECS[spec.name] = spec
+    return spec
+
+
+for _spec in (
+    ModeSpec("t2v", "Text to Video", text_to_video, (
+        Param("num_frames", "length", LENGTH_HELP, label="Duration (s)", widget="seconds", model_default="num_frames"),
+        Param("image_first", "bool", "sample the first frame alone, then the clip with it held",
+              label="Image first (the first frame, then the clip from it)", model_default="image_first"),
+    ), legacy=lambda r: {"num_frames": r.num_frames, "image_first": r.image_first}),
+    ModeSpec("image", "One frame (an image)", text_to_image, tab="t2v", switch="one_frame", frames=1,
+             legacy=lambda r: {}),
+    ModeSpec("animate", "Animate Image", animate, (
+        Param("image", "image", "an image to animate", label="Still (becomes the first frame)"),
+        Param("strength", "float", "how firmly the still is held", default=1.0, studio=False),
+        Param("num_frames", "length", LENGTH_HELP, label="Duration (s)", widget="seconds", model_default="num_frames"),
+        *_KNOB_PARAMS,
+    ), action="Animate", held=1, promptless=True, legacy=lambda r: {
+        "image": r.conditioning[0].source, "strength": r.conditioning[0].strength, "num_frames": r.num_frames,
+        **{knob: getattr(r, knob) for knob in KNOBS}}),
+    ModeSpec("extend", "Extend & Loop", extend, (
+        Param("clip", "clip", "a clip to extend", label="Clip", flag="--video", widget="video"),
+        Param("direction", "choice", "which way", label="Direction", default="forward", choices=("forward", "backward")),
+        Param("new_frames", "length", NEW_HELP, label="Seconds to add", widget="seconds", count="extend", seconds=2.0),
+        Param("context_frames", "context", CONTEXT_HELP, label="Context frames the model sees", widget="context",
+              model_default="context_frames"),
+    ), action="Extend", held=1, joins=True, legacy=_legacy_join),
+    ModeSpec("loop", "Make it loop (bridge the end back to the start)", loop, (
+        Param("clip", "clip", "a clip to loop", label="Clip", flag="--video", widget="video"),
+        Param("new_frames", "length", NEW_HELP + " (the bridge back to the start)", label="Seconds to add",
+              widget="seconds", count="loop", seconds=1.0),
+        Param("context_frames", "context", CONTEXT_HELP, label="Context frames the model sees", widget="context",
+              model_default="context_frames"),
+    ), action="Loop", tab="extend", switch="loop", held=2, joins=True, base="t2v", legacy=_legacy_join),
+    ModeSpec("restyle", "Restyle", restyle, (
+        Param("video", "clip", "a clip to restyle", label="Footage"),
+        Param("strength", "float", "how far the footage is noised before repainting", default=DEFAULT_RESTYLE_STRENGTH,
+              label="Strength (how far the footage is noised before repainting)", limits=(0.05, 1.0, 0.05)),
+        Param("start", "start", "where in the footage the window starts, in seconds (the trim's in point)",
+              label="Trim: from (s)", default=0, widget="trim_from"),
+        Param("num_frames", "length", "length of the window (default: as far as the model's window goes)",
+              label="to (s; 0: as far as the model's window goes)", widget="trim_to", after="start"),
+    ), action="Restyle", legacy=lambda r: {"video": r.init_video, "strength": r.init_strength,
+                                             "start": r.init_start, "num_frames": r.num_frames}),
+    ModeSpec("connect", "Connect", connect, (
+        Param("clip_a", "clip", "clip A", label="Clip A (before)", flag="--video"),
+        Param("clip_b", "clip", "clip B", label="Clip B (after)", flag="--video-b"),
+        Param("new_frames", "length", NEW_HELP + " (the transition)", label="Transition length (s)", widget="seconds",
+              count="connect", seconds=1.0),
+        Param("context_frames", "context", CONTEXT_HELP, label="Context frames of each clip", widget="context",
+              model_default="context_frames", at_end=True),
+    ), action="Connect", held=2, joins=True, legacy=_legacy_join),
+):
+    register(_spec)
+
+
+def spec_of(mode: str) -> ModeSpec:
+    if mode not in SPECS:
+        raise ValueError(f"mode = {mode!r} is not valid: one of {', '.join(SPECS)}")
+    return SPECS[mode]
 
 
 def build(mode: str, defaults: Any, geometry: Any, **params: Any) -> GenerationRequest:
     """A request of `mode` for a model with these defaults (`pipelines.loading.ModelDefaults`) and geometry
     (`pipelines.families.Geometry`): every parameter left out, or None, takes the model's own value. The one
     place a request's unset fields are filled; the CLI, the studio and `VideoPipeline.request` call it."""
-    if mode not in BUILDERS:
-        raise ValueError(f"mode = {mode!r} is not valid: one of {', '.join(BUILDERS)}")
+    spec = spec_of(mode)
     params = {k: v for k, v in params.items() if v is not None}
-    builder = BUILDERS[mode]
-    accepted = inspect.signature(builder).parameters
+    accepted = inspect.signature(spec.builder).parameters
     fps = params.setdefault("fps", defaults.fps)
     if "temporal" in accepted:
         params["temporal"] = geometry.temporal
-    if "new_frames" in accepted and "new_frames" not in params:
-        params["new_frames"] = frames_for_seconds(DEFAULT_NEW_SECONDS[mode], fps, mode, geometry.temporal)
     if "window" in accepted:
         params.setdefault("window", defaults.num_frames)
-    if "context_frames" in accepted and getattr(defaults, "context_frames", None) is not None:
-        params.setdefault("context_frames", defaults.context_frames)
-    if mode in ("t2v", "animate"):
-        params.setdefault("num_frames", defaults.num_frames)
-    source = next((params.get(name) for name in SOURCES.get(mode, ())), None)
+    for p in spec.params:
+        if p.name in params or p.kind not in ("length", "context"):
+            continue  # the rest keep the builder's default, or None for the model's at generation time
+        if p.seconds is not None:
+            params[p.name] = frames_for_seconds(p.seconds, fps, p.count, geometry.temporal)
+        elif p.model_default and getattr(defaults, p.model_default, None) is not None:
+            params[p.name] = getattr(defaults, p.model_default)
+    source = next((params.get(p.name) for p in spec.media()), None)
     if "width" not in params and "height" not in params:
         params["width"], params["height"] = defaults.width, defaults.height
         # Follow the input's aspect ratio, unless the model takes one size only (CogVideoX-5B-I2V).
@@ -234,4 +459,7 @@ def build(mode: str, defaults: Any, geometry: Any, **params: Any) -> GenerationR
     params.setdefault("guidance_scale", defaults.guidance_for(mode))
     if getattr(defaults, "guidance_scale_2", None) is not None:
         params.setdefault("guidance_scale_2", defaults.guidance_scale_2)
-    return builder(**params)
+    request = spec.builder(**params)
+    # What the builder resolved itself (a context from the clip's length) wins over what it was given.
+    given = {p.name: params.get(p.name) for p in spec.params}
+    return request.replace(mode_params={**given, **request.mode_params})

@@ -45,7 +45,6 @@ from pipelines import memory as memory_modes
 from pipelines.request import ConditioningItem, GenerationRequest, frames_text
 from pipelines.sampling import GenerationCancelled
 
-MEMORY_CHOICES = ("auto",) + memory_modes.MODES
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_VERSION = 4
 GB = 2**30  # shown as "GB", as operating systems and GPU tools show memory
@@ -788,26 +787,7 @@ def prepare(pipe, request: GenerationRequest, memory: str = "auto", *, cache: st
     return chosen
 
 
-# ---- command line -------------------------------------------------------------------------------------
-def add_arguments(parser, plan_only: bool = True) -> None:
-    """--memory (and --low-vram, the older name of --memory low); --plan-only for `launch.py generate`."""
-    parser.add_argument("--memory", choices=MEMORY_CHOICES, default="auto",
-                        help="where the weights live while generating: full (all on the device, fastest), low "
-                             "(each model moves to the device for its own stage; VAE tiling), minimal (layer by "
-                             "layer; VAE tiling; guidance branches one after the other), or auto (the fastest "
-                             "that the planner predicts fits; default)")
-    parser.add_argument("--low-vram", dest="memory", action="store_const", const="low",
-                        help="the same as --memory low")
-    if plan_only:
-        parser.add_argument("--plan-only", action="store_true",
-                            help="print the predicted time and peak memory, and the memory mode, then exit")
-
-
-def load_mode(memory: str) -> str:
-    """The mode to load weights under: auto loads as low, so nothing is on the device before the plan."""
-    return "low" if memory == "auto" else memory
-
-
+# ---- command line (its flags, --memory, --low-vram and --plan-only, are pipelines.memory.add_arguments) ----
 def announce(pipe, request: GenerationRequest, memory: str, cache: str | Path | None) -> Plan:
     """Plan and prepare the run (see `prepare`) and print its line: what the CLI calls before generating."""
     if not Calibration(pipe, cache).sections:

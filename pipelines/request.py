@@ -14,9 +14,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-MODES = ("t2v", "image", "animate", "extend", "loop", "restyle", "connect")
-JOIN_MODES = ("extend", "loop", "connect")  # their new frames meet copied-through clips at joins
-MODE_ITEMS = {"animate": 1, "extend": 1, "loop": 2, "connect": 2}  # conditioning items each mode reads by position
 CONDITIONING_STRATEGIES = ("per_token", "replace")
 ITEM_OUTPUTS = ("window", "source", "omit")
 REQUEST_FORMAT = 1
@@ -29,7 +26,10 @@ MAX_PROMPT_CHARS = 4000
 # Optional request fields only some families read (None: the model's default). A family lists the ones it reads
 # in `Family.knobs`; VideoPipeline.check_request refuses a set knob the loaded family does not read.
 KNOBS = ("motion_bucket_id", "noise_aug_strength", "min_guidance_scale")
-PROMPTLESS_MODES = ("animate",)  # modes a model that reads no text (Stable Video Diffusion) runs without a prompt
+# The fields a mode's parameters decide (see `GenerationRequest.replace`).
+LAYOUT_FIELDS = {"mode", "num_frames", "conditioning", "init_video", "init_strength", "init_start", "image_first",
+                 *KNOBS}
+MAX_MODE_PARAMS = 32  # parameters a request records having been built from (far above any mode's)
 
 
 def _is_int(value: Any) -> bool:
@@ -74,7 +74,10 @@ def nearest_valid(value: int, multiple: int, offset: int = 0, minimum: int = 1) 
 
 def default_guidance(mode: str, guidance_scale: float, join_guidance_scale: float | None) -> float:
     """A mode's default guidance: a model's join guidance, where it sets one, for extend, loop and connect."""
-    return join_guidance_scale if mode in JOIN_MODES and join_guidance_scale is not None else guidance_scale
+    from pipelines.modes import SPECS
+
+    joins = mode in SPECS and SPECS[mode].joins
+    return join_guidance_scale if joins and join_guidance_scale is not None else guidance_scale
 
 
 def check_grid(request: GenerationRequest, grid: int, temporal: int) -> None:
@@ -134,6 +137,9 @@ class GenerationRequest:
     in point.
     `image_first` samples a text-to-video clip in two stages, its first frame alone and then the clip with
     that frame held (None: the model's default; see `VideoPipeline.generate`).
+    `mode_params` records the parameters of its mode's builder it was made from (see `pipelines.modes.ModeSpec`),
+    which Reproduce reads back; they decide nothing of the output, so two requests that differ only there are
+    equal.
     `prompt` may be empty for animate only, and only models that read no text (Stable Video Diffusion) take that.
     The KNOBS (None: the model's default) are Stable Video Diffusion's micro-conditioning (Blattmann et al.,
     arXiv 2311.15127): `motion_bucket_id` (more is more motion), `noise_aug_strength` (noise added to the still
@@ -165,9 +171,11 @@ class GenerationRequest:
     motion_bucket_id: int | None = None
     noise_aug_strength: float | None = None
     min_guidance_scale: float | None = None
+    mode_params: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        from pipelines.samplers import SAMPLERS  # the registry names the valid samplers
+        from pipelines.modes import SPECS  # the registries name the valid modes and samplers
+        from pipelines.samplers import SAMPLERS
 
         if isinstance(self.conditioning, list):
             object.__setattr__(self, "conditioning", tuple(self.conditioning))
@@ -177,11 +185,12 @@ class GenerationRequest:
                 raise ValueError(f"{name} is {len(text):,} characters long: at most {MAX_PROMPT_CHARS:,} (the text "
                                  "encoder reads only the first few hundred words)")
         _require_text(self.prompt, "prompt", "a non-empty text describing the video")
-        _require(self.prompt.strip() != "" or self.mode in PROMPTLESS_MODES, "prompt", self.prompt,
+        _require(isinstance(self.mode, str) and self.mode in SPECS, "mode", self.mode, f"one of {', '.join(SPECS)}")
+        spec = SPECS[self.mode]
+        _require(self.prompt.strip() != "" or spec.promptless, "prompt", self.prompt,
                  "a non-empty text describing the video (only animate may leave it empty, on a model that reads "
                  "no prompt)")
         _require_text(self.negative_prompt, "negative_prompt", "a text (may be empty)")
-        _require(self.mode in MODES, "mode", self.mode, f"one of {', '.join(MODES)}")
         for name in ("width", "height"):
             value = getattr(self, name)
             _require(_is_int(value) and 16 <= value <= 4096, name, value, "an integer number of pixels in [16, 4096]")
@@ -209,7 +218,7 @@ class GenerationRequest:
         _require(self.conditioning_strategy is None or self.conditioning_strategy in CONDITIONING_STRATEGIES,
                  "conditioning_strategy", self.conditioning_strategy,
                  f"None (the model's default) or one of {', '.join(CONDITIONING_STRATEGIES)}")
-        held = MODE_ITEMS.get(self.mode, 0)
+        held = spec.held
         _require(len(self.conditioning) >= held, "conditioning", self.conditioning,
                  f"at least {held} item{'s' * (held != 1)} for {self.mode} (what it holds: pipelines.modes builds them)")
         _require(self.init_video is None or (isinstance(self.init_video, str) and self.init_video != ""),
@@ -249,6 +258,12 @@ class GenerationRequest:
                  "min_guidance_scale", self.min_guidance_scale,
                  f"None (the model's default) or a number in [0, guidance_scale = {self.guidance_scale:g}] (the "
                  "first frame's guidance, rising to guidance_scale at the last)")
+        _require(isinstance(self.mode_params, dict) and len(self.mode_params) <= MAX_MODE_PARAMS and
+                 all(isinstance(k, str) and len(k) <= 64 and (v is None or isinstance(v, int) or _is_number(v) or
+                                                              (isinstance(v, str) and len(v) <= 4096))
+                     for k, v in self.mode_params.items()),
+                 "mode_params", self.mode_params, f"an object of at most {MAX_MODE_PARAMS} names with a number, "
+                 "text, true/false or null each (the parameters the request was built from)")
         if self.best_of > 1:
             _require(any(item.output != "window" for item in self.conditioning), "best_of", self.best_of,
                      "1 for a request without joins: candidates are ranked by their joins to copied-through clips "
@@ -296,4 +311,8 @@ class GenerationRequest:
         return cls.from_dict(json.loads(text))
 
     def replace(self, **changes: Any) -> GenerationRequest:
+        """A copy with `changes`. A change to what its mode's parameters placed (its layout) drops the record
+        of them, unless it gives a new one: Reproduce then reads them off the new layout."""
+        if "mode_params" not in changes and LAYOUT_FIELDS & changes.keys():
+            changes["mode_params"] = {}
         return dataclasses.replace(self, **changes)

@@ -2,7 +2,7 @@
 
 Extend, loop and connect copy the source clips through (a clip that closes the window perhaps from its
 second frame, below) and show decoded frames elsewhere. The VAE does not reconstruct the held frames exactly
-(about 26 dB on the embedded model, a few dB better on Wan's), so at a join the picture jumps by the
+(training/NOTES.md, "The seams", has the figures), so at a join the picture jumps by the
 reconstruction error even where the model continues the motion perfectly: a colour or brightness step, the
 "colour drift at joins" users of Wan-based tools report.
 The held frames are decoded too, so that error is known there. Carrying it into the generated frames next
@@ -15,10 +15,8 @@ to the join makes the join's step the decoder's own frame step:
 - a span between two joins (connect, loop) hands one correction over to the other along a smootherstep of
   position: flat at both ends, so beside each join its own correction stays nearly whole (a linear blend
   moves the correction by 1/n of their difference on every step of an n-step span, the joins' steps
-  included; on the embedded model smootherstep took connect's worst join on the judge's clips from 1.60 to
-  1.53 on average over four seeds, and loop's from 0.94 to 0.80: training/NOTES.md). It changes fastest
-  mid-span, where no join is scored; there the crossfade's own steps are several times larger (the largest
-  step inside connect's bridges measured the same either way).
+  included; the comparison is in training/NOTES.md, "The seams"). It changes fastest mid-span, where no join
+  is scored; there the crossfade's own steps are several times larger.
 
 A clip copied through from a frame after 0 (connect's B, a backward extension's clip) starts in a generated
 latent: the causal encoder reads a clip's first frame alone, so that frame only warms the encoder and the

@@ -198,11 +198,10 @@ def _fps_fraction(fps: float) -> Fraction:
 
 
 # The encode is deterministic: the same frames give the same bytes, whatever the machine (with the same
-# PyAV build, which bundles FFmpeg and x264). Measured on 48x32 clips written 150 times in one process,
-# the defaults gave up to three different files per batch, decoding up to 12/255 apart:
-# - x264's macroblock-tree rate control (mbtree) decided the first frame's quantisers differently from run
-#   to run (the IDR slice differed; with mbtree off no write differed in thousands). It is off, at a cost
-#   of a few per cent in file size at CRF 17.
+# PyAV build, which bundles FFmpeg and x264); with x264's defaults they did not (training/NOTES.md,
+# "Deterministic encoding"):
+# - x264's macroblock-tree rate control (mbtree) decides the first frame's quantisers differently from run
+#   to run. It is off, at a cost of a few per cent in file size at CRF 17.
 # - the thread count is fixed, not one per core: x264's frame threads are deterministic for a given count
 #   but the count changes its decisions;
 # - the RGB -> YUV conversion runs single-threaded with swscale's bit-exact, accurately rounded path (its

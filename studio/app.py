@@ -43,10 +43,69 @@ BUILDING_AT_ONCE = 2  # requests whose inputs are checked and kept at the same t
 CANDIDATES = [1, 2, 4, 8]  # best_of choices for joins: each candidate costs a whole generation
 CANDIDATES_LABEL = "Candidates (keeps the smoothest join)"
 RATIOS = (("16:9", 16 / 9), ("1:1", 1.0), ("9:16", 9 / 16), ("4:3", 4 / 3), ("3:4", 3 / 4))
-TABS = {"t2v": "Text to Video", "animate": "Animate Image", "extend": "Extend & Loop", "restyle": "Restyle",
-        "connect": "Connect", "history": "History"}
-TAB_OF_MODE = {"t2v": "t2v", "image": "t2v", "animate": "animate", "extend": "extend", "loop": "extend",
-               "restyle": "restyle", "connect": "connect"}
+# The widgets every mode's tab has (besides its mode's own), by name; "candidates" only where a mode joins.
+SHARED = ("prompt", "negative", "seed", "steps", "guidance", "sampler", "size", "seconds", "fps")
+# Each built-in tab's API endpoint (/t2v, /animate, ...) takes its widgets in this order, kept as it was for
+# API clients (a widget the loaded model lacks, such as a knob, is left out). A mode registered later gets a
+# tab whose endpoint takes its media, its parameters, then the shared widgets.
+API_ORDER = {
+    "t2v": (*SHARED, "one_frame", "image_first"),
+    "animate": ("image", *SHARED, "motion_bucket_id", "noise_aug_strength", "min_guidance_scale"),
+    "extend": ("video", "direction", "context", "loop", "candidates", *SHARED),
+    "restyle": ("video", "strength", *SHARED, "trim_from", "trim_to"),
+    "connect": ("clip_a", "clip_b", "context", "candidates", *SHARED),
+}
+# A send-to button's target: (tab, the widget the output goes into), and its label.
+SEND_TARGETS = {"extend": ("extend", "video"), "restyle": ("restyle", "video"), "connect_a": ("connect", "clip_a"),
+                "connect_b": ("connect", "clip_b"), "animate": ("animate", "image")}
+SEND_LABELS = {"extend": "→ Extend", "restyle": "→ Restyle", "connect_a": "→ Connect A", "connect_b": "→ Connect B",
+               "animate": "→ Animate last frame"}
+
+
+def tab_modes() -> dict[str, list[modes.ModeSpec]]:
+    """The studio's mode registry: each tab's modes (`ModeSpec.home`), its own first."""
+    found: dict[str, list[modes.ModeSpec]] = {}
+    for spec in modes.SPECS.values():
+        found.setdefault(spec.home, []).append(spec)
+    return {tab: sorted(specs, key=lambda spec: spec.name != tab) for tab, specs in found.items()}
+
+
+def tab_title(tab: str) -> str:
+    return modes.SPECS[tab].title if tab in modes.SPECS else tab.capitalize()
+
+
+def tab_params(tab: str) -> dict[str, modes.Param]:
+    """The studio widgets of a tab's mode parameters, by widget name (modes of one tab share a widget)."""
+    found: dict[str, modes.Param] = {}
+    for spec in tab_modes()[tab]:
+        for param in spec.params:
+            if param.studio:
+                found.setdefault(param.key, param)
+    return found
+
+
+def tab_inputs(tab: str, info: ModelInfo) -> list[str]:
+    """The names of a tab's widgets for the loaded model, in its endpoint's order: its modes' media, their
+    other parameters (knobs only where the model reads them), the checkboxes that pick a mode, the candidates
+    where a mode joins, then the shared settings; a built-in tab in API_ORDER's order."""
+    specs = tab_modes()[tab]
+    params = {key: p for key, p in tab_params(tab).items() if not p.knob or p.name in info.knobs}
+    names = [key for key, p in params.items() if p.is_media]
+    names += [key for key in params if key not in names and key not in SHARED]
+    names += [spec.switch for spec in specs if spec.switch] + (["candidates"] * any(spec.joins for spec in specs))
+    names += [key for key in SHARED if key != "seconds" or key in params]
+    if tab not in API_ORDER:
+        return names
+    unplaced = set(names) - set(API_ORDER[tab])
+    if unplaced:
+        raise ValueError(f"the {tab} tab's endpoint has no place for {sorted(unplaced)}: add them to API_ORDER")
+    return [key for key in API_ORDER[tab] if key in names]
+
+
+def mode_of(tab: str, values: dict[str, Any]) -> modes.ModeSpec:
+    """The mode a tab's widgets ask for: the one whose checkbox is ticked, else the tab's own."""
+    specs = tab_modes()[tab]
+    return next((spec for spec in specs if spec.switch and values.get(spec.switch)), specs[0])
 
 
 @dataclass(frozen=True)
@@ -164,31 +223,7 @@ def length_text(seconds: float, fps: float, kind: str, info: ModelInfo) -> str:
     return f"{frames_text(frames, noun)}{bridge} = {frames / fps:.2f} s at {fps:g} fps"
 
 
-def extend_kind(make_loop: bool) -> str:
-    """The Extend tab's length rule and button: a loop's bridge is 4g-1 frames, an extension 4k."""
-    return "loop" if make_loop else "extend"
-
-
 # ---- widgets -> request ----------------------------------------------------------------------------------
-@dataclass
-class Controls:
-    """The settings every tab shares (each tab has its own copies of the widgets)."""
-
-    prompt: gr.Textbox
-    negative: gr.Textbox
-    seed: gr.Number
-    steps: gr.Slider
-    guidance: gr.Slider
-    sampler: gr.Dropdown
-    size: gr.Dropdown
-    seconds: gr.Slider | None
-    fps: gr.Number
-
-    def inputs(self) -> list[gr.components.Component]:
-        found = [self.prompt, self.negative, self.seed, self.steps, self.guidance, self.sampler, self.size]
-        return found + ([self.seconds] if self.seconds is not None else []) + [self.fps]
-
-
 def _number(value: Any, field: str, valid: str, whole: bool = False) -> Any:
     """A widget's value as the number it is, never rounded: a gr.Error naming the field and what is valid
     for anything else (empty, NaN, text, 2.7 where a whole number is needed)."""
@@ -222,16 +257,6 @@ def _settings(negative: str, seed: float | None, steps: float, guidance: float, 
     return dict(negative_prompt=negative or "", seed=seed, steps=steps,
                 guidance_scale=_number(guidance, "Guidance", "a number from 0 to 15"), sampler=sampler,
                 width=size[0], height=size[1])
-
-
-# The Advanced panel's widget of each request knob: (label, what is valid, minimum, maximum, step).
-KNOB_WIDGETS = {
-    "motion_bucket_id": ("Motion bucket (more is more motion)", "a whole number from 0 to 1023", 0, 255, 1),
-    "noise_aug_strength": ("Noise augmentation (more departs further from the still)", "a number from 0 to 10",
-                           0.0, 1.0, 0.01),
-    "min_guidance_scale": ("First frame's guidance (rising to Guidance at the last)",
-                           "a number from 0 to the guidance", 0.0, 15.0, 0.5),
-}
 
 
 def _fps(value: Any) -> float:
@@ -286,67 +311,59 @@ class StudioApp:
             raise gr.Error(str(error) if isinstance(error, DiskFull) else
                            f"The upload could not be kept in the outputs folder ({error.strerror or error}).") from None
 
-    def request_t2v(self, prompt, negative, seed, steps, guidance, sampler, size, seconds, fps, one_frame,
-                    image_first=None):
-        settings = _settings(negative, seed, steps, guidance, sampler, _size_for(size, None, self.info))
-        if one_frame:
-            return modes.text_to_image(prompt, fps=_fps(fps), **settings)
-        frames = modes.frames_for_seconds(_seconds(seconds), _fps(fps), "window", self.info.temporal)
-        image_first = None if image_first is None or frames == 1 else bool(image_first)
-        return modes.text_to_video(prompt, num_frames=frames, fps=_fps(fps), image_first=image_first, **settings)
+    def request(self, tab: str, values: dict[str, Any]) -> GenerationRequest:
+        """The request a tab's widgets (`values`, by widget name) describe, made by its mode's spec."""
+        spec = mode_of(tab, values)
+        fps = _fps(values.get("fps"))
+        params: dict[str, Any] = {}
+        for param in spec.params:
+            if param.studio and (not param.knob or param.name in self.info.knobs):
+                params[param.name] = self._param(spec, param, values, fps)
+        media = next((params[p.name] for p in spec.media() if p.name in params), None)
+        settings = _settings(values.get("negative"), values.get("seed"), values.get("steps"), values.get("guidance"),
+                             values.get("sampler"), _size_for(values.get("size"), media, self.info))
+        if "candidates" in values:
+            settings["best_of"] = _candidates(values["candidates"])
+        # The model's defaults (ModelInfo holds those of ModelDefaults and Geometry the builders read).
+        return modes.build(spec.name, self.info, self.info, prompt=values.get("prompt") or "", fps=fps,
+                           **settings, **params)
 
-    def request_animate(self, image, prompt, negative, seed, steps, guidance, sampler, size, seconds, fps, *knobs):
-        """`knobs`: the Advanced panel's values of the model's KNOBS (ModelInfo.knobs), in that order."""
-        image = self._keep(image, "an image to animate")
-        settings = _settings(negative, seed, steps, guidance, sampler, _size_for(size, image, self.info))
-        for (name, _), value in zip(self.info.knobs.items(), knobs, strict=True):
-            settings[name] = _number(value, KNOB_WIDGETS[name][0], KNOB_WIDGETS[name][1],
-                                     whole=name == "motion_bucket_id")
-        frames = modes.frames_for_seconds(_seconds(seconds), _fps(fps), "window", self.info.temporal)
-        return modes.animate(image, prompt, num_frames=frames, fps=_fps(fps), **settings)
-
-    def request_extend(self, video, direction, context, make_loop, candidates, prompt, negative, seed, steps, guidance,
-                       sampler, size, seconds, fps):
-        video = self._keep(video, "a clip to extend")
-        settings = _settings(negative, seed, steps, guidance, sampler, _size_for(size, video, self.info))
-        kind = "loop" if make_loop else "extend"
-        new = modes.frames_for_seconds(_seconds(seconds), _fps(fps), kind, self.info.temporal)
-        common = dict(context_frames=_context(context), temporal=self.info.temporal, fps=_fps(fps),
-                      best_of=_candidates(candidates), **settings)
-        if make_loop:
-            return modes.loop(video, prompt, new, **common)
-        return modes.extend(video, prompt, new, direction=direction, **common)
-
-    def request_restyle(self, video, strength, prompt, negative, seed, steps, guidance, sampler, size, fps,
-                        trim_from=0, trim_to=None):
-        video = self._keep(video, "a clip to restyle")
-        settings = _settings(negative, seed, steps, guidance, sampler, _size_for(size, video, self.info))
-        strength = _number(strength, "Strength", "a number from 0.05 to 1")
-        trim_from = _number(trim_from, "Trim from", "0 or more seconds into the clip")
-        valid_to = "a time in seconds after 'from', or 0 for as far as the model's window goes"
-        empty = trim_to is None or (isinstance(trim_to, str) and not trim_to.strip())
-        trim_to = None if empty else _number(trim_to, "Trim to", valid_to)
-        start, frames = modes.trim(trim_from, trim_to or None, _fps(fps), self.info.temporal)  # 0: to the end
-        return modes.restyle(video, prompt, strength=strength, num_frames=frames, start=start,
-                             window=self.info.num_frames, temporal=self.info.temporal, fps=_fps(fps), **settings)
-
-    def request_connect(self, clip_a, clip_b, context, candidates, prompt, negative, seed, steps, guidance, sampler,
-                        size, seconds, fps):
-        clip_a, clip_b = self._keep(clip_a, "clip A"), self._keep(clip_b, "clip B")
-        settings = _settings(negative, seed, steps, guidance, sampler, _size_for(size, clip_a, self.info))
-        new = modes.frames_for_seconds(_seconds(seconds), _fps(fps), "connect", self.info.temporal)
-        return modes.connect(clip_a, clip_b, prompt, new, context_frames=_context(context), temporal=self.info.temporal,
-                             fps=_fps(fps), best_of=_candidates(candidates), **settings)
+    def _param(self, spec: modes.ModeSpec, param: modes.Param, values: dict[str, Any], fps: float) -> Any:
+        """A widget's value in its builder's units: an upload kept, seconds as frames, numbers checked."""
+        value = values.get(param.key)
+        if param.is_media:
+            return self._keep(value, param.help)
+        if param.kind == "length" and param.after:  # a trim's end, after its start
+            start = _number(values.get(spec.param(param.after).key), "Trim from", "0 or more seconds into the clip")
+            empty = value is None or (isinstance(value, str) and not value.strip())
+            end = None if empty else _number(value, "Trim to", "a time in seconds after 'from', or 0 for as far "
+                                                               "as the model's window goes")
+            return modes.trim(start, end or None, fps, self.info.temporal)[1]  # 0: as far as the window goes
+        if param.kind == "length":
+            return modes.frames_for_seconds(_seconds(value, param.caption), fps, param.count, self.info.temporal)
+        if param.kind == "start":
+            return modes.trim(_number(value, "Trim from", "0 or more seconds into the clip"), None, fps,
+                              self.info.temporal)[0]
+        if param.kind == "context":
+            return _context(value)
+        if param.kind == "bool":
+            return None if value is None else bool(value)
+        if param.kind == "choice":
+            if value not in param.choices:
+                raise gr.Error(f"{param.caption} {value!r} is not valid: one of {', '.join(map(str, param.choices))}")
+            return value
+        whole = param.kind == "int"  # the range is the request's to check, and its error says what is valid
+        return _number(value, param.caption, "a whole number" if whole else "a number", whole=whole)
 
     # running -------------------------------------------------------------------------------------------
-    def stream(self, build, args: tuple, request: gr.Request | None) -> Iterator[tuple]:
+    def stream(self, build, request: gr.Request | None) -> Iterator[tuple]:
         """Build the request (errors become a message), run it, and yield
         (status, preview, video, downloads, result, last output, last seed) as it goes."""
         try:
             # Header checks and upload copies, a few at a time however many requests arrive at once (the
             # widgets decode nothing, so this is all the work a request costs before the engine's queue).
             with self._building:
-                built: GenerationRequest = build(*args)
+                built: GenerationRequest = build()
                 self.engine.pipe.check_request(built)
         except gr.Error:  # already the sentence for the user (gr.Error is a ValueError: str() would quote it)
             raise
@@ -479,6 +496,14 @@ class StudioApp:
         return video, image, _lineage_markdown(self.history.lineage(entry.media), self.history.children(entry.media),
                                                self.history.uploads), entry.sidecar
 
+    def _default(self, param: modes.Param) -> Any:
+        """A widget's value for a parameter left at its default (None: the widget keeps what it shows)."""
+        if param.knob:
+            return self.info.knobs[param.name]
+        if param.model_default and param.kind not in ("length", "context"):
+            return getattr(self.info, param.model_default, None)
+        return None if param.kind in ("length", "context") else param.default
+
     def reproduce_values(self, name: str | None) -> dict[str, Any]:
         """The settings of an output as values for its tab's widgets (by widget name)."""
         if not name:
@@ -496,41 +521,46 @@ class StudioApp:
                 missing.append(what)
             return None if kept is None else str(kept)
 
-        tab = TAB_OF_MODE[r.mode]
+        spec = modes.spec_of(r.mode)
+        try:
+            made = spec.values(r)
+        except ValueError as error:
+            raise gr.Error(f"{name}'s sidecar is not one this studio wrote: {error}") from None
+        tab = spec.home
         size = f"{r.width}x{r.height}"
         label = next((k for k, v in self.presets.items() if v == (r.width, r.height)), f"custom · {size}")
         values: dict[str, Any] = dict(tab=tab, prompt=r.prompt, negative=r.negative_prompt, seed=r.seed,
                                       steps=r.steps, guidance=r.guidance_scale, sampler=r.sampler, size=label,
                                       fps=r.fps)
-        items = r.conditioning
-        if r.mode in ("t2v", "image"):
-            values.update(one_frame=r.mode == "image", seconds=r.num_frames / r.fps if r.mode == "t2v" else None,
-                          image_first=self.info.image_first if r.image_first is None else r.image_first)
-        elif r.mode == "animate":
-            values.update(image=source(items[0].source, "the still"), seconds=r.num_frames / r.fps)
-            values.update({name: default if getattr(r, name) is None else getattr(r, name)
-                           for name, default in self.info.knobs.items()})  # the model's knobs (unset: its default)
-        elif r.mode in ("extend", "loop"):
-            item = items[0]
-            new = r.num_frames - sum(i.source_count or 0 for i in items)
-            values.update(video=source(item.source, "the clip"), context=item.source_count, seconds=new / r.fps,
-                          loop=r.mode == "loop", direction="forward" if item.frame_index == 0 else "backward",
-                          candidates=r.best_of)
-        elif r.mode == "restyle":
-            values.update(video=source(r.init_video, "the footage"), strength=r.init_strength,
-                          trim_from=r.init_start / r.fps, trim_to=(r.init_start + r.num_frames) / r.fps)
-        elif r.mode == "connect":
-            new = r.num_frames - sum(i.source_count or 0 for i in items)
-            values.update(clip_a=source(items[0].source, "clip A"), clip_b=source(items[1].source, "clip B"),
-                          context=items[0].source_count, seconds=new / r.fps, candidates=r.best_of)
+        specs = tab_modes()[tab]
+        values.update({other.switch: other is spec for other in specs if other.switch})
+        if any(other.joins for other in specs):
+            values["candidates"] = r.best_of
+        for param in spec.params:
+            if not param.studio or (param.knob and param.name not in self.info.knobs):
+                continue
+            value = made.get(param.name)
+            if param.is_media:
+                value = source(value, re.sub(r"^an? ", "the ", param.help))
+            elif param.kind == "length" and param.after:  # shown as the time the trim ends at
+                value = None if value is None else (made.get(param.after, 0) + value) / r.fps
+            elif param.kind in ("length", "start"):
+                value = None if value is None else value / r.fps
+            elif value is None:
+                value = self._default(param)
+            values[param.key] = value
+        for key, param in tab_params(tab).items():  # the tab's other modes' widgets go back to their defaults
+            if key not in values and (not param.knob or param.name in self.info.knobs):
+                values[key] = self._default(param)
         if r.seed > BROWSER_MAX_SEED:  # the page would round it and silently make another clip
             values["seed"] = None
             values["note"] = (f"Its seed, {r.seed}, is larger than a browser holds exactly, so the seed was not "
                               f"loaded: reproduce it with `python launch.py generate reproduce`. ")
         if missing:
             one = len(missing) == 1
+            what = " and ".join(missing)
             values["note"] = values.get("note", "") + (
-                f"{' and '.join(missing).capitalize()} {'is' if one else 'are'} not in the outputs folder, so only "
+                f"{what[:1].upper() + what[1:]} {'is' if one else 'are'} not in the outputs folder, so only "
                 f"the other settings were loaded: add {'it' if one else 'them'} again.")
         return values
 
@@ -603,7 +633,6 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
     app = StudioApp(engine, info)
     presets = list(app.presets)
     size_choices = presets + [MATCH_INPUT]
-    seconds_default = info.seconds
 
     with gr.Blocks(title="Video Studio") as demo:
         last_output = gr.State(None)
@@ -611,138 +640,134 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
         shown = Path(info.model_id).name if Path(info.model_id).is_absolute() else info.model_id  # a folder: its name
         gr.Markdown(f"## Video Studio\nModel: `{shown}` · default {info.width}x{info.height}, "
                     f"{info.num_frames} frames at {info.fps:g} fps")
-        controls: dict[str, Controls] = {}
-        extra: dict[str, dict[str, Any]] = {}
+        widgets: dict[str, dict[str, Any]] = {}  # per tab: its widgets by name (SHARED, the specs' Param.key)
+        buttons: dict[str, gr.Button] = {}
         fitted_views = []
 
-        def shared(tab: str, media_input: bool, seconds: float | None, seconds_label: str = "Duration (s)",
-                   kind: str = "window", loop_box: gr.Checkbox | None = None) -> Controls:
-            prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red ball bounces on a floor",
-                                elem_id=f"{tab}-prompt")
+        def shared(tab: str, found: dict[str, Any], length: modes.Param | None, switches: list[modes.ModeSpec]) -> None:
+            """The settings every tab has; `length`: the mode's duration widget, if it has one (seconds)."""
+            media_input = bool(tab_modes()[tab][0].media())
+            found["prompt"] = gr.Textbox(label="Prompt", lines=2, placeholder="a red ball bounces on a floor",
+                                         elem_id=f"{tab}-prompt")
             with gr.Row():
-                size = gr.Dropdown(size_choices if media_input else presets, label="Aspect ratio and size",
-                                   value=MATCH_INPUT if media_input else default_preset(info), allow_custom_value=True,
-                                   elem_id=f"{tab}-size")
-                seconds_w = None
-                if seconds is not None:
-                    seconds_w = gr.Slider(0.25, 10.0, value=seconds, step=0.25, label=seconds_label)
-                fps = gr.Number(value=info.fps, label="Frames per second", minimum=1, maximum=60)
-            if seconds_w is not None:
-                frames_note = gr.Markdown(length_text(seconds, info.fps, kind, info))
-                if loop_box is None:
-                    for w in (seconds_w, fps):
-                        w.change(lambda s, f: length_text(s, f, kind, info), [seconds_w, fps], frames_note,
-                                 queue=False, api_visibility="private")
-                else:  # the Extend tab: its checkbox turns the new frames into a loop's bridge
-                    for w in (seconds_w, fps, loop_box):
-                        w.change(lambda s, f, loop: length_text(s, f, extend_kind(loop), info),
-                                 [seconds_w, fps, loop_box], frames_note, queue=False, api_visibility="private")
+                found["size"] = gr.Dropdown(size_choices if media_input else presets, label="Aspect ratio and size",
+                                            value=MATCH_INPUT if media_input else default_preset(info),
+                                            allow_custom_value=True, elem_id=f"{tab}-size")
+                if length is not None:
+                    found["seconds"] = gr.Slider(0.25, 10.0, value=length.seconds or info.seconds, step=0.25,
+                                                 label=length.caption)
+                found["fps"] = gr.Number(value=info.fps, label="Frames per second", minimum=1, maximum=60)
+            if length is not None:  # what the duration becomes, under the rule of the mode the checkboxes pick
+                def note(seconds: float, fps: float, *ticked: bool) -> str:
+                    picked = next((spec for spec, on in zip(switches, ticked) if on), tab_modes()[tab][0])
+                    rule = next(p for p in picked.params if p.kind == "length")
+                    return length_text(seconds, fps, rule.count, info)
+
+                frames_note = gr.Markdown(note(length.seconds or info.seconds, info.fps, *[False] * len(switches)))
+                inputs = [found["seconds"], found["fps"], *(found[spec.switch] for spec in switches)]
+                for widget in inputs:
+                    widget.change(note, inputs, frames_note, queue=False, api_visibility="private")
             with gr.Row():
                 seed = gr.Number(value=-1, label="Seed (-1: random)", elem_id=f"{tab}-seed")  # no precision: it would round
                 gr.Button("Random", size="sm", scale=0).click(lambda: -1, None, seed, queue=False,
-                                                                             api_visibility="private")
+                                                              api_visibility="private")
                 gr.Button("Reuse last", size="sm", scale=0).click(
                     lambda last: -1 if last is None else last, last_seed, seed, queue=False, api_visibility="private")
+                found["seed"] = seed
             with gr.Accordion("Advanced", open=False, elem_id=f"{tab}-advanced"):
-                negative = gr.Textbox(label="Negative prompt", placeholder="what to steer away from")
-                steps = gr.Slider(1, 100, value=info.steps, step=1, label="Steps", elem_id=f"{tab}-steps")
-                guidance = gr.Slider(0.0, 15.0, value=info.guidance_for(tab), step=0.5, elem_id=f"{tab}-guidance",
-                                     label="Guidance (classifier-free; <= 1 turns it off)")
-                sampler = gr.Dropdown(list(info.samplers), value="default", label="Sampler")
-                if tab == "animate":  # the model's animate knobs, if it reads any (Stable Video Diffusion)
-                    extra["animate_knobs"] = [
-                        gr.Slider(KNOB_WIDGETS[name][2], KNOB_WIDGETS[name][3], value=value, step=KNOB_WIDGETS[name][4],
-                                  label=KNOB_WIDGETS[name][0], elem_id=f"animate-{name.replace('_', '-')}")
-                        for name, value in info.knobs.items()]
-            found = Controls(prompt, negative, seed, steps, guidance, sampler, size, seconds_w, fps)
-            controls[tab] = found
-            return found
+                found["negative"] = gr.Textbox(label="Negative prompt", placeholder="what to steer away from")
+                found["steps"] = gr.Slider(1, 100, value=info.steps, step=1, label="Steps", elem_id=f"{tab}-steps")
+                found["guidance"] = gr.Slider(0.0, 15.0, value=info.guidance_for(tab), step=0.5,
+                                              elem_id=f"{tab}-guidance",
+                                              label="Guidance (classifier-free; <= 1 turns it off)")
+                found["sampler"] = gr.Dropdown(list(info.samplers), value="default", label="Sampler")
+                for key, param in tab_params(tab).items():  # the model's knobs, if it reads any (Stable Video Diffusion)
+                    if param.knob and param.name in info.knobs:
+                        found[key] = param_widget(tab, param)
+
+        def param_widget(tab: str, param: modes.Param) -> Any:
+            """A mode parameter's widget, made from its spec."""
+            elem_id = f"{tab}-{param.key.replace('_', '-')}"
+            low, high, step = param.limits or (None, None, None)
+            if param.kind == "image":
+                return ImageFile(label=param.caption, type="filepath", height=200)
+            if param.kind == "clip":
+                return VideoFile(label=param.caption, format=None, height=180)
+            if param.kind == "choice":
+                return gr.Radio(list(param.choices), value=param.default, label=param.caption, elem_id=elem_id)
+            if param.kind == "context":
+                return gr.Dropdown(info.context_choices(param.at_end), value=info.context, label=param.caption,
+                                   elem_id=elem_id)
+            if param.kind == "bool":
+                value = getattr(info, param.model_default, None) if param.model_default else param.default
+                return gr.Checkbox(label=param.caption, value=bool(value), elem_id=elem_id)
+            if param.kind in ("start", "length"):  # a trim's in and out points, in seconds
+                return gr.Number(value=0, label=param.caption, minimum=0, elem_id=elem_id)
+            value = info.knobs.get(param.name) if param.knob else param.default
+            if param.limits:
+                return gr.Slider(low, high, value=value, step=step, label=param.caption, elem_id=elem_id)
+            return gr.Number(value=value, label=param.caption, elem_id=elem_id)
 
         def unavailable(tab: str) -> None:
             """A tab whose mode the model lacks says why at its top (its button stays off)."""
             why = info.why_not(tab)
             if why:
-                gr.Markdown(f"**{TABS[tab]} is not available for this model:** {why}", elem_id=f"{tab}-unavailable")
+                gr.Markdown(f"**{tab_title(tab)} is not available for this model:** {why}",
+                            elem_id=f"{tab}-unavailable")
 
-        def fitted_view(media: gr.components.Component, controls: Controls) -> None:
+        def fitted_view(media: gr.components.Component, found: dict[str, Any]) -> None:
             view = gr.Image(label="As the model sees it", interactive=False, height=160)
             note = gr.Markdown()
-            for trigger in (media.change, controls.size.change, controls.fps.change):
-                trigger(app.fitted, [media, controls.size, controls.fps], [view, note], queue=False,
+            for trigger in (media.change, found["size"].change, found["fps"].change):
+                trigger(app.fitted, [media, found["size"], found["fps"]], [view, note], queue=False,
                         api_visibility="private")
             fitted_views.append(view)
+
+        def mode_tab(tab: str) -> None:
+            """A tab's widgets: its modes' media, their options and the checkboxes that pick a mode, the shared
+            settings, and the button (whose label follows the checkboxes)."""
+            specs = tab_modes()[tab]
+            params = tab_params(tab)
+            switches = [spec for spec in specs if spec.switch]
+            found: dict[str, Any] = {}
+            unavailable(tab)
+            media = [key for key, p in params.items() if p.is_media]
+            with gr.Row():
+                for key in media:
+                    found[key] = param_widget(tab, params[key])
+            options = [key for key, p in params.items() if key not in media and not p.knob and key != "seconds"]
+            with gr.Row():
+                for key in options:
+                    found[key] = param_widget(tab, params[key])
+                for spec in switches:
+                    found[spec.switch] = gr.Checkbox(label=spec.title, elem_id=f"{tab}-{spec.switch.replace('_', '-')}")
+                if any(spec.joins for spec in specs):
+                    found["candidates"] = gr.Dropdown(CANDIDATES, value=1, label=CANDIDATES_LABEL,
+                                                      allow_custom_value=True)
+            shared(tab, found, params.get("seconds"), switches)
+            if media:
+                fitted_view(found[media[0]], found)
+            if set(found) != set(tab_inputs(tab, info)):  # the widgets are the specs' (and SHARED), no more, no less
+                raise ValueError(f"the {tab} tab's widgets {sorted(found)} are not its inputs {tab_inputs(tab, info)}")
+            widgets[tab] = found
+            buttons[tab] = gr.Button(specs[0].action, variant="primary", elem_id=f"{tab}-generate",
+                                     interactive=info.why_not(tab) is None)
+            if switches:
+                def action(*ticked: bool) -> Any:
+                    picked = next((spec for spec, on in zip(switches, ticked) if on), specs[0])
+                    return gr.update(value=picked.action)
+
+                for spec in switches:
+                    found[spec.switch].change(action, [found[s.switch] for s in switches], buttons[tab], queue=False,
+                                              api_visibility="private")
 
         with gr.Row():
             with gr.Column(scale=3):
                 with gr.Tabs() as tabs:
-                    with gr.Tab(TABS["t2v"], id="t2v"):
-                        unavailable("t2v")
-                        c = shared("t2v", False, seconds_default)
-                        with gr.Row():
-                            one_frame = gr.Checkbox(label="One frame (an image)")
-                            image_first = gr.Checkbox(label="Image first (the first frame, then the clip from it)",
-                                                      value=info.image_first, elem_id="t2v-image-first")
-                        extra["t2v"] = {"one_frame": one_frame, "image_first": image_first}
-                        t2v_go = gr.Button("Generate", variant="primary", elem_id="t2v-generate",
-                                           interactive=info.why_not("t2v") is None)
-                    with gr.Tab(TABS["animate"], id="animate"):
-                        unavailable("animate")
-                        image = ImageFile(label="Still (becomes the first frame)", type="filepath", height=200)
-                        c = shared("animate", True, seconds_default)
-                        fitted_view(image, c)
-                        extra["animate"] = {"image": image, **dict(zip(info.knobs, extra["animate_knobs"]))}
-                        animate_go = gr.Button("Animate", variant="primary", elem_id="animate-generate",
-                                               interactive=info.why_not("animate") is None)
-                    with gr.Tab(TABS["extend"], id="extend"):
-                        unavailable("extend")
-                        ext_video = VideoFile(label="Clip", format=None, height=200)
-                        with gr.Row():
-                            direction = gr.Radio(["forward", "backward"], value="forward", label="Direction")
-                            context = gr.Dropdown(info.context_choices(False), value=info.context,
-                                                  label="Context frames the model sees")
-                            make_loop = gr.Checkbox(label="Make it loop (bridge the end back to the start)")
-                            ext_candidates = gr.Dropdown(CANDIDATES, value=1, label=CANDIDATES_LABEL,
-                                                         allow_custom_value=True)
-                        c = shared("extend", True, 2.0, "Seconds to add", "extend", loop_box=make_loop)
-                        fitted_view(ext_video, c)
-                        extra["extend"] = {"video": ext_video, "direction": direction, "context": context,
-                                           "loop": make_loop, "candidates": ext_candidates}
-                        extend_go = gr.Button("Extend", variant="primary", elem_id="extend-generate",
-                                              interactive=info.why_not("extend") is None)
-                        make_loop.change(lambda loop: gr.update(value=extend_kind(loop).capitalize()), make_loop,
-                                         extend_go, queue=False, api_visibility="private")
-                    with gr.Tab(TABS["restyle"], id="restyle"):
-                        unavailable("restyle")
-                        rs_video = VideoFile(label="Footage", format=None, height=200)
-                        strength = gr.Slider(0.05, 1.0, value=modes.DEFAULT_RESTYLE_STRENGTH, step=0.05,
-                                             label="Strength (how far the footage is noised before repainting)")
-                        with gr.Row():  # for footage longer than the model's window: which part to restyle
-                            trim_from = gr.Number(value=0, label="Trim: from (s)", minimum=0, elem_id="restyle-from")
-                            trim_to = gr.Number(value=0, label="to (s; 0: as far as the model's window goes)",
-                                                minimum=0, elem_id="restyle-to")
-                        c = shared("restyle", True, None)
-                        fitted_view(rs_video, c)
-                        extra["restyle"] = {"video": rs_video, "strength": strength, "trim_from": trim_from,
-                                            "trim_to": trim_to}
-                        restyle_go = gr.Button("Restyle", variant="primary", elem_id="restyle-generate",
-                                               interactive=info.why_not("restyle") is None)
-                    with gr.Tab(TABS["connect"], id="connect"):
-                        unavailable("connect")
-                        with gr.Row():
-                            clip_a = VideoFile(label="Clip A (before)", format=None, height=180)
-                            clip_b = VideoFile(label="Clip B (after)", format=None, height=180)
-                        with gr.Row():
-                            cn_context = gr.Dropdown(info.context_choices(True), value=info.context,
-                                                     label="Context frames of each clip")
-                            cn_candidates = gr.Dropdown(CANDIDATES, value=1, label=CANDIDATES_LABEL,
-                                                        allow_custom_value=True)
-                        c = shared("connect", True, 1.0, "Transition length (s)", "connect")
-                        fitted_view(clip_a, c)
-                        extra["connect"] = {"clip_a": clip_a, "clip_b": clip_b, "context": cn_context,
-                                            "candidates": cn_candidates}
-                        connect_go = gr.Button("Connect", variant="primary", elem_id="connect-generate",
-                                               interactive=info.why_not("connect") is None)
-                    with gr.Tab(TABS["history"], id="history"):
+                    for tab in tab_modes():
+                        with gr.Tab(tab_title(tab), id=tab):
+                            mode_tab(tab)
+                    with gr.Tab("History", id="history"):
                         refresh = gr.Button("Refresh", size="sm")
                         table = gr.Dataframe(headers=["file", "mode", "prompt", "frames", "seed", "made from"],
                                              interactive=False, wrap=True)
@@ -753,9 +778,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                         lineage = gr.Markdown()
                         reproduce = gr.Button("Reproduce (load its settings into its tab)")
                         with gr.Row():  # the selected entry, as the result panel's buttons send the last result
-                            entry_send = {target: gr.Button(label, size="sm") for target, label in (
-                                ("extend", "→ Extend"), ("restyle", "→ Restyle"), ("connect_a", "→ Connect A"),
-                                ("connect_b", "→ Connect B"), ("animate", "→ Animate last frame"))}
+                            entry_send = {target: gr.Button(label, size="sm") for target, label in SEND_LABELS.items()}
                         with gr.Accordion("Sidecar", open=False):
                             sidecar = gr.JSON()
             with gr.Column(scale=2):
@@ -767,40 +790,25 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                 downloads = gr.File(label="Download (MP4, GIF)", file_count="multiple", interactive=False)
                 cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
                 with gr.Row():
-                    send_extend = gr.Button("→ Extend", size="sm")
-                    send_restyle = gr.Button("→ Restyle", size="sm")
-                    send_a = gr.Button("→ Connect A", size="sm")
-                    send_b = gr.Button("→ Connect B", size="sm")
-                    send_animate = gr.Button("→ Animate last frame", size="sm")
+                    send_buttons = {target: gr.Button(label, size="sm") for target, label in SEND_LABELS.items()}
                 result = gr.JSON(label="Result", visible=False)
 
         outputs = [status, preview, video, downloads, result, last_output, last_seed]
         # The engine queues and orders generations (one on the device at a time); Gradio only streams them.
         run_args = dict(outputs=outputs, concurrency_limit=None, show_progress="minimal", show_progress_on=[queue_info])
 
-        def handler(build_request, tab: str):
+        def handler(tab: str, names: list[str]):
             def run(request: gr.Request, *values):  # Gradio passes the request first (by its type)
                 why = info.why_not(tab)
                 if why:  # an API call to a tab the page shows as unavailable gets the same reason
-                    raise gr.Error(f"{TABS[tab]} is not available for this model: {why}")
-                yield from app.stream(build_request, values, request)
+                    raise gr.Error(f"{tab_title(tab)} is not available for this model: {why}")
+                yield from app.stream(lambda: app.request(tab, dict(zip(names, values, strict=True))), request)
 
             return run
 
-        t, a, e, r, k = (controls[n] for n in ("t2v", "animate", "extend", "restyle", "connect"))
-        events = [
-            t2v_go.click(handler(app.request_t2v, "t2v"), t.inputs() + [one_frame, image_first], api_name="t2v",
-                         **run_args),
-            animate_go.click(handler(app.request_animate, "animate"), [image] + a.inputs() + extra["animate_knobs"],
-                             api_name="animate", **run_args),
-            extend_go.click(handler(app.request_extend, "extend"),
-                            [ext_video, direction, context, make_loop, ext_candidates] + e.inputs(),
-                            api_name="extend", **run_args),
-            restyle_go.click(handler(app.request_restyle, "restyle"),
-                             [rs_video, strength] + r.inputs() + [trim_from, trim_to], api_name="restyle", **run_args),
-            connect_go.click(handler(app.request_connect, "connect"),
-                             [clip_a, clip_b, cn_context, cn_candidates] + k.inputs(), api_name="connect", **run_args),
-        ]
+        events = [buttons[tab].click(handler(tab, tab_inputs(tab, info)),
+                                     [widgets[tab][key] for key in tab_inputs(tab, info)], api_name=tab, **run_args)
+                  for tab in widgets]
         for event in events:
             event.then(app.history_rows, None, [table, picked], queue=False, api_visibility="private")
             # "Cancelling after the current step..." (or any note) ends with the job.
@@ -812,18 +820,15 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
         # and seed, and that tab opens
         def sender(target: str, missing: str):
             def send(output: str | None):
-                return (gr.Tabs(selected=TAB_OF_MODE.get(target, "connect")), *app.send_values(output, target, missing))
+                return (gr.Tabs(selected=SEND_TARGETS[target][0]), *app.send_values(output, target, missing))
             return send
 
-        send_targets = {"extend": (send_extend, ext_video), "restyle": (send_restyle, rs_video),
-                        "connect_a": (send_a, clip_a), "connect_b": (send_b, clip_b), "animate": (send_animate, image)}
-        for target, (button, widget) in send_targets.items():
-            tab = controls[TAB_OF_MODE.get(target, "connect")]
-            button.click(sender(target, "Generate a clip first."), last_output, [tabs, widget, tab.prompt, tab.seed],
-                         queue=False, api_name=f"send_to_{target}")
-            entry_send[target].click(sender(target, "Pick an output in the history first."), picked,
-                                     [tabs, widget, tab.prompt, tab.seed], queue=False,
-                                     api_name=f"send_entry_to_{target}")
+        for target, (tab, key) in SEND_TARGETS.items():
+            into = [tabs, widgets[tab][key], widgets[tab]["prompt"], widgets[tab]["seed"]]
+            send_buttons[target].click(sender(target, "Generate a clip first."), last_output, into, queue=False,
+                                       api_name=f"send_to_{target}")
+            entry_send[target].click(sender(target, "Pick an output in the history first."), picked, into,
+                                     queue=False, api_name=f"send_entry_to_{target}")
 
         # history
         demo.load(app.history_rows, None, [table, picked], queue=False, api_visibility="private")
@@ -831,13 +836,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
         picked.change(app.show_entry, picked, [hist_video, hist_image, lineage, sidecar], queue=False,
                       api_name="show_entry")
 
-        widget_names = {  # reproduce_values key -> widget, per tab
-            tab: {"prompt": c.prompt, "negative": c.negative, "seed": c.seed, "steps": c.steps, "guidance": c.guidance,
-                  "sampler": c.sampler, "size": c.size, "fps": c.fps,
-                  **({"seconds": c.seconds} if c.seconds is not None else {}), **extra[tab]}
-            for tab, c in controls.items()
-        }
-        every_widget = [w for names in widget_names.values() for w in names.values()]
+        every_widget = [w for found in widgets.values() for w in found.values()]
 
         def load_settings(name: str | None):
             values = app.reproduce_values(name)
@@ -846,7 +845,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                 gr.Warning(values.pop("note"))
             updates: dict[Any, Any] = {tabs: gr.Tabs(selected=tab)}
             for key, value in values.items():
-                widget = widget_names[tab].get(key)
+                widget = widgets[tab].get(key)
                 if widget is None or value is None:
                     continue
                 if key == "size" and value not in widget.choices:

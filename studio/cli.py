@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pipelines import acceleration, planner
-from pipelines.request import MODES, frames_text
+from pipelines import acceleration, memory
+from pipelines.request import frames_text
 
 log = logging.getLogger("studio.cli")
 
@@ -28,15 +28,29 @@ class UsageError(Exception):
     """A problem with the invocation: printed as one line, exit status 2."""
 
 
-class LoopPlan(NamedTuple):
-    """loop needs the pipeline before its request can be built when it starts from a prompt alone."""
+class MissingInput(UsageError):
+    """An input file that does not exist (yet: a batch's job may read what an earlier job writes)."""
 
-    video: str | None
-    params: dict[str, Any]  # modes.build's parameters for the loop, without its clip
+    def __init__(self, message: str, path: str):
+        super().__init__(message)
+        self.path = path
+
+
+class BasePlan(NamedTuple):
+    """A mode whose clip is made from the prompt first (`ModeSpec.base`: loop) needs the pipeline before its
+    request can be built."""
+
+    mode: str
+    source: str  # the parameter the base clip fills
+    params: dict[str, Any]  # modes.build's parameters for the mode, without its clip
 
     def base_params(self) -> dict[str, Any]:
-        """The text-to-video base clip's: the loop's settings, one candidate (they are for the bridge)."""
-        return {k: v for k, v in self.params.items() if k not in ("new_frames", "context_frames")} | {"best_of": 1}
+        """The base clip's: the mode's settings without its own parameters, one candidate (they are for the
+        joins)."""
+        from pipelines.modes import spec_of
+
+        own = {p.name for p in spec_of(self.mode).params}
+        return {k: v for k, v in self.params.items() if k not in own} | {"best_of": 1}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,25 +60,22 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.loading import MODELS
-    from pipelines.modes import DEFAULT_RESTYLE_STRENGTH
+    from pipelines.modes import SPECS
     from pipelines.samplers import SAMPLERS
 
     p = _Parser(prog="launch.py generate", description="Generate a clip without the browser studio.")
-    p.add_argument("mode", choices=MODES + ("reproduce",),
-                   help="what to make; reproduce re-runs the request in a sidecar given with --request")
+    p.add_argument("mode", choices=(*SPECS, "reproduce", "batch"),
+                   help="what to make; reproduce re-runs the request in a sidecar given with --request; batch runs "
+                        "every job in --jobs on one load of the model")
     p.add_argument("--request", help="reproduce: an output's JSON sidecar (its request is run again as it was)")
+    p.add_argument("--jobs", help="batch: a JSON-lines file, one job a line: the options of a run by name "
+                   '({"mode": "t2v", "prompt": "a cat", "seconds": 2}) or an output\'s sidecar')
     p.add_argument("--model", help=f"a registry name ({', '.join(MODELS)}), a diffusers folder or a hub id "
                                    "(default: embedded; for reproduce, the model recorded in the sidecar)")
     p.add_argument("--prompt", required=False, help="what the clip shows (a model that reads no prompt, such "
                    "as Stable Video Diffusion, animates without one)")
     p.add_argument("--negative", default="", help="what to steer away from")
-    p.add_argument("--image", help="animate: the still that becomes frame 0")
-    p.add_argument("--video", help="extend, loop, restyle: the clip; connect: clip A")
-    p.add_argument("--video-b", help="connect: clip B")
-    p.add_argument("--direction", choices=("forward", "backward"), default="forward", help="extend: which way")
-    p.add_argument("--start", type=float, default=0.0, metavar="SECONDS",
-                   help="restyle: where in the clip the window starts (the trim's in point; --frames or --seconds "
-                        "is its length)")
+    add_mode_options(p)
     p.add_argument("--frames", type=int, help="frames of the clip; for extend, loop and connect the new frames")
     p.add_argument("--seconds", type=float, help="length instead of --frames, snapped to a valid frame count")
     p.add_argument("--fps", type=float, help="frames per second (the model's default when omitted)")
@@ -73,28 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int)
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (<= 1 turns it off; the model's "
                                                 "default for the mode when omitted)")
-    p.add_argument("--strength", type=float,
-                   help="restyle: how far the clip is noised (0-1, default "
-                        f"{DEFAULT_RESTYLE_STRENGTH:g}); animate: how firmly the still is held")
-    p.add_argument("--context-frames", type=int, help="extend, loop, connect: frames of each clip the model sees")
     p.add_argument("--seed", type=int, help="random seed (random when omitted; recorded in the sidecar)")
     p.add_argument("--best-of", type=int, default=1, metavar="N",
                    help="extend, loop, connect: sample N candidates (seeds seed..seed+N-1), keep the smoothest joins")
-    p.add_argument("--image-first", action=argparse.BooleanOptionalAction, default=None,
-                   help="t2v: sample the first frame alone, then the clip with it held (the model's default when "
-                        "omitted)")
     p.add_argument("--sampler", choices=tuple(SAMPLERS), default="default")
     p.add_argument("--shift", type=float, help="flow shift (the checkpoint's when omitted)")
-    p.add_argument("--motion-bucket", type=int, metavar="ID", help="animate, Stable Video Diffusion: how much motion "
-                   "(0-1023, more is more; the model's 127 when omitted)")
-    p.add_argument("--noise-aug", type=float, metavar="STRENGTH", help="animate, Stable Video Diffusion: noise "
-                   "added to the still before encoding (more departs further from it; the model's 0.02 when omitted)")
-    p.add_argument("--min-guidance", type=float, help="animate, Stable Video Diffusion: the first frame's guidance, "
-                   "rising to --guidance at the last (the model's 1 when omitted)")
     p.add_argument("--conditioning", choices=("per_token", "replace"), help="override the model's conditioning strategy")
     p.add_argument("--no-saved-latents", action="store_true", help="re-encode source clips even when they have latents")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    planner.add_arguments(p)  # --memory, --low-vram (= --memory low), --plan-only
+    memory.add_arguments(p)  # --memory, --low-vram (= --memory low), --plan-only
     acceleration.add_arguments(p)
     p.add_argument("--out", help="output file: .mp4, .gif, or .png for one frame (default: a new name in outputs/, "
                                  "<time>-<mode>-<seed>.mp4)")
@@ -106,13 +104,52 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def mode_options() -> dict[str, list[tuple[Any, Any]]]:
+    """Each mode option (but the length's --frames/--seconds) with the (spec, param) pairs that take it."""
+    from pipelines.modes import SPECS
+
+    options: dict[str, list[tuple[Any, Any]]] = {}
+    for spec in SPECS.values():
+        for param in spec.params:
+            if param.kind != "length":
+                options.setdefault(param.option, []).append((spec, param))
+    return options
+
+
+def _dest(option: str) -> str:
+    return option.lstrip("-").replace("-", "_")
+
+
+def add_mode_options(p: argparse.ArgumentParser) -> None:
+    """The modes' own options, made from their specs: one option may serve several modes (--video)."""
+    kinds = {"start": float, "context": int, "int": int, "float": float, "image": str, "clip": str}
+    for option, users in mode_options().items():
+        param = users[0][1]
+        helps: dict[str, list[str]] = {}
+        for spec, user in users:
+            default = "" if user.default is None or user.kind == "start" else f" (default {user.default})"
+            if spec.base and user in spec.media():
+                default += f" (when omitted, one is made from the prompt first, as {spec.base} makes it)"
+            helps.setdefault(user.help + default, []).append(spec.name)
+        text = "; ".join(f"{', '.join(names)}: {text}" for text, names in helps.items())
+        if param.knob:
+            text += " (models that read it: Stable Video Diffusion; the model's default when omitted)"
+        if param.kind == "bool":
+            p.add_argument(option, action=argparse.BooleanOptionalAction, default=None,
+                           help=text + " (the model's default when omitted)")
+        elif param.kind == "choice":
+            p.add_argument(option, choices=param.choices, help=text)
+        else:
+            p.add_argument(option, type=kinds[param.kind], help=text)
+
+
 # ---- from arguments to a request ------------------------------------------------------------------------
 def _require_file(path: str | None, flag: str, mode: str) -> str:
     """The input's absolute path: the sidecar records it, and `reproduce` may run from another folder."""
     if not path:
         raise UsageError(f"{mode} needs {flag}")
     if not Path(path).exists():
-        raise UsageError(f"{flag} {path!r} does not exist")
+        raise MissingInput(f"{flag} {path!r} does not exist", path)
     return str(Path(path).absolute())
 
 
@@ -202,70 +239,76 @@ def _typed_text(value: str | None, flag: str) -> str | None:
     return text
 
 
-# The flags of GenerationRequest's KNOBS: only families that read them (Family.knobs) take them.
-KNOB_FLAGS = {"motion_bucket_id": ("--motion-bucket", "motion_bucket"),
-              "noise_aug_strength": ("--noise-aug", "noise_aug"),
-              "min_guidance_scale": ("--min-guidance", "min_guidance")}
+def _names(modes: list[str]) -> str:
+    return modes[0] if len(modes) == 1 else f"{', '.join(modes[:-1])} and {modes[-1]}"
+
+
+def _check_applies(args: argparse.Namespace, spec: Any, knobs: tuple[str, ...]) -> None:
+    """Refuse an option the mode (or the model) does not read, naming those that do."""
+    length = next((p for p in spec.params if p.kind == "length"), None)
+    if length is None and (args.frames is not None or args.seconds is not None):
+        if spec.frames == 1:
+            raise UsageError(f"{spec.name} makes one frame; drop --frames/--seconds")
+        raise UsageError(f"{spec.name} has no length to set; drop --frames/--seconds")
+    for option, users in mode_options().items():
+        if getattr(args, _dest(option)) is None:
+            continue
+        param = spec.param(next((p.name for s, p in users if s is spec), ""))
+        if param is None:
+            raise UsageError(f"{option} applies to {_names([s.name for s, _ in users])}, not {spec.name}")
+        if param.knob and param.name not in knobs:
+            raise UsageError(f"{option} applies to models that read it (Stable Video Diffusion), not this one")
+
+
+def _mode_value(args: argparse.Namespace, spec: Any, param: Any, fps: float, temporal: int) -> Any:
+    """A mode parameter from its option, in the builder's units."""
+    from pipelines import modes
+
+    if param.kind == "length":
+        return _frames(args, param.count, fps, temporal, None)
+    value = getattr(args, _dest(param.option))
+    if value is None:
+        return None
+    if param.is_media:
+        return _require_file(value, param.option, spec.name)
+    if param.kind == "start":
+        return modes.trim(value, None, fps, temporal)[0]
+    return value
 
 
 def build_request(args: argparse.Namespace, defaults: Any, geometry: Any, reads_text: bool = True,
                   knobs: tuple[str, ...] = ()):
-    """The request the flags describe; what they leave out takes the model's defaults (modes.build).
-    `reads_text` False: the model reads no prompt (animate runs without --prompt); `knobs`: the optional
-    request fields it reads (request.KNOBS)."""
+    """The request the options describe, made by the mode's spec; what they leave out takes the model's
+    defaults (modes.build). `reads_text` False: the model reads no prompt (a promptless mode runs without
+    --prompt); `knobs`: the optional request fields it reads (request.KNOBS)."""
     from pipelines import modes
-    from pipelines.request import PROMPTLESS_MODES
 
     args.prompt, args.negative = _typed_text(args.prompt, "--prompt"), _typed_text(args.negative, "--negative")
-    mode, prompt, temporal = args.mode, args.prompt, geometry.temporal
-    for knob, (flag, attribute) in KNOB_FLAGS.items():
-        if getattr(args, attribute) is not None and knob not in knobs:
-            raise UsageError(f"{flag} applies to models that read it (Stable Video Diffusion), not this one")
-    if not prompt and (reads_text or mode not in PROMPTLESS_MODES):
-        raise UsageError(f"{mode} needs --prompt")
-    prompt = prompt or ""
-    if args.strength is not None and mode not in ("restyle", "animate"):
-        raise UsageError(f"--strength applies to restyle and animate, not {mode}")
-    if args.start and mode != "restyle":
-        raise UsageError(f"--start applies to restyle, not {mode}")
-    if args.image_first is not None and mode != "t2v":
-        raise UsageError(f"--image-first applies to t2v, not {mode}")
+    spec = modes.spec_of(args.mode)
+    _check_applies(args, spec, knobs)
+    if not args.prompt and (reads_text or not spec.promptless):
+        raise UsageError(f"{spec.name} needs --prompt")
     fps = args.fps if args.fps is not None else defaults.fps
     params: dict[str, Any] = dict(
-        prompt=prompt, negative_prompt=args.negative, width=args.width, height=args.height, fps=fps,
+        prompt=args.prompt or "", negative_prompt=args.negative, width=args.width, height=args.height, fps=fps,
         steps=args.steps, guidance_scale=args.guidance,
         seed=args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little"),
         sampler=args.sampler, shift=args.shift, conditioning_strategy=args.conditioning,
         use_saved_latents=not args.no_saved_latents, best_of=args.best_of,
-        **{knob: getattr(args, attribute) for knob, (_, attribute) in KNOB_FLAGS.items()},
     )
-    if mode == "t2v":
-        params.update(num_frames=_frames(args, "window", fps, temporal, None), image_first=args.image_first)
-    elif mode == "animate":
-        params.update(image=_require_file(args.image, "--image", mode), strength=args.strength,
-                      num_frames=_frames(args, "window", fps, temporal, None))
-    elif mode == "restyle":
-        params.update(video=_require_file(args.video, "--video", mode), strength=args.strength,
-                      start=modes.trim(args.start, None, fps, temporal)[0],
-                      num_frames=_frames(args, "window", fps, temporal, None))
-    elif mode == "extend":
-        params.update(clip=_require_file(args.video, "--video", mode), direction=args.direction,
-                      new_frames=_frames(args, "extend", fps, temporal, None), context_frames=args.context_frames)
-    elif mode == "connect":
-        params.update(clip_a=_require_file(args.video, "--video", mode),
-                      clip_b=_require_file(args.video_b, "--video-b", mode),
-                      new_frames=_frames(args, "connect", fps, temporal, None), context_frames=args.context_frames)
-    elif mode == "loop":
-        params.update(new_frames=_frames(args, "loop", fps, temporal, None), context_frames=args.context_frames)
-        return LoopPlan(args.video and _require_file(args.video, "--video", mode), params)
-    elif mode != "image":
-        raise UsageError(f"unknown mode {mode!r}")
-    return modes.build(mode, defaults, geometry, **params)
+    missing = None
+    for param in spec.params:
+        params[param.name] = _mode_value(args, spec, param, fps, geometry.temporal)
+        if param.is_media and params[param.name] is None:
+            missing = missing or param
+    if missing is not None:
+        if spec.base is None:
+            raise UsageError(f"{spec.name} needs {missing.option}")
+        return BasePlan(spec.name, missing.name, {k: v for k, v in params.items() if k != missing.name})
+    return modes.build(spec.name, defaults, geometry, **params)
 
 
 def _reproduced(args: argparse.Namespace):
-    from pipelines.request import GenerationRequest
-
     path = _require_file(args.request, "--request", "reproduce")
     try:
         data = json.loads(Path(path).read_bytes().decode("utf-8"))
@@ -277,13 +320,20 @@ def _reproduced(args: argparse.Namespace):
         raise UsageError(f"--request {path!r} nests too deep to be a sidecar this studio wrote") from None
     except ValueError as error:  # not JSON, or an integer longer than Python converts
         raise UsageError(f"--request {path!r} is not a readable JSON sidecar ({str(error)[:120]})") from None
+    return sidecar_request(data, Path(path).absolute().parent, f"--request {path!r}")
+
+
+def sidecar_request(data: Any, folder: Path, where: str) -> tuple[Any, str | None]:
+    """(the request, the model it records) of a sidecar's contents; `where` names it in errors."""
+    from pipelines.request import GenerationRequest
+
     if not isinstance(data, dict) or "request" not in data:
-        raise UsageError(f"--request {path!r} holds no 'request': pass the .json written beside an output")
+        raise UsageError(f"{where} holds no 'request': pass the .json written beside an output")
     model = data.get("model")
     if model is not None and (not isinstance(model, str) or not model):
-        raise UsageError(f"--request {path!r} records a model that is not a name ({model!r:.60}); pass --model")
+        raise UsageError(f"{where} records a model that is not a name ({model!r:.60}); pass --model")
     request = GenerationRequest.from_dict(data["request"])
-    return _sources_beside(request, Path(path).absolute().parent), model
+    return _sources_beside(request, folder), model
 
 
 def _sources_beside(request: Any, folder: Path) -> Any:
@@ -296,9 +346,13 @@ def _sources_beside(request: Any, folder: Path) -> Any:
             return source
         return str(folder / source)
 
+    from pipelines.modes import spec_of
+
     items = tuple(dataclasses.replace(item, source=found(item.source)) for item in request.conditioning)
     init = found(request.init_video) if request.init_video else request.init_video
-    return request.replace(conditioning=items, init_video=init)
+    made = dict(request.mode_params)
+    made.update({p.name: found(made[p.name]) for p in spec_of(request.mode).media() if made.get(p.name)})
+    return request.replace(conditioning=items, init_video=init, mode_params=made)
 
 
 def _check_device(device: str | None) -> None:
@@ -341,9 +395,11 @@ def run(argv: list[str]) -> int:
     from pipelines.families import inspect_model
 
     _check_device(args.device)
-    if args.mode == "image" and (args.frames is not None or args.seconds is not None):
-        raise UsageError("image makes one frame; drop --frames/--seconds")
-    recorded = None
+    if args.mode == "batch":
+        from studio.batch import run_batch
+
+        return run_batch(args)
+    built = None
     if args.mode == "reproduce":
         built, recorded = _reproduced(args)
         if args.model is None:
@@ -352,52 +408,72 @@ def run(argv: list[str]) -> int:
             print(f"note: reproducing with {args.model}; the sidecar records {recorded}")
     args.model = args.model or "embedded"
     model = inspect_model(args.model)
+    built, out = prepare(args, model, built)
+    pipe = load(args)
+    execute(pipe, model, built, out, args)
+    return 0
+
+
+def prepare(args: argparse.Namespace, model: Any, built: Any = None) -> tuple[Any, Path | None]:
+    """(the request or base plan, the output path) of one run, checked before any weights load, which takes
+    minutes for a real checkpoint. `built`: a request given whole (reproduce), else built from `args`."""
+    from pipelines import modes
+    from pipelines.request import GenerationRequest, check_grid
+
     defaults, geometry = model.defaults, model.geometry
-    mode = getattr(built, "mode", "loop") if args.mode == "reproduce" else args.mode
+    mode = built.mode if built is not None else args.mode
     if model.modes.get(mode):
         raise UsageError(f"{args.model} cannot {mode}: {model.modes[mode]}. It offers: {', '.join(model.offered)}")
-    if args.mode != "reproduce":
+    if built is None:
         built = build_request(args, defaults, geometry, model.family.reads_text, model.family.knobs)
     out = Path(args.out) if args.out else None
     check_out_paths(out if out is not None else DEFAULT_OUTPUTS / "new.mp4", args.frames_out)
     if out is not None and out.suffix.lower() not in (".mp4", ".gif", ".png"):
         raise UsageError(f"--out {str(out)!r} is not valid: a .mp4, .gif or .png file")
-    if out is not None and out.suffix.lower() == ".png" and getattr(built, "mode", args.mode) != "image":
+    if out is not None and out.suffix.lower() == ".png" and modes.spec_of(built.mode).frames != 1:
         raise UsageError("--out .png holds one frame: use it with the image mode, or write .mp4/.gif")
-    _check_targets(out, args, _inputs_of(built, args))
-
-    from pipelines import VideoPipeline, modes
-    from pipelines.request import GenerationRequest, check_grid
-
-    # Checked before the weights load, which takes minutes for a real checkpoint.
-    probe = built if isinstance(built, GenerationRequest) else modes.build("t2v", defaults, geometry,
-                                                                           **built.base_params())
+    _check_targets(out, args, _inputs_of(built, args), isinstance(built, BasePlan))
+    probe = built if isinstance(built, GenerationRequest) else modes.build(
+        modes.spec_of(built.mode).base, defaults, geometry, **built.base_params())
     check_grid(probe, geometry.grid, geometry.temporal)
+    return built, out
+
+
+def load(args: argparse.Namespace) -> Any:
+    """The pipeline of `--model`, with the speed options applied."""
+    from pipelines import VideoPipeline
+
     _quiet_library_progress()
     started = time.perf_counter()
-    pipe = VideoPipeline.from_pretrained(args.model, device=args.device, memory=planner.load_mode(args.memory))
+    pipe = VideoPipeline.from_pretrained(args.model, device=args.device, memory=memory.load_mode(args.memory))
     acceleration.apply_arguments(pipe, args)
     print(f"loaded {pipe.model_id} on {pipe.device} in {time.perf_counter() - started:.1f} s")
-    if isinstance(built, LoopPlan):  # from a clip, or from the prompt through a text-to-video base clip
-        video = built.video
-        if video is None:  # without --guidance the base clip takes text-to-video's, the bridge the join guidance
-            base = modes.build("t2v", defaults, geometry, **built.base_params())
-            base_out = None if out is None else out.with_name(out.stem + ".base.mp4")
-            planner.announce(pipe, base, args.memory, PLANNER_CACHE)
-            if args.plan_only:
-                return 0
-            video = str(_generate_and_write(pipe, base, base_out, None, args.quiet, overwrite=False)[0])
-            print(f"wrote the clip to loop: {video}")
-        built = modes.build("loop", defaults, geometry, clip=video, **built.params)
-    planner.announce(pipe, built, args.memory, PLANNER_CACHE)
+    return pipe
+
+
+def execute(pipe: Any, model: Any, built: Any, out: Path | None, args: argparse.Namespace) -> Path | None:
+    """Generate a prepared run and write it (a base plan makes its clip first); returns the output's path
+    (None with --plan-only, which prints the first plan and stops)."""
+    from pipelines import modes, planner
+
+    if isinstance(built, BasePlan):  # its clip from the prompt first (loop: a text-to-video clip)
+        # Without --guidance the base clip takes its own mode's guidance, the joins theirs.
+        base = modes.build(modes.spec_of(built.mode).base, model.defaults, model.geometry, **built.base_params())
+        base_out = None if out is None else out.with_name(out.stem + ".base.mp4")
+        planner.announce(pipe, base, args.memory, PLANNER_CACHE)
+        if args.plan_only:
+            return None
+        clip = str(_generate_and_write(pipe, base, base_out, None, args.quiet, overwrite=False)[0])
+        print(f"wrote the clip to {built.mode}: {clip}")
+        built = modes.build(built.mode, model.defaults, model.geometry, **{built.source: clip}, **built.params)
+    planner.announce(pipe, built, args.memory, PLANNER_CACHE)  # its memory mode; refused when none fits
     if args.plan_only:
-        return 0
+        return None
     out, sidecar = _generate_and_write(pipe, built, out, args.frames_out, args.quiet, args.overwrite)
     joins = f", joins {', '.join(f'{x:.2f}' for x in sidecar['joins'])}x the median step" if sidecar["joins"] else ""
     print(f"wrote {out} ({frames_text(sidecar['frames'])}, {sidecar['width']}x{sidecar['height']}, "
-          f"{sidecar['fps']:g} fps, "
-          f"seed {built.seed}{joins}) and {out.name}.json")
-    return 0
+          f"{sidecar['fps']:g} fps, seed {built.seed}{joins}) and {out.name}.json")
+    return out
 
 
 def _quiet_library_progress() -> None:
@@ -413,25 +489,25 @@ def _inputs_of(built: Any, args: argparse.Namespace) -> list[tuple[str, Path]]:
     """(flag, resolved path) of every file or folder the run reads."""
     from pipelines.request import GenerationRequest
 
-    found = [("--request", args.request)] if args.mode == "reproduce" else []
+    found = [("--request", args.request)] if args.mode == "reproduce" and args.request else []
     if isinstance(built, GenerationRequest):
         found += [("an input", item.source) for item in built.conditioning]
         found += [("--video", built.init_video)] if built.init_video else []
-    elif built.video:
-        found.append(("--video", built.video))
-    named = {Path(path).resolve(): flag for path, flag in ((args.image, "--image"), (args.video, "--video"),
-                                                            (args.video_b, "--video-b")) if path}
+    media = [option for option, users in mode_options().items() if users[0][1].is_media]
+    named = {Path(path).resolve(): option for option in media if (path := getattr(args, _dest(option)))}
+    found += [(option, path) for path, option in named.items() if not isinstance(built, GenerationRequest)]
     return [(named.get(Path(path).resolve(), flag), Path(path).resolve()) for flag, path in found]
 
 
-def _check_targets(out: Path | None, args: argparse.Namespace, inputs: list[tuple[str, Path]]) -> None:
+def _check_targets(out: Path | None, args: argparse.Namespace, inputs: list[tuple[str, Path]],
+                   makes_base: bool = False) -> None:
     """Before anything loads: the run never writes over what it reads, nor over an existing file unless
     --overwrite names exactly that path."""
     from pipelines.video_io import FRAME_FILES
     from studio.outputs import files_of
 
     targets = [] if out is None else files_of(out, gif=False, latents=out.suffix.lower() == ".mp4")
-    base = [] if out is None or args.mode != "loop" or args.video else \
+    base = [] if out is None or not makes_base else \
         files_of(out.with_name(out.stem + ".base.mp4"), gif=False, latents=True)
     taken = [t.name for t in base if os.path.lexists(t)]
     if taken:  # --overwrite names --out alone

@@ -7,6 +7,7 @@ import logging
 import re
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -40,21 +41,72 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def create(model: str, outputs: Path, device: str | None = None, low_vram: bool = False,
-           queue_size: int = DEFAULT_QUEUE_SIZE, speed: argparse.Namespace | None = None):
-    """The Gradio app with its pipeline loaded (tests call this with a tiny model)."""
+def load_pipeline(model: str, device: str | None = None, low_vram: bool = False,
+                  speed: argparse.Namespace | None = None):
     from pipelines import VideoPipeline
+
+    started = time.perf_counter()
+    pipe = VideoPipeline.from_pretrained(model, device=device, low_vram=low_vram)
+    log.info("loaded %s on %s in %.1f s", pipe.model_id, pipe.device, time.perf_counter() - started)
+    if speed is not None:
+        log.info("speed settings: %s", acceleration.apply_arguments(pipe, speed))
+    return pipe
+
+
+class PendingPipeline:
+    """The pipeline of a studio that serves its page while the weights load (`python launch.py`): importing
+    diffusers and loading take longer than the page. What the page is built from (the model's id, defaults,
+    geometry, modes and family) is read from its configs at once, so an unknown or missing model is still
+    refused before anything is served; any other use (checking a request, generating) waits for `load`."""
+
+    def __init__(self, model: str, device: str | None = None, low_vram: bool = False,
+                 speed: argparse.Namespace | None = None):
+        from pipelines.families import inspect_model
+
+        self._facts = inspect_model(model)
+        self._load_args = (model, device, low_vram, speed)
+        self._pipe = None
+        self._failure: str | None = None
+        self._loaded = threading.Event()
+
+    def load(self) -> None:
+        """Load the weights; until this returns, users of the pipeline wait."""
+        try:
+            self._pipe = load_pipeline(*self._load_args)
+        except BaseException as error:
+            self._failure = str(error) or type(error).__name__
+            raise
+        finally:
+            self._loaded.set()
+
+    def __getattr__(self, name: str):  # only names the instance does not hold
+        if name.startswith("_"):  # private and special names are never the pipeline's (copy, pickle)
+            raise AttributeError(name)
+        if not self._loaded.is_set():
+            facts = self._facts
+            known = {"model_id": facts.model_id, "defaults": facts.defaults, "modes": facts.modes,
+                     "family": facts.family, "grid": facts.geometry.grid, "temporal": facts.geometry.temporal,
+                     "spatial": facts.geometry.spatial}
+            if name in known:
+                return known[name]
+            self._loaded.wait()
+        if self._pipe is None:
+            raise RuntimeError(f"the model did not load: {self._failure}")
+        return getattr(self._pipe, name)
+
+
+def create(model: str, outputs: Path, device: str | None = None, low_vram: bool = False,
+           queue_size: int = DEFAULT_QUEUE_SIZE, speed: argparse.Namespace | None = None,
+           pipe: PendingPipeline | None = None):
+    """The Gradio app with its pipeline loaded (tests call this with a tiny model), or with `pipe`, which the
+    caller loads once the page is served."""
     from studio.app import ModelInfo, build
     from studio.engine import Engine
     from studio.outputs import History
 
     history = History(outputs)
     history.sweep()
-    started = time.perf_counter()
-    pipe = VideoPipeline.from_pretrained(model, device=device, low_vram=low_vram)
-    log.info("loaded %s on %s in %.1f s", pipe.model_id, pipe.device, time.perf_counter() - started)
-    if speed is not None:
-        log.info("speed settings: %s", acceleration.apply_arguments(pipe, speed))
+    pipe = pipe if pipe is not None else load_pipeline(model, device, low_vram, speed)
     engine = Engine(pipe, history, max_waiting=queue_size, max_per_session=per_session(queue_size))
     demo = build(engine, ModelInfo.of(pipe))
     return demo, history
@@ -147,9 +199,18 @@ def main(argv: list[str]) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
-        demo, history = create(args.model, args.outputs, args.device, args.low_vram, args.queue_size, speed=args)
+        pipe = PendingPipeline(args.model, args.device, args.low_vram, speed=args)
+        demo, history = create(args.model, args.outputs, args.device, args.low_vram, args.queue_size, pipe=pipe)
     except (ModelNotAvailable, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    demo.launch(**launch_kwargs(args, history))
+    demo.launch(prevent_thread_lock=True, **launch_kwargs(args, history))
+    log.info("loading the model; the page is up, and generations wait for it")
+    try:
+        pipe.load()
+    except (ModelNotAvailable, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        demo.close()
+        return 1
+    demo.block_thread()
     return 0

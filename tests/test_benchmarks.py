@@ -22,14 +22,24 @@ def test_cpu_benchmark_compares_ours_with_diffusers(tiny_model_dir, tmp_path):
     assert "| ours / diffusers |" in done.stdout
 
 
-def test_startup_benchmark_times_the_page_and_two_clips(tiny_model_dir, tmp_path):
+def test_startup_benchmark_times_each_start_against_importing_torch(tiny_model_dir, tmp_path):
     out = tmp_path / "startup.json"
-    done = subprocess.run([sys.executable, "-m", "benchmarks.startup", "--model", str(tiny_model_dir), "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.startup", "--model", str(tiny_model_dir), "--rounds", "1",
+                           "--steps", "2", "--clips", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
     result = json.loads(out.read_text())
-    assert 0 < result["page_s"] and 0 < result["first_step_after_page_s"] <= result["first_clip_after_page_s"]
-    assert 0 < result["second_step_s"] <= result["second_clip_s"]
+    seconds = result["seconds"]
+    assert set(seconds) == {"torch", "first_step", "page", "cli", "diffusers"}
+    # Every start imports torch; the CLI's first step comes before its whole run ends.
+    assert all(0 < seconds["torch"]["min"] < row["min"] for name, row in seconds.items() if name != "torch")
+    assert seconds["first_step"]["min"] < seconds["cli"]["min"]
+    assert set(result["cpu_seconds"]) == set(seconds) and all(row["min"] > 0 for row in result["cpu_seconds"].values())
+    assert set(result["ratios"]) == {"first_step/torch", "page/torch", "cli/diffusers"}
+    clips = result["clips"]
+    assert 0 < clips["first_step_after_page"] <= clips["first_clip_after_page"]
+    assert 0 < clips["second_step"] <= clips["second_clip"]
+    assert "| first_step/torch |" in done.stdout
 
 
 def test_gpu_benchmark_runs_on_a_cpu_with_the_tiny_shape(tmp_path):

@@ -14,9 +14,11 @@ import pytest
 from PIL import Image
 
 from benchmarks.hostile_media import _png
-from pipelines.request import JOIN_MODES
+from pipelines.modes import SPECS
 from pipelines.video_io import read_video
 from studio.cli import main
+
+JOIN_MODES = tuple(mode for mode, spec in SPECS.items() if spec.joins)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -162,7 +162,9 @@ def test_studio_animate_reads_the_knobs_from_the_advanced_panel(svd, tmp_path):
     assert info.knobs == {"motion_bucket_id": 127, "noise_aug_strength": 0.02, "min_guidance_scale": 1.0}
     app = StudioApp(Engine(None, History(tmp_path / "outputs")), info)
     image = still(tmp_path / "still.png", 7)
-    request = app.request_animate(image, "", "", 5, 2, 3.0, "default", "32x32", 0.5, 7, 40, 0.1, 2.0)
+    request = app.request("animate", dict(image=image, prompt="", negative="", seed=5, steps=2, guidance=3.0,
+                                          sampler="default", size="32x32", seconds=0.5, fps=7, motion_bucket_id=40,
+                                          noise_aug_strength=0.1, min_guidance_scale=2.0))
     assert (request.prompt, request.motion_bucket_id, request.noise_aug_strength, request.min_guidance_scale) == \
         ("", 40, 0.1, 2.0)
     demo = build(Engine(None, History(tmp_path / "outputs2")), info)

@@ -198,7 +198,7 @@ def test_requests_are_checked_and_kept_a_few_at_a_time(tmp_path):
 
     def request():
         try:
-            list(app.stream(build, (), None))
+            list(app.stream(build, None))
         except gr.Error as error:
             errors.append(error.message)
 

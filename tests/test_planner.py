@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import VideoPipeline, planner
+from pipelines import VideoPipeline, memory, planner
 from pipelines.memory import MODES
 
 PROMPT = "a red ball moving left"
@@ -167,10 +167,10 @@ def test_offloading_hooks_leave_the_output_unchanged(pipe):
 
 def test_memory_arguments():
     parser = argparse.ArgumentParser()
-    planner.add_arguments(parser)
+    memory.add_arguments(parser)
     assert parser.parse_args([]).memory == "auto"
     assert parser.parse_args(["--low-vram"]).memory == "low"
     assert parser.parse_args(["--memory", "minimal", "--plan-only"]).plan_only
-    assert planner.load_mode("auto") == "low" and planner.load_mode("full") == "full"
+    assert memory.load_mode("auto") == "low" and memory.load_mode("full") == "full"
     with pytest.raises(ValueError, match="memory = 'tiny' is not valid: one of auto, full, low, minimal"):
         planner.plan(None, None, "tiny")

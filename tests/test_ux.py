@@ -283,7 +283,7 @@ def test_restyle_defaults_to_one_measured_strength_in_the_cli_and_the_studio(tin
 
     from studio.cli import main
 
-    assert modes.DEFAULT_RESTYLE_STRENGTH == 0.3  # the measured knee on the embedded model (see pipelines/modes.py)
+    assert modes.DEFAULT_RESTYLE_STRENGTH == 0.3  # the measured knee on the embedded model (training/NOTES.md)
     clip = tmp_path / "clip.mp4"
     write_mp4(clip, moving_square(9, 32, 32), 8.0)
     assert main(["restyle", "--model", str(tiny_model_dir), "--prompt", "pastel", "--quiet", "--seed", "1", "--steps", "4",

@@ -24,7 +24,8 @@ import torch
 
 from pipelines import memory as memory_modes
 from pipelines.loading import ModelDefaults
-from pipelines.request import MODES, GenerationRequest
+from pipelines.modes import SPECS
+from pipelines.request import GenerationRequest
 from pipelines.sampling import HeldLatents, Schedule
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (latents (B, C, F, H, W), timestep) -> output
@@ -131,7 +132,7 @@ class Family:
     def read_modes(cls, configs: Configs) -> dict[str, str | None]:
         """Every mode of the studio: None where this checkpoint offers it, else a sentence saying why not
         ("Stable Video Diffusion takes no prompt: it animates a still")."""
-        return {mode: None for mode in MODES}
+        return {mode: None for mode in SPECS}
 
     @classmethod
     def read_geometry(cls, configs: Configs) -> Geometry:
@@ -162,6 +163,15 @@ class Family:
                 part.eval()
         # Where the weights live while generating (pipelines/memory.py: full, low, minimal); sets self.memory.
         memory_modes.apply(self, memory)
+
+    def hold_text_model(self, prompts: type) -> None:
+        """Keep what a prompt-reading family's denoising needs: its transformer, its text encoder behind a
+        `prompts` cache (pipelines.text.PromptEncoder or a subclass), and the checkpoint's scheduler (each
+        pass takes a fresh copy)."""
+        self.transformer = self.parts["transformer"].eval()
+        self.text_encoder = self.parts["text_encoder"].eval()
+        self.scheduler = self.parts["scheduler"]
+        self.prompts = prompts(self.parts["tokenizer"], self.text_encoder, self.defaults.max_sequence_length)
 
     @property
     def denoisers(self) -> list[torch.nn.Module]:

@@ -25,16 +25,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers.models.embeddings import get_3d_rotary_pos_embed
-from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
-from diffusers.utils.torch_utils import randn_tensor
 
 from pipelines.cpu_kernels import use_onednn_conv3d
 from pipelines.families.base import Conditions, Configs, Denoiser, Family, Geometry
 from pipelines.loading import ModelDefaults
-from pipelines.request import MODES, GenerationRequest
+from pipelines.modes import SPECS
+from pipelines.request import GenerationRequest
 from pipelines.sampling import GuidedDenoiser, HeldLatents, Schedule
 from pipelines.text import PromptEncoder
+
+# diffusers is imported where it is used: the registry imports every family to read a model's configs
+# (the CLI's argument checks, the studio's page), which must not wait seconds for diffusers to import.
 
 I2V_PIPELINE = "CogVideoXImageToVideoPipeline"
 
@@ -178,7 +179,7 @@ class CogVideoX(Family):
     @classmethod
     def read_modes(cls, configs: Configs) -> dict[str, str | None]:
         if not _is_i2v(configs):
-            return {mode: None for mode in MODES}
+            return {mode: None for mode in SPECS}
         needs_still = ("CogVideoX image-to-video needs a still at frame 0 (its transformer reads the still's "
                        "latents on its channels)")
         clips = ("CogVideoX image-to-video holds only a still at frame 0, not clips; a CogVideoX text-to-video "
@@ -216,10 +217,7 @@ class CogVideoX(Family):
     # ---- loaded -------------------------------------------------------------------------------------
     def __init__(self, parts, configs, defaults, device, memory="full"):
         super().__init__(parts, configs, defaults, device, memory)
-        self.transformer = parts["transformer"].eval()
-        self.text_encoder = parts["text_encoder"].eval()
-        self.scheduler = parts["scheduler"]  # the checkpoint's; each pass gets a fresh copy
-        self.prompts = T5Prompts(parts["tokenizer"], self.text_encoder, defaults.max_sequence_length)
+        self.hold_text_model(T5Prompts)
         self.i2v = _is_i2v(configs)
         self._still: tuple[np.ndarray, Any] | None = None  # the last still encoded and its posterior
         vae = self.vae.eval()
@@ -327,6 +325,8 @@ class CogVideoX(Family):
         """Draws in the order of diffusers' pipelines: image-to-video samples the still's posterior, then the
         noise; video-to-video samples the init video's posterior, then the noise; the noise is drawn in
         (B, F, C, H, W) over the padded frames (CogVideoX 1.5) and read in the loop's (B, C, F, H, W)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
         batch, channels, frames, height, width = shape
         padded = frames + temporal_padding(frames, self.patch_t)
         extras: dict[str, Any] = {}
@@ -378,6 +378,9 @@ class CogVideoX(Family):
         """(cos, sin) of the rotary embeddings over `frames` latent frames of height x width latents, as
         diffusers' `_prepare_rotary_positional_embeddings`: 1.0 fits the grid into the sample size's crop;
         1.5 slices a fixed table (frames counted in temporal patches)."""
+        from diffusers.models.embeddings import get_3d_rotary_pos_embed
+        from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
+
         config = self.transformer.config
         p, p_t = config.patch_size, config.patch_size_t
         grid_h, grid_w = height // p, width // p

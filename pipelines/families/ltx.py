@@ -32,21 +32,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from diffusers.pipelines.ltx.pipeline_ltx import LTXPipeline, calculate_shift
-from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXConditionPipeline, linear_quadratic_schedule
-from diffusers.utils.torch_utils import randn_tensor
 
 from pipelines.families.base import Conditions, Configs, Denoiser, Family, Geometry, Schedule
 from pipelines.loading import ModelDefaults
 from pipelines.request import GenerationRequest
+from pipelines.text import PromptEncoder
 from pipelines.samplers import make_scheduler
 from pipelines.sampling import GuidedDenoiser, HeldLatents
+
+# diffusers is imported where it is used: the registry imports every family to read a model's configs
+# (the CLI's argument checks, the studio's page), which must not wait seconds for diffusers to import.
 
 # LTXConditionPipeline's call default. Diffusers' LTX notes suggest 0.025 for 0.9.1+ (and the 0.9.7 examples
 # use 0); set `family.image_cond_noise_scale` to change it.
@@ -70,11 +70,15 @@ def _quiet(logger: logging.Logger):
 
 def pack(latents: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
     """(B, C, F, H, W) -> (B, tokens, C * pt * ph * pw), LTX's token order (frame, row, column)."""
+    from diffusers.pipelines.ltx.pipeline_ltx import LTXPipeline
+
     return LTXPipeline._pack_latents(latents, patch[1], patch[0])
 
 
 def unpack(tokens: torch.Tensor, shape: tuple[int, ...], patch: tuple[int, int, int]) -> torch.Tensor:
     """(B, tokens, D) -> (B, C, F, H, W) for a latent `shape` (.., F, H, W)."""
+    from diffusers.pipelines.ltx.pipeline_ltx import LTXPipeline
+
     pt, ph, pw = patch
     f, h, w = shape[-3:]
     return LTXPipeline._unpack_latents(tokens, f // pt, h // ph, w // pw, ph, pt)
@@ -141,6 +145,8 @@ class LTXHeld(HeldLatents):
         return torch.cat([extra, self.hold], dim=2)
 
     def model_input(self, latents: torch.Tensor, schedule: Schedule, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from diffusers.utils.torch_utils import randn_tensor
+
         batch, t, patch, volume = latents.shape[0], schedule.timesteps[i], self.patch_size, self.mask
         if self._init is None:  # the first step: LTXConditionPipeline.prepare_latents' lerp towards the items
             latents = torch.where(self.known, torch.lerp(latents, self.clean, self.hold), latents)
@@ -163,19 +169,13 @@ class LTXHeld(HeldLatents):
         return latents[:, :, self.extra_frames:]
 
 
-class T5Prompts:
+class T5Prompts(PromptEncoder):
     """LTX's prompt encoding (diffusers' `_get_t5_prompt_embeds`): the prompt padded to `max_sequence_length`
     tokens, padding states kept; LTXPipeline encodes without the attention mask, LTXConditionPipeline with it
-    (`masked`). The mask travels with the states for the transformer's cross-attention. Recent prompts are
-    cached."""
-
-    def __init__(self, tokenizer, text_encoder: torch.nn.Module, max_sequence_length: int, cache_size: int = 8):
-        self.tokenizer, self.text_encoder = tokenizer, text_encoder
-        self.max_sequence_length, self.cache_size = max_sequence_length, cache_size
-        self._cache: OrderedDict[tuple[str, bool], torch.Tensor] = OrderedDict()
+    (`masked`). The mask travels with the states for the transformer's cross-attention."""
 
     @torch.no_grad()
-    def _encode(self, text: str, masked: bool) -> torch.Tensor:
+    def _encode(self, text: str, masked: bool = False) -> torch.Tensor:
         tokens = self.tokenizer([text], padding="max_length", max_length=self.max_sequence_length, truncation=True,
                                 add_special_tokens=True, return_tensors="pt")
         device = next(self.text_encoder.parameters()).device
@@ -186,14 +186,7 @@ class T5Prompts:
     def __call__(self, text: str, masked: bool = False) -> torch.Tensor:
         """(1, L, D + 1): the states with the attention mask appended as their last channel, so guidance can
         batch them as one tensor."""
-        key = (text, masked)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        embeds = self._cache[key] = self._encode(text, masked)
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return embeds
+        return super().__call__(text, masked)
 
 
 class LTX(Family):
@@ -223,10 +216,7 @@ class LTX(Family):
 
     def __init__(self, parts, configs, defaults, device, memory="full"):
         super().__init__(parts, configs, defaults, device, memory)
-        self.transformer = parts["transformer"].eval()
-        self.text_encoder = parts["text_encoder"].eval()
-        self.scheduler = parts["scheduler"]  # the checkpoint's; each pass gets a fresh copy
-        self.prompts = T5Prompts(parts["tokenizer"], self.text_encoder, defaults.max_sequence_length)
+        self.hold_text_model(T5Prompts)
         vae = self.vae.eval()
         z = self.geometry.channels
         self._latent_mean = vae.latents_mean.float().view(1, z, 1, 1, 1).cpu()
@@ -254,6 +244,8 @@ class LTX(Family):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
+        from diffusers.utils.torch_utils import randn_tensor
+
         latents = latents.to(self.device, torch.float32)
         mean, std = self._latent_mean.to(latents.device), self._latent_std.to(latents.device)
         latents = latents * std / self._scaling + mean  # (1, C, F', h, w)
@@ -293,6 +285,9 @@ class LTX(Family):
         return make_scheduler(request.sampler, self.scheduler, request.shift)
 
     def schedule(self, request: GenerationRequest, shape: tuple[int, ...], generator=None) -> Schedule:
+        from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
+        from diffusers.pipelines.ltx.pipeline_ltx_condition import linear_quadratic_schedule
+
         scheduler, steps = self._scheduler(request), request.steps
         if self._holds(request) and not scheduler.config.use_dynamic_shifting:
             # LTXConditionPipeline: linear-quadratic timesteps; the scheduler derives (and shifts) the sigmas, and
@@ -325,6 +320,8 @@ class LTX(Family):
         return entry[1]
 
     def prepare(self, request, shape, placed, generator) -> Conditions:
+        from diffusers.utils.torch_utils import randn_tensor
+
         # Drawn on the CPU from the seed, as diffusers' randn_tensor draws it.
         noise = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)  # (1, C, F, H, W)
         t = self.geometry.temporal
@@ -369,6 +366,8 @@ class LTX(Family):
         pt, ph, pw = patch
 
         def positions(b: int, frames: int, h: int, w: int, frame_index: int, device) -> torch.Tensor:
+            from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXConditionPipeline
+
             ids = LTXConditionPipeline._prepare_video_ids(b, frames // pt, h // ph, w // pw, ph, pt, device=device)
             return LTXConditionPipeline._scale_video_ids(ids, g.spatial, g.temporal, frame_index, device)  # (B, 3, N)
 

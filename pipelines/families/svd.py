@@ -24,13 +24,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _resize_with_antialiasing
-from diffusers.utils.torch_utils import randn_tensor
 
 from pipelines.families.base import Conditions, Configs, Denoiser, Family, Geometry, Schedule
 from pipelines.loading import ModelDefaults
-from pipelines.request import MODES, GenerationRequest
+from pipelines.modes import SPECS
+from pipelines.request import GenerationRequest
 from pipelines.sampling import GuidedDenoiser
+
+# diffusers is imported where it is used: the registry imports every family to read a model's configs
+# (the CLI's argument checks, the studio's page), which must not wait seconds for diffusers to import.
 
 LABEL = "Stable Video Diffusion"
 # StableVideoDiffusionPipeline's call defaults, for a folder that names none (no registry entry, no studio.json).
@@ -80,7 +82,7 @@ class SVD(Family):
     # ---- from the configs alone -----------------------------------------------------------------------
     @classmethod
     def read_modes(cls, configs: Configs) -> dict[str, str | None]:
-        return {mode: WHY_NOT.get(mode) for mode in MODES}
+        return {mode: WHY_NOT.get(mode) for mode in SPECS}
 
     @classmethod
     def read_geometry(cls, configs: Configs) -> Geometry:
@@ -178,6 +180,10 @@ class SVD(Family):
         """(1, 3, H, W) in [0, 1] -> (1, 1, D) CLIP image embedding, preprocessed as diffusers' `_encode_image`:
         normalised to [-1, 1] for the antialiased resize to 224 px (as the original implementation), then back,
         and the feature extractor's mean and standard deviation."""
+        from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
+            _resize_with_antialiasing,
+        )
+
         image = _resize_with_antialiasing(still * 2.0 - 1.0, (CLIP_SIZE, CLIP_SIZE))
         image = (image + 1.0) / 2.0  # (1, 3, 224, 224)
         pixels = self.feature_extractor(images=image, do_normalize=True, do_center_crop=False, do_resize=False,
@@ -201,6 +207,8 @@ class SVD(Family):
     def prepare(self, request, shape, placed, generator) -> Conditions:
         """The still's embedding and noise-augmented latent, then the starting noise, drawn from `generator` in
         diffusers' order: the augmentation noise (in pixels) first, then the latents' noise."""
+        from diffusers.utils.torch_utils import randn_tensor
+
         p = placed[0]
         still = p.source_frames[p.start:p.start + 1]  # (1, H, W, 3) uint8
         embeds = self._image_embedding(torch.from_numpy(np.array(still)).float().permute(0, 3, 1, 2)

@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 
 from pipelines.families.base import Conditions, Configs, Denoiser, Family, Geometry, Schedule
 from pipelines.loading import ModelDefaults
-from pipelines.request import MODES, GenerationRequest
+from pipelines.modes import SPECS
+from pipelines.request import GenerationRequest
 from pipelines.samplers import make_scheduler
 from pipelines.sampling import GuidedDenoiser, HeldLatents, call_wan
 from pipelines.text import PromptEncoder
@@ -95,10 +95,7 @@ class Wan(Family):
 
     def __init__(self, parts, configs, defaults, device, memory="full"):
         super().__init__(parts, configs, defaults, device, memory)
-        self.transformer = parts["transformer"].eval()
-        self.text_encoder = parts["text_encoder"].eval()
-        self.scheduler = parts["scheduler"]  # the checkpoint's; each pass gets a fresh copy
-        self.prompts = PromptEncoder(parts["tokenizer"], self.text_encoder, defaults.max_sequence_length)
+        self.hold_text_model(PromptEncoder)
         # Wan 2.2 A14B: the low-noise expert and where it takes over (diffusers: boundary_ratio x the
         # scheduler's num_train_timesteps, compared with each step's timestep).
         ratio = configs.index.get("boundary_ratio")
@@ -176,6 +173,8 @@ class Wan(Family):
         return scheduled(request, make_scheduler(request.sampler, self.scheduler, request.shift), self.device)
 
     def prepare(self, request, shape, placed, generator) -> Conditions:
+        from diffusers.utils.torch_utils import randn_tensor  # here: the registry imports this module early
+
         # Drawn on the CPU from the seed, as diffusers' randn_tensor draws it.
         return Conditions(randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32))
 
@@ -245,7 +244,7 @@ class WanImageToVideo(Wan):
     def read_modes(cls, configs: Configs) -> dict[str, str | None]:
         if not cls.concatenates(configs):
             return super().read_modes(configs)
-        modes: dict[str, str | None] = {mode: None for mode in MODES}
+        modes: dict[str, str | None] = {mode: None for mode in SPECS}
         use = "connect two stills" if cls.needs_last_frame(configs) else "use animate"
         modes["t2v"] = ("this image-to-video checkpoint needs a still to start from (its denoiser reads the "
                         f"image at frame 0 on every step): {use}")
