@@ -95,7 +95,7 @@ def apply(family: Family, mode: str) -> None:
             else:
                 apply_group_offloading(module, **options)
     vae = family.parts.get("vae")
-    if hasattr(vae, "enable_tiling"):
+    if hasattr(vae, "use_tiling"):  # diffusers' VAEs that tile (Stable Video Diffusion's temporal decoder does not)
         vae.enable_tiling() if chosen.tile_vae else vae.disable_tiling()
     if device.type == "cuda":
         torch.cuda.empty_cache()
