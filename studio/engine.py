@@ -99,8 +99,11 @@ class Engine:
             chosen = planner.plan(self.pipe, request, self.memory, cache=self.planner_cache, calibrate=False)
         except ValueError as error:
             return f"Cannot generate this: {error}"
-        if chosen is None:
+        if chosen is None and self.memory == "auto":
             return "Time and memory: measured on this model's first generation (once per model and device)."
+        if chosen is None:  # a mode given by hand never times the model
+            return ("Time and memory: not measured for this model on this device (`python launch.py generate "
+                    "... --plan-only` measures them once).")
         where = "any memory mode" if self.memory == "auto" else f"memory mode {chosen.mode}"
         fits = "" if chosen.fits else f" It does not fit in {where}: lower the size or the length."
         return f"Time and memory: {chosen.line} (memory {chosen.mode}).{fits}"
