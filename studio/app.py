@@ -597,6 +597,8 @@ def _status_html(job: Job, ahead: int = 0, passes: tuple[int, int] = (1, 1)) -> 
         return f"<div class='studio-status'>In the queue: {ahead} generation{'s' * (ahead != 1)} before this one.</div>"
     if job.status in ("cancelled", "failed", "done"):
         return f"<div class='studio-status studio-{job.status}'>{html.escape(job.message)}</div>"
+    if job.message and not job.total:  # running, before its first step (the planner timing the model)
+        return f"<div class='studio-status'>{html.escape(job.message)}</div>"
     total = max(job.total, 1)
     eta = job.eta
     rate = job.seconds_per_step

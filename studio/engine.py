@@ -214,7 +214,11 @@ class Engine:
             if self.memory == "auto":  # refused here (a ValueError naming what fits) before any step
                 from pipelines import planner
 
+                if planner.plan(self.pipe, job.request, "auto", cache=self.planner_cache, calibrate=False) is None:
+                    job.message = "Timing this model on this device first (once per model and device)..."
+                    job._notify()
                 planner.prepare(self.pipe, job.request, "auto", cache=self.planner_cache)
+                job.message = ""
             result = self.pipe.generate(job.request, callback=on_step)
             if job.cancel.is_set():  # pressed during the decode: the clip exists, keep it
                 log.info("job %d: cancel arrived after sampling; keeping the clip", job.id)

@@ -242,7 +242,9 @@ def test_the_studio_shows_the_plan_once_the_model_is_measured(tiny_model_dir, tm
                                       "model and device)."
     assert app.plan("animate", {**values, "image": None}) == ""  # nothing to plan before an upload
     assert app.plan("t2v", {**values, "size": "33x32"}).startswith("Cannot generate this: ")
-    job = engine.run(app.request("t2v", values))
+    job = engine.submit(app.request("t2v", values))
+    seen = {state.message for state in engine.follow(job, interval=0.01) if state.status == "running"}
     assert job.status == "done", job.message
+    assert "Timing this model on this device first (once per model and device)..." in seen  # the status says why
     line = app.plan("t2v", values)
     assert re.fullmatch(r"Time and memory: about \d+ s, [\d.]+ of [\d.]+ GB \(memory full\)\.", line), line
