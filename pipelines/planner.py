@@ -50,6 +50,11 @@ CALIBRATION_VERSION = 4
 GB = 2**30  # shown as "GB", as operating systems and GPU tools show memory
 PROBE_PROMPT = "the planner's calibration run"
 PROBE_STEPS = 3  # per timed sampling pass: the first step (shape warm-up) is not timed
+# A probe runs only if the smaller ones before it predict (growing with the square of its size, an upper
+# bound) that it takes at most this long and fits in half the device's free memory: a large model's
+# calibration stays a few minutes at most and never runs out of memory, at the cost of reading further
+# past its largest probe.
+PROBE_BUDGET_S = 20.0
 
 
 # ---- measuring -----------------------------------------------------------------------------------------
@@ -438,7 +443,12 @@ class Calibration:
         sizes = self._sizes()
         pipe.family.encode_text(self._probe_request(*sizes[0], 1))
         points = []  # (tokens, seconds per forward, bytes)
+        measured = []
         for w, h, f in sizes:
+            n = pipe.latent_tokens(w, h, f)
+            if points and not self._affordable(PROBE_STEPS * points[-1][1], points[-1][2], (n / points[-1][0]) ** 2):
+                break
+            measured.append((w, h, f))
             resident = resident_bytes(self.pipe)
             probe = self._sample(self._probe_request(w, h, f, PROBE_STEPS), PROBE_STEPS)
             seconds = min(np.diff(probe.stamps))
@@ -461,7 +471,7 @@ class Calibration:
                 "points": points}
         # Per-token timesteps (frames held by timestep, image-first's second pass): the denoiser embeds a
         # timestep per token. Measured on image-first's second pass where the model runs it.
-        w, h, f = sizes[min(2, len(sizes) - 1)]
+        w, h, f = measured[min(2, len(measured) - 1)]
         probe_request = self._probe_request(w, h, f, PROBE_STEPS, image_first=True)
         if probe_request.mode == "t2v" and pipe.uses_image_first(probe_request) and \
                 "per_token" in pipe.family.strategies:
@@ -475,6 +485,12 @@ class Calibration:
                                  max(0.0, (peak - _poly(memory_fit, n, n * n)) / n)]
             step["held"] = [n, seconds, peak]
         return step
+
+    def _affordable(self, seconds: float, peak: int, growth: float) -> bool:
+        """Whether a probe `growth` times the work of one that took `seconds` and `peak` bytes is within the
+        budget (PROBE_BUDGET_S, half the free memory)."""
+        room = capacity_of(self.pipe.device) - self.meter.now()
+        return seconds * growth <= PROBE_BUDGET_S and max(peak, 0) * growth <= room / 2
 
     def _vae_points(self, stage: str, run: Callable[[int, int, int], Any]) -> dict[str, Any]:
         """Time and peak of VAE passes on one frame at the default size and at three times its side, on 5
@@ -491,22 +507,37 @@ class Calibration:
         # A first pass allocates what the process then keeps (kernels' caches and pools): not part of any
         # pass's peak, so it is made before the measured ones, on the smallest shape.
         run(1, self._side(w1, 0.5), self._side(h1, 0.5))
+        # Smallest first, each only if the passes before predict it affordable (time and peak growing with
+        # frames x pixels).
+        shapes.sort(key=lambda shape: shape[0] * shape[1] * shape[2])
+        measured: dict[tuple[int, int, int], tuple[float, int]] = {}
+        for index, shape in enumerate(shapes):
+            if index:
+                last = shapes[index - 1]
+                growth = shape[0] * shape[1] * shape[2] / (last[0] * last[1] * last[2])
+                if not self._affordable(*measured[last], growth):
+                    shapes = shapes[:index]
+                    break
+            measured[shape] = self._vae_pass(stage, run, shape)
         # Each shape twice, the second time in reverse order, keeping the lesser time and peak: other work on
         # the machine only slows a pass, and the allocator's state left by the passes before only adds to a
         # peak (between processes the same pass's peak varies by 15 % and more).
-        measured: dict[tuple[int, int, int], tuple[float, int]] = {}
-        for shape in shapes + shapes[::-1]:
-            resident = resident_bytes(self.pipe)
-            seconds, peak = self._timed(lambda: run(*shape))
-            peak -= self._correction(stage, resident)
-            seen = measured.get(shape, (seconds, peak))
-            measured[shape] = (min(seen[0], seconds), min(seen[1], peak))
+        for shape in shapes[::-1]:
+            seconds, peak = self._vae_pass(stage, run, shape)
+            measured[shape] = (min(measured[shape][0], seconds), min(measured[shape][1], peak))
         points = [(frames, w, h, float(measured[(frames, w, h)][0]), measured[(frames, w, h)][1])
                   for frames, w, h in shapes]
         features = [vae_features(pipe, frames, h, w, tiled) for frames, w, h in shapes]
         time_fit = _fit([[1, *x.time] for x in features], [p[3] for p in points])
         memory_fit = _fit([[1, *x.memory] for x in features], [p[4] - x.clip for p, x in zip(points, features)])
         return {"time": time_fit, "memory": memory_fit, "points": points}
+
+    def _vae_pass(self, stage: str, run: Callable[[int, int, int], Any],
+                  shape: tuple[int, int, int]) -> tuple[float, int]:
+        """(seconds, peak bytes besides weights the calibration mode moved) of one VAE pass on `shape`."""
+        resident = resident_bytes(self.pipe)
+        seconds, peak = self._timed(lambda: run(*shape))
+        return seconds, peak - self._correction(stage, resident)
 
     def _measure_decode(self) -> dict[str, Any]:
         pipe = self.pipe
@@ -826,7 +857,8 @@ def prepare(pipe, request: GenerationRequest, memory: str = "auto", *, cache: st
 
 
 # ---- command line (its flags, --memory, --low-vram and --plan-only, are pipelines.memory.add_arguments) ----
-def announce(pipe, request: GenerationRequest, memory: str, cache: str | Path | None, measure: bool = True) -> Plan | None:
+def announce(pipe, request: GenerationRequest, memory: str, cache: str | Path | None,
+             measure: bool = True) -> Plan | None:
     """Plan and prepare the run (see `prepare`) and print its line: what the CLI calls before generating. With
     `measure=False` and a mode given (not auto), nothing is timed: the plan is printed if the model has been
     measured on this device, and the run goes ahead in that mode either way."""

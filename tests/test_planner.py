@@ -233,6 +233,7 @@ def test_the_studio_shows_the_plan_once_the_model_is_measured(tiny_model_dir, tm
     from studio.engine import Engine
     from studio.outputs import History
 
+    planner.Calibration._memory.clear()  # what this process measured before (the CLI's test) answers otherwise
     tiny = VideoPipeline.from_pretrained(str(tiny_model_dir), device="cpu", memory="low")
     engine = Engine(tiny, History(tmp_path / "outputs"), memory="auto", planner_cache=tmp_path / "outputs" / ".planner")
     app = StudioApp(engine, ModelInfo.of(tiny))
@@ -248,3 +249,18 @@ def test_the_studio_shows_the_plan_once_the_model_is_measured(tiny_model_dir, tm
     assert "Timing this model on this device first (once per model and device)..." in seen  # the status says why
     line = app.plan("t2v", values)
     assert re.fullmatch(r"Time and memory: about \d+ s, [\d.]+ of [\d.]+ GB \(memory full\)\.", line), line
+
+
+def test_a_probe_the_smaller_ones_predict_too_costly_is_not_run(pipe, tmp_path, monkeypatch):
+    """A large model calibrates on its smallest probes only, rather than for hours or out of memory, and
+    still plans (reading further past its largest probe)."""
+    monkeypatch.setattr(planner, "PROBE_BUDGET_S", 1e-6)
+    planner.Calibration._memory.clear()
+    request = pipe.request("t2v", prompt=PROMPT, width=256, height=256, num_frames=17)
+    with Forwards(pipe) as forwards:
+        plan = planner.plan(pipe, request, "full", cache=tmp_path)
+    entry = json.loads((tmp_path / planner.CALIBRATION_FILE).read_text())["entries"][planner.calibration_key(pipe)]
+    assert len(entry["step"]["points"]) == 1 and len(entry["decode"]["points"]) == 1
+    assert forwards.count <= 4 * planner.PROBE_STEPS  # one size (and image-first's probe), not four
+    assert plan.seconds > 0 and plan.peak > 0
+    planner.Calibration._memory.clear()
