@@ -20,6 +20,8 @@ its conditioning frames, each candidate's sampling passes (image-first's two) an
 
 Calibration runs on first use per model, device, dtype, thread count and attention backend, with explicit
 generators, and is cached in a small JSON file in the folder the caller names (the CLI: outputs/.planner/).
+Its probes grow from small to about twice the model's default side, each run only if the ones before it
+predict it affordable (PROBE_BUDGET_S).
 """
 
 from __future__ import annotations
