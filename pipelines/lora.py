@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 MAX_LORAS = 8  # per request: far above what people stack (two or three), and each costs a little per step
 MAX_STRENGTH = 4.0  # |strength|: community LoRAs run at 0.5-1.5; negative strengths invert slider LoRAs
 KEEP_LOADED = 16  # adapters kept injected between requests (each holds its weights in memory)
+DENOISERS = ("transformer", "transformer_2", "unet")  # the components that are a checkpoint's denoisers
 LORA_FOLDER = Path("loras")  # where Reproduce also looks for a LoRA whose recorded path moved
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _hashes: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256: a large LoRA is hashed once
@@ -174,6 +175,77 @@ def misfit(state: dict[str, torch.Tensor], denoiser: torch.nn.Module) -> str | N
     return None
 
 
+def loader_of(pipeline: str, denoisers: Iterable[Any], model_id: str) -> Any:
+    """The diffusers LoRA loader mixin of a checkpoint's pipeline class (its `lora_state_dict` converts the
+    layouts people share LoRAs in); ValueError when diffusers has none for it."""
+    import diffusers
+
+    loader = getattr(diffusers, pipeline, None)
+    if loader is None or not hasattr(loader, "lora_state_dict") or \
+            not all(hasattr(d, "load_lora_adapter") for d in denoisers):
+        raise ValueError(f"{model_id} takes no LoRAs: diffusers has no LoRA loader for {pipeline}")
+    return loader
+
+
+def read(lora: Lora, loader: Any, model_id: str, label: str) -> tuple[dict[str, torch.Tensor], dict | None,
+                                                                       str | None]:
+    """(state dict in peft's layout, keys relative to the denoiser; diffusers' adapter metadata; the prefix the
+    file's keys had) of a LoRA file whose sha256 is the request's."""
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from safetensors import SafetensorError
+
+    if not os.path.isfile(lora.path):
+        raise ValueError(f"LoRA {lora.path} does not exist")
+    found = sha256_of(lora.path)
+    if found != lora.sha256:
+        raise ValueError(f"LoRA {lora.path} has changed: its sha256 is {found[:12]}..., the request's "
+                         f"{lora.sha256[:12]}... (choose the file again)")
+    try:  # diffusers' conversions of kohya / musubi-tuner and original-checkpoint layouts happen here
+        state, metadata = loader.lora_state_dict(lora.path, use_safetensors=True, local_files_only=True,
+                                                 return_lora_metadata=True)
+    except (OSError, ValueError, KeyError, IndexError, SafetensorError) as error:
+        raise ValueError(f"LoRA {lora.name} cannot be read as a {label} LoRA "
+                         f"({str(error)[:200] or type(error).__name__})") from None
+    prefix = getattr(loader, "transformer_name", "transformer")
+    if any(key.startswith(f"{prefix}.") for key in state):
+        others = sorted({key.split(".")[0] for key in state if not key.startswith(f"{prefix}.")})
+        if others:
+            raise ValueError(f"LoRA {lora.name} does not fit {model_id}: it also adapts {', '.join(others)}, "
+                             f"and LoRAs are loaded into the {prefix} only")
+        state = {key.removeprefix(f"{prefix}."): value for key, value in state.items()}
+    else:
+        prefix = None  # saved from the denoiser itself (peft's or diffusers' save_lora_adapter)
+    if state and not any("lora_A" in key for key in state):
+        state = convert_unet_state_dict_to_peft(state)  # lora_down / lora_up names
+    return state, metadata, prefix
+
+
+def refuse_misfit(lora: Lora, state: dict[str, torch.Tensor], denoisers: Iterable[Any], model_id: str) -> None:
+    for denoiser in denoisers:
+        why = misfit(state, denoiser)
+        if why:
+            raise ValueError(f"LoRA {lora.name} does not fit {model_id}: {why}")
+
+
+def check_fit(loras: tuple[Lora, ...], model: Any) -> None:
+    """Refuse a LoRA that does not fit `model` (`pipelines.families.ModelFacts`) before its weights load
+    (minutes for a real checkpoint): its denoisers are built from their configs without weights."""
+    if not loras:
+        return
+    import diffusers
+    from accelerate import init_empty_weights
+
+    denoisers = []
+    for name in DENOISERS:
+        module_class = getattr(diffusers, str(model.configs.index[name][1]), None) if model.configs.has(name) else None
+        if module_class is not None:  # (a class outside diffusers is checked when the LoRA loads)
+            with init_empty_weights():
+                denoisers.append(module_class.from_config(model.configs[name]))
+    loader = loader_of(model.configs.pipeline_class or model.family.pipelines[0], denoisers, model.model_id)
+    for lora in loras:
+        refuse_misfit(lora, read(lora, loader, model.model_id, model.family.label)[0], denoisers, model.model_id)
+
+
 class Adapters:
     """The LoRAs injected into a family's denoisers (each file once, by sha256) and which of them are on."""
 
@@ -210,59 +282,20 @@ class Adapters:
                 denoiser.delete_adapters(self.loaded[sha])
             del self.loaded[sha]
 
-    def _loader(self) -> Any:
-        """The diffusers LoRA loader mixin of the loaded checkpoint's pipeline class."""
-        import diffusers
-
-        family = self.family
-        pipeline = family.configs.pipeline_class or family.pipelines[0]
-        loader = getattr(diffusers, pipeline, None)
-        if loader is None or not hasattr(loader, "lora_state_dict") or \
-                not all(hasattr(d, "load_lora_adapter") for d in family.denoisers):
-            raise ValueError(f"{self.model_id} takes no LoRAs: diffusers has no LoRA loader for {pipeline}")
-        return loader
-
     def _load(self, lora: Lora) -> None:
-        from diffusers.utils import convert_unet_state_dict_to_peft
-        from safetensors import SafetensorError
-
         from pipelines import memory as memory_modes
 
-        loader = self._loader()
-        if not os.path.isfile(lora.path):
-            raise ValueError(f"LoRA {lora.path} does not exist")
-        found = sha256_of(lora.path)
-        if found != lora.sha256:
-            raise ValueError(f"LoRA {lora.path} has changed: its sha256 is {found[:12]}..., the request's "
-                             f"{lora.sha256[:12]}... (choose the file again)")
-        try:  # diffusers' conversions of kohya / musubi-tuner and original-checkpoint layouts happen here
-            state, metadata = loader.lora_state_dict(lora.path, use_safetensors=True, local_files_only=True,
-                                                     return_lora_metadata=True)
-        except (OSError, ValueError, KeyError, IndexError, SafetensorError) as error:
-            raise ValueError(f"LoRA {lora.name} cannot be read as a {self.family.label} LoRA "
-                             f"({str(error)[:200] or type(error).__name__})") from None
-        prefix = getattr(loader, "transformer_name", "transformer")
-        if any(key.startswith(f"{prefix}.") for key in state):
-            others = sorted({key.split(".")[0] for key in state if not key.startswith(f"{prefix}.")})
-            if others:
-                raise ValueError(f"LoRA {lora.name} does not fit {self.model_id}: it also adapts {', '.join(others)}, "
-                                 f"and LoRAs are loaded into the {prefix} only")
-            state = {key.removeprefix(f"{prefix}."): value for key, value in state.items()}
-        else:
-            prefix = None  # saved from the denoiser itself (peft's or diffusers' save_lora_adapter)
-        if state and not any("lora_A" in key for key in state):
-            state = convert_unet_state_dict_to_peft(state)  # lora_down / lora_up names
-        for denoiser in self.family.denoisers:
-            why = misfit(state, denoiser)
-            if why:
-                raise ValueError(f"LoRA {lora.name} does not fit {self.model_id}: {why}")
+        family = self.family
+        loader = loader_of(family.configs.pipeline_class or family.pipelines[0], family.denoisers, self.model_id)
+        state, metadata, prefix = read(lora, loader, self.model_id, family.label)
+        refuse_misfit(lora, state, family.denoisers, self.model_id)
         name = f"lora_{lora.sha256[:16]}"
         metadata = {key.removeprefix(f"{prefix}."): value for key, value in (metadata or {}).items()
                     if prefix is None or key.startswith(f"{prefix}.")} or None
-        for denoiser in self.family.denoisers:
+        for denoiser in family.denoisers:
             with warnings.catch_warnings():  # peft's caution about a second adapter: several is the point here
                 warnings.filterwarnings("ignore", "Already found a `peft_config`")
                 denoiser.load_lora_adapter(dict(state), prefix=None, adapter_name=name, metadata=metadata)
         self.loaded[lora.sha256] = name
-        if self.family.memory.offload == "group":  # new layers: group offloading is laid over them again
-            memory_modes.apply(self.family, self.family.memory.name)
+        if family.memory.offload == "group":  # new layers: group offloading is laid over them again
+            memory_modes.apply(family, family.memory.name)

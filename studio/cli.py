@@ -438,6 +438,7 @@ def prepare(args: argparse.Namespace, model: Any, built: Any = None) -> tuple[An
     probe = built if isinstance(built, GenerationRequest) else modes.build(
         modes.spec_of(built.mode).base, defaults, geometry, **built.base_params())
     check_grid(probe, geometry.grid, geometry.temporal)
+    lora.check_fit(probe.loras, model)  # before the weights load
     return built, out
 
 

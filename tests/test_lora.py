@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from safetensors.torch import save_file
 from conftest import make_pipeline
 from tiny_models import tiny_wan21
 from tiny_wan_real import WAN_BLOCKS
+from pipelines import VideoPipeline
 from pipelines.lora import MAX_LORAS, Lora, argument, misfit
 from pipelines.request import GenerationRequest
 from studio.cli import main
@@ -204,6 +206,18 @@ def test_reproduce_loads_the_same_loras_found_by_sha256(tiny_model_dir, files, t
     assert main(["reproduce", "--request", "first.mp4.json", "--out", "third.mp4", *common]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: LoRA a.safetensors (sha256 ") and "is not found" in error and "loras" in error
+
+
+def test_the_command_line_refuses_a_misfit_before_the_weights_load(tiny_model_dir, files, tmp_path, monkeypatch,
+                                                                   capsys):
+    def loads(*args, **kwargs):
+        pytest.fail("the weights loaded before the LoRA was checked")
+
+    monkeypatch.setattr(VideoPipeline, "from_pretrained", loads)
+    assert main(["t2v", "--model", str(tiny_model_dir), "--prompt", "a red ball", "--lora", str(files["wide"]),
+                 "--out", str(tmp_path / "x.mp4"), "--quiet"]) == 2
+    assert re.match(r"error: LoRA wide\.safetensors does not fit .*tiny-wan: it adapts blocks\.0\.attn1\.to_\w as "
+                    r"32 -> 32 features", capsys.readouterr().err)
 
 
 def test_wan21_loras_target_the_published_transformers_layers():
