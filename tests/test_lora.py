@@ -118,7 +118,8 @@ def test_a_lora_changes_the_output_and_strength_0_or_none_give_the_base_bit_for_
     assert (with_a.latents - base.latents).abs().max() > 0.05
     assert same(run(files, ("a", 0.0)), base)  # loaded, left out of the active set
     assert same(run(files, fresh=True), base)  # the next request without LoRAs: disabled
-    assert same(run(files, ("a", 1.0), fresh=True), with_a)  # switched back on, not reloaded
+    assert same(run(files, ("a", 1.0), fresh=True), with_a)  # switched back on
+    assert list(pipe.transformer.peft_config) == [f"lora_{Lora.of_file(files['a']).sha256[:16]}"]  # loaded once
     pipe.adapters.clear()  # unloaded: the layers run as before any LoRA was loaded
     assert not pipe.adapters.loaded
     assert same(run(files, fresh=True), base)
