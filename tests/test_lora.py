@@ -221,27 +221,38 @@ def test_the_command_line_refuses_a_misfit_before_the_weights_load(tiny_model_di
                     r"32 -> 32 features", capsys.readouterr().err)
 
 
-def test_wan21_loras_target_the_published_transformers_layers():
-    """Wan2.1's published transformer configs (1.3B: 30 blocks of 1536; 14B: 40 of 5120), without weights:
-    a musubi-tuner LoRA for the 1.3B fits it after diffusers' conversion; one for the 14B is refused."""
-    def config(dim: int, ffn: int, blocks: int) -> dict:
-        return {**WAN_BLOCKS, "num_attention_heads": dim // 128, "ffn_dim": ffn, "num_layers": blocks,
-                "in_channels": 16, "out_channels": 16}
+# Published Wan transformers: (width, ffn width, blocks).
+PUBLISHED = {"wan2.1-1.3b": (1536, 8960, 30), "wan2.1-14b": (5120, 13824, 40), "wan2.2-ti2v-5b": (3072, 14336, 30)}
 
-    def musubi_state(dim: int, ffn: int, blocks: int) -> dict[str, torch.Tensor]:
-        state = {}
-        for i in range(blocks):
-            for ours in LAYERS:
-                takes, gives = (ffn, dim) if ours == "ffn.net.2" else (dim, ffn) if ours == "ffn.net.0.proj" else \
-                    (dim, dim)
-                state[f"blocks.{i}.{ours}.lora_A.weight"] = torch.zeros(1, takes)
-                state[f"blocks.{i}.{ours}.lora_B.weight"] = torch.zeros(gives, 1)
-        return WanLoraLoaderMixin.lora_state_dict(in_layout(state, "musubi"))
 
+def published(name: str) -> WanTransformer3DModel:
+    """The published transformer's modules, without weights (meta tensors: nothing is allocated)."""
+    dim, ffn, blocks = PUBLISHED[name]
     with init_empty_weights():
-        small = WanTransformer3DModel.from_config(config(1536, 8960, 30))
-    state = {k.removeprefix("transformer."): v for k, v in musubi_state(1536, 8960, 30).items()}
-    assert len(state) == 600 and misfit(state, small) is None
-    big = {k.removeprefix("transformer."): v for k, v in musubi_state(5120, 13824, 40).items()}
-    assert misfit(big, small).startswith("it adapts blocks.0.attn1.to_q as 5120 -> 5120 features, this model's "
-                                         "blocks.0.attn1.to_q is 1536 -> 1536")
+        return WanTransformer3DModel.from_config({**WAN_BLOCKS, "num_attention_heads": dim // 128, "ffn_dim": ffn,
+                                                  "num_layers": blocks})
+
+
+def musubi_lora(name: str) -> dict[str, torch.Tensor]:
+    """A rank-1 musubi-tuner LoRA on every block layer of a published transformer, after diffusers' conversion."""
+    dim, ffn, blocks = PUBLISHED[name]
+    state = {}
+    for i in range(blocks):
+        for ours in LAYERS:
+            takes, gives = {"ffn.net.0.proj": (dim, ffn), "ffn.net.2": (ffn, dim)}.get(ours, (dim, dim))
+            state[f"blocks.{i}.{ours}.lora_A.weight"] = torch.zeros(1, takes)
+            state[f"blocks.{i}.{ours}.lora_B.weight"] = torch.zeros(gives, 1)
+    converted = WanLoraLoaderMixin.lora_state_dict(in_layout(state, "musubi"))
+    return {k.removeprefix("transformer."): v for k, v in converted.items()}
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_musubi_loras_for_the_published_wan_transformers_target_their_layers(name):
+    """Every layer a musubi-tuner LoRA for a published Wan transformer adapts exists there, with its shapes; a
+    LoRA for another size is refused on it (the 14B's on the 1.3B, the 1.3B's on the others)."""
+    state = musubi_lora(name)
+    assert len(state) == 20 * PUBLISHED[name][2] and misfit(state, published(name)) is None
+    other = "wan2.1-14b" if name == "wan2.1-1.3b" else "wan2.1-1.3b"
+    why = misfit(musubi_lora(other), published(name))
+    assert why.startswith(f"it adapts blocks.0.attn1.to_q as {PUBLISHED[other][0]} -> {PUBLISHED[other][0]} "
+                          f"features, this model's blocks.0.attn1.to_q is {PUBLISHED[name][0]} -> {PUBLISHED[name][0]}")
