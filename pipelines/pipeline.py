@@ -20,6 +20,7 @@ from pipelines import memory as memory_modes
 from pipelines.families import Configs, Family, family_of, inspect_model
 from pipelines.latents import LatentTimeline, load_timeline
 from pipelines.loading import ModelDefaults, load_components
+from pipelines.lora import Adapters
 from pipelines.preview import LatentPreviewer
 from pipelines.request import (
     KNOBS,
@@ -135,6 +136,7 @@ class VideoPipeline:
         self.family = family
         self.model_id = model_id
         self._previewer: LatentPreviewer | None = None
+        self.adapters = Adapters(family, model_id)  # the LoRAs loaded into its denoisers
 
     # ---- construction ----------------------------------------------------------------------------------
     @classmethod
@@ -305,6 +307,8 @@ class VideoPipeline:
             # 1. Validate: the request against this model, and every conditioning source against the window.
             placed, init_frames = self._validate(request)
             timer.lap("validate")
+            self.adapters.apply(request.loras)  # the request's LoRAs at its strengths (none: the base model)
+            timer.lap("loras")
             # 2. Encode text.
             text = self.family.encode_text(request)
             timer.lap("encode_text")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pipelines import acceleration, memory
+from pipelines import acceleration, lora, memory
 from pipelines.request import frames_text
 
 log = logging.getLogger("studio.cli")
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extend, loop, connect: sample N candidates (seeds seed..seed+N-1), keep the smoothest joins")
     p.add_argument("--sampler", choices=tuple(SAMPLERS), default="default")
     p.add_argument("--shift", type=float, help="flow shift (the checkpoint's when omitted)")
+    p.add_argument("--lora", action="append", default=[], type=lora.argument, metavar="FILE[:STRENGTH]",
+                   help="a .safetensors LoRA on the model at STRENGTH (default 1); repeat for several")
     p.add_argument("--conditioning", choices=("per_token", "replace"), help="override the model's conditioning strategy")
     p.add_argument("--no-saved-latents", action="store_true", help="re-encode source clips even when they have latents")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -293,7 +295,7 @@ def build_request(args: argparse.Namespace, defaults: Any, geometry: Any, reads_
         steps=args.steps, guidance_scale=args.guidance,
         seed=args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little"),
         sampler=args.sampler, shift=args.shift, conditioning_strategy=args.conditioning,
-        use_saved_latents=not args.no_saved_latents, best_of=args.best_of,
+        use_saved_latents=not args.no_saved_latents, best_of=args.best_of, loras=tuple(args.lora),
     )
     missing = None
     for param in spec.params:
@@ -351,7 +353,8 @@ def _sources_beside(request: Any, folder: Path) -> Any:
     init = found(request.init_video) if request.init_video else request.init_video
     made = dict(request.mode_params)
     made.update({p.name: found(made[p.name]) for p in spec_of(request.mode).media() if made.get(p.name)})
-    return request.replace(conditioning=items, init_video=init, mode_params=made)
+    loras = tuple(lora.locate(item, (folder, lora.LORA_FOLDER)) for item in request.loras)  # by sha256
+    return request.replace(conditioning=items, init_video=init, mode_params=made, loras=loras)
 
 
 def _check_device(device: str | None) -> None:
@@ -435,6 +438,7 @@ def prepare(args: argparse.Namespace, model: Any, built: Any = None) -> tuple[An
     probe = built if isinstance(built, GenerationRequest) else modes.build(
         modes.spec_of(built.mode).base, defaults, geometry, **built.base_params())
     check_grid(probe, geometry.grid, geometry.temporal)
+    lora.check_fit(probe.loras, model)  # before the weights load
     return built, out
 
 
