@@ -113,7 +113,7 @@ class LocalModel:
             self.tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
             dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
             self.model = AutoModelForCausalLM.from_pretrained(where, local_files_only=True, dtype=dtype)
-        except (OSError, ValueError) as error:
+        except Exception as error:  # noqa: BLE001 - OSError, ValueError, and the hub client's own errors
             raise EnhancerUnavailable(f"the enhancer's language model {source!r} could not be loaded "
                                       f"({str(error).splitlines()[0]}): {HOW_TO_GET_ONE}") from error
         if not getattr(self.tokenizer, "chat_template", None):

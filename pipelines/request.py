@@ -33,6 +33,7 @@ KNOBS = ("motion_bucket_id", "noise_aug_strength", "min_guidance_scale")
 LAYOUT_FIELDS = {"mode", "num_frames", "conditioning", "init_video", "init_strength", "init_start", "image_first",
                  *KNOBS}
 MAX_MODE_PARAMS = 32  # parameters a request records having been built from (far above any mode's)
+MAX_ENHANCED_FROM = 4096  # characters of the prompt as written, recorded beside an enhanced one
 
 
 def _is_int(value: Any) -> bool:
@@ -142,7 +143,8 @@ class GenerationRequest:
     that frame held (None: the model's default; see `VideoPipeline.generate`).
     `mode_params` records the parameters of its mode's builder it was made from (see `pipelines.modes.ModeSpec`),
     which Reproduce reads back; they decide nothing of the output, so two requests that differ only there are
-    equal.
+    equal. `enhanced_from` is the same kind of record: the prompt as the user wrote it, when the prompt
+    enhancer (pipelines/enhancer.py) rewrote it into `prompt`.
     `prompt` may be empty for animate only, and only models that read no text (Stable Video Diffusion) take that.
     The KNOBS (None: the model's default) are Stable Video Diffusion's micro-conditioning (Blattmann et al.,
     arXiv 2311.15127): `motion_bucket_id` (more is more motion), `noise_aug_strength` (noise added to the still
@@ -176,6 +178,7 @@ class GenerationRequest:
     min_guidance_scale: float | None = None
     loras: tuple[Lora, ...] = field(default_factory=tuple)  # LoRA adapters on the denoiser (pipelines/lora.py)
     mode_params: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    enhanced_from: str | None = field(default=None, compare=False)  # the prompt as written, if it was enhanced
 
     def __post_init__(self) -> None:
         from pipelines.lora import loras_of
@@ -270,6 +273,10 @@ class GenerationRequest:
                      for k, v in self.mode_params.items()),
                  "mode_params", self.mode_params, f"an object of at most {MAX_MODE_PARAMS} names with a number, "
                  "text, true/false or null each (the parameters the request was built from)")
+        if self.enhanced_from is not None:
+            _require_text(self.enhanced_from, "enhanced_from", "None or the prompt as written")
+            _require(len(self.enhanced_from) <= MAX_ENHANCED_FROM, "enhanced_from", self.enhanced_from,
+                     f"None or the prompt as written, at most {MAX_ENHANCED_FROM} characters")
         if self.best_of > 1:
             _require(any(item.output != "window" for item in self.conditioning), "best_of", self.best_of,
                      "1 for a request without joins: candidates are ranked by their joins to copied-through clips "

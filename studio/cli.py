@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shift", type=float, help="flow shift (the checkpoint's when omitted)")
     p.add_argument("--lora", action="append", default=[], type=lora.argument, metavar="FILE[:STRENGTH]",
                    help="a .safetensors LoRA on the model at STRENGTH (default 1); repeat for several")
+    p.add_argument("--enhance", action="store_true",
+                   help="rewrite the prompt into the model's caption style with a language model first (--enhancer)")
+    p.add_argument("--enhancer", default=os.environ.get("STUDIO_ENHANCER"), metavar="MODEL_OR_URL",
+                   help="the language model --enhance uses: an instruct model's folder or cached hub id, or the URL "
+                        "of a local OpenAI-compatible or Ollama server (default: $STUDIO_ENHANCER)")
     p.add_argument("--conditioning", choices=("per_token", "replace"), help="override the model's conditioning strategy")
     p.add_argument("--no-saved-latents", action="store_true", help="re-encode source clips even when they have latents")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -219,6 +224,17 @@ def _frames(args: argparse.Namespace, mode_kind: str, fps: float, temporal: int,
     return snapped
 
 
+def _enhanced(prompt: str, source: str | None, defaults: Any) -> str:
+    """The prompt rewritten by the language model `source` in the model's caption style, printed (before any
+    video model loads: the two are never in memory together)."""
+    from pipelines import enhancer
+
+    started = time.perf_counter()
+    result = enhancer.enhance(enhancer.open_enhancer(source), prompt, defaults.enhancer_style)
+    print(f"enhanced the prompt in {time.perf_counter() - started:.1f} s with {result.source}: {result.prompt}")
+    return result.prompt
+
+
 def _typed_text(value: str | None, flag: str) -> str | None:
     """A text argument as it was typed. Python decodes argv as UTF-8, keeping other bytes as lone surrogates
     (\\udc80-\\udcff), which no file or JSON reader takes: a shell in Latin-1 or Windows-1252 sends 'caf\\xe9'
@@ -289,6 +305,11 @@ def build_request(args: argparse.Namespace, defaults: Any, geometry: Any, reads_
     _check_applies(args, spec, knobs)
     if not args.prompt and (reads_text or not spec.promptless):
         raise UsageError(f"{spec.name} needs --prompt")
+    enhanced_from = None
+    if args.enhance:
+        if not reads_text:
+            raise UsageError("--enhance rewrites the prompt, and this model reads none")
+        enhanced_from, args.prompt = args.prompt, _enhanced(args.prompt, args.enhancer, defaults)
     fps = args.fps if args.fps is not None else defaults.fps
     params: dict[str, Any] = dict(
         prompt=args.prompt or "", negative_prompt=args.negative, width=args.width, height=args.height, fps=fps,
@@ -296,6 +317,7 @@ def build_request(args: argparse.Namespace, defaults: Any, geometry: Any, reads_
         seed=args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little"),
         sampler=args.sampler, shift=args.shift, conditioning_strategy=args.conditioning,
         use_saved_latents=not args.no_saved_latents, best_of=args.best_of, loras=tuple(args.lora),
+        enhanced_from=enhanced_from,
     )
     missing = None
     for param in spec.params:
@@ -563,6 +585,7 @@ def _generate_and_write(pipe: Any, request: Any, out: Path | None, frames_out: s
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.enhancer import EnhancerUnavailable
     from pipelines.loading import ModelNotAvailable
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -572,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("invalid invocation", exc_info=True)
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except ModelNotAvailable as error:
+    except (ModelNotAvailable, EnhancerUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except OSError as error:  # a full disk, an unwritable folder: what happened, not a traceback
