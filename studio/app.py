@@ -45,6 +45,12 @@ CANDIDATES_LABEL = "Candidates (keeps the smoothest join)"
 RATIOS = (("16:9", 16 / 9), ("1:1", 1.0), ("9:16", 9 / 16), ("4:3", 4 / 3), ("3:4", 3 / 4))
 # The widgets every mode's tab has (besides its mode's own), by name; "candidates" only where a mode joins.
 SHARED = ("prompt", "negative", "seed", "steps", "guidance", "sampler", "size", "seconds", "fps")
+LORA_SLOTS = 4  # LoRAs one generation may stack from the studio (the command line takes up to 8)
+NO_LORA = "(none)"
+# Widgets every tab shares beyond SHARED, last in every endpoint's order (so older API clients, which pass
+# fewer values, get their defaults): the LoRA picker's slots and the record of an enhanced prompt.
+CREATOR = (*(f"lora_{k}" for k in range(1, LORA_SLOTS + 1)), *(f"lora_strength_{k}" for k in range(1, LORA_SLOTS + 1)),
+           "enhanced")
 TYPED = ("prompt", "negative", "seed")  # typed widgets whose every keystroke would otherwise re-plan, for nothing
 # Each built-in tab's API endpoint (/t2v, /animate, ...) takes its widgets in this order, kept as it was for
 # API clients (a widget the loaded model lacks, such as a knob, is left out). A mode registered later gets a
@@ -95,12 +101,12 @@ def tab_inputs(tab: str, info: ModelInfo) -> list[str]:
     names += [key for key in params if key not in names and key not in SHARED]
     names += [spec.switch for spec in specs if spec.switch] + (["candidates"] * any(spec.joins for spec in specs))
     names += [key for key in SHARED if key != "seconds" or key in params]
-    if tab not in API_ORDER:
-        return names
-    unplaced = set(names) - set(API_ORDER[tab])
-    if unplaced:
-        raise ValueError(f"the {tab} tab's endpoint has no place for {sorted(unplaced)}: add them to API_ORDER")
-    return [key for key in API_ORDER[tab] if key in names]
+    if tab in API_ORDER:
+        unplaced = set(names) - set(API_ORDER[tab])
+        if unplaced:
+            raise ValueError(f"the {tab} tab's endpoint has no place for {sorted(unplaced)}: add them to API_ORDER")
+        names = [key for key in API_ORDER[tab] if key in names]
+    return names + list(CREATOR)
 
 
 def mode_of(tab: str, values: dict[str, Any]) -> modes.ModeSpec:
@@ -129,6 +135,7 @@ class ModelInfo:
     modes: dict[str, str | None] | None = None  # mode -> None where offered, else why not (None: every mode)
     samplers: tuple[str, ...] = tuple(SAMPLERS)  # the ones its family can run
     context_frames: int | None = None  # frames each clip of extend, loop and connect holds (None: the tab's)
+    enhancer_style: str | None = None  # the prompt enhancer's system prompt (None: the general video style)
 
     @classmethod
     def of(cls, pipe: Any) -> ModelInfo:
@@ -136,7 +143,8 @@ class ModelInfo:
         knobs = {name: getattr(d, name) for name in pipe.family.knobs if getattr(d, name, None) is not None}
         return cls(pipe.model_id, d.width, d.height, d.num_frames, d.fps, d.steps, d.guidance_scale, pipe.grid,
                    pipe.temporal, d.image_first, d.join_guidance_scale, knobs,
-                   dict(pipe.modes), tuple(s for s in SAMPLERS if s in pipe.family.samplers), d.context_frames)
+                   dict(pipe.modes), tuple(s for s in SAMPLERS if s in pipe.family.samplers), d.context_frames,
+                   d.enhancer_style)
 
     def guidance_for(self, tab: str) -> float:
         """A tab's default guidance: its mode's (the Extend tab's loops share extend's)."""
@@ -295,7 +303,7 @@ def _media(value: Any, what: str) -> str:
 
 # ---- the app ---------------------------------------------------------------------------------------------
 class StudioApp:
-    def __init__(self, engine: Engine, info: ModelInfo):
+    def __init__(self, engine: Engine, info: ModelInfo, loras: Path | None = None, enhancer: str | None = None):
         self.engine = engine
         self.info = info
         self.history = engine.history
@@ -303,6 +311,71 @@ class StudioApp:
         self.previews = Path(tempfile.mkdtemp(prefix="studio-previews-"))  # in the temp folder Gradio reads from
         weakref.finalize(self, shutil.rmtree, self.previews, ignore_errors=True)  # at the latest, at exit
         self._building = threading.BoundedSemaphore(BUILDING_AT_ONCE)
+        self.loras = loras  # the folder the LoRA picker lists (launch.py --loras)
+        self.enhancer_source = enhancer  # the prompt enhancer's language model (launch.py --enhancer), if any
+        self._enhancer = None  # opened on first use
+        self._enhancing = threading.Lock()  # one language model call at a time
+
+    # creator tools: LoRAs and the prompt enhancer -------------------------------------------------------
+    def lora_files(self) -> list[str]:
+        """The LoRA folder's .safetensors files, by name: the only ones the picker offers or a request takes."""
+        if self.loras is None or not self.loras.is_dir():
+            return []
+        return sorted(p.name for p in self.loras.iterdir() if p.suffix == ".safetensors" and p.is_file())
+
+    def _chosen_loras(self, values: dict[str, Any]) -> tuple:
+        """The picker's LoRAs with their strengths (pipelines.lora.Lora: hashed, checked)."""
+        chosen = []
+        for k in range(1, LORA_SLOTS + 1):
+            name = values.get(f"lora_{k}")
+            if name in (None, "", NO_LORA):
+                continue
+            files = self.lora_files()
+            if name not in files:  # a name only: never a path from a request
+                raise gr.Error(f"LoRA {name!r} is not in the LoRA folder: pick one of "
+                               f"{', '.join(files) or 'none (the folder has no .safetensors files)'}")
+            strength = _number(values.get(f"lora_strength_{k}"), f"Strength of {name}", "a number from -4 to 4")
+            chosen.append((self.loras / name, strength))
+        if not chosen:
+            return ()
+        from pipelines.lora import Lora  # torch: only once a LoRA is asked for (the page is served without it)
+
+        return tuple(Lora.of_file(path, strength) for path, strength in chosen)
+
+    def _lora_values(self, loras: tuple) -> tuple[dict[str, Any], list[str]]:
+        """(the picker's slots for a request's LoRAs, the names of those not found): each by its name in the
+        LoRA folder, where a file of the same sha256 is (what it was made with, wherever it lay then)."""
+        values: dict[str, Any] = {f"lora_{k}": NO_LORA for k in range(1, LORA_SLOTS + 1)}
+        values |= {f"lora_strength_{k}": 1.0 for k in range(1, LORA_SLOTS + 1)}
+        missing: list[str] = []
+        if not loras:
+            return values, missing
+        from pipelines.lora import sha256_of
+
+        by_sha = {sha256_of(self.loras / name): name for name in self.lora_files()}
+        for k, lora in enumerate(loras[:LORA_SLOTS], start=1):
+            if lora.sha256 in by_sha:
+                values[f"lora_{k}"], values[f"lora_strength_{k}"] = by_sha[lora.sha256], lora.strength
+            else:
+                missing.append(Path(lora.path).name)
+        missing += [Path(lora.path).name for lora in loras[LORA_SLOTS:]]  # more than the picker holds
+        return values, missing
+
+    def enhance(self, prompt: str) -> tuple[str, dict[str, str]]:
+        """(the prompt rewritten by the language model, the record of it for the request)."""
+        if not self.enhancer_source:
+            raise gr.Error("No language model is set for enhancing prompts: start the studio with --enhancer "
+                           "(an instruct model's folder, or the URL of a local OpenAI-compatible or Ollama server).")
+        from pipelines import enhancer
+
+        try:
+            with self._enhancing:
+                if self._enhancer is None:
+                    self._enhancer = enhancer.open_enhancer(self.enhancer_source)
+                result = enhancer.enhance(self._enhancer, prompt or "", self.info.enhancer_style)
+        except (enhancer.EnhancerUnavailable, TimeoutError, ValueError) as error:
+            raise gr.Error(f"The prompt was not enhanced: {error}") from None
+        return result.prompt, {"prompt": result.prompt, "original": result.original}
 
     # requests, one builder per tab ----------------------------------------------------------------------
     def _keep(self, value: Any, what: str) -> str:
@@ -330,9 +403,13 @@ class StudioApp:
                              values.get("sampler"), _size_for(values.get("size"), media, self.info))
         if "candidates" in values:
             settings["best_of"] = _candidates(values["candidates"])
+        prompt = values.get("prompt") or ""
+        enhanced = values.get("enhanced")  # recorded only while the prompt is still the one the enhancer wrote
+        enhanced_from = enhanced.get("original") if isinstance(enhanced, dict) and enhanced.get("prompt") == prompt \
+            else None
         # The model's defaults (ModelInfo holds those of ModelDefaults and Geometry the builders read).
-        return modes.build(spec.name, self.info, self.info, prompt=values.get("prompt") or "", fps=fps,
-                           **settings, **params)
+        return modes.build(spec.name, self.info, self.info, prompt=prompt, fps=fps, loras=self._chosen_loras(values),
+                           enhanced_from=enhanced_from, **settings, **params)
 
     def _param(self, spec: modes.ModeSpec, param: modes.Param, values: dict[str, Any], fps: float,
                keep: bool = True) -> Any:
@@ -578,6 +655,9 @@ class StudioApp:
         for key, param in tab_params(tab).items():  # the tab's other modes' widgets go back to their defaults
             if key not in values and (not param.knob or param.name in self.info.knobs):
                 values[key] = self._default(param)
+        lora_values, lost_loras = self._lora_values(r.loras)
+        values.update(lora_values)
+        values["enhanced"] = {"prompt": r.prompt, "original": r.enhanced_from} if r.enhanced_from is not None else None
         if r.seed > BROWSER_MAX_SEED:  # the page would round it and silently make another clip
             values["seed"] = None
             values["note"] = (f"Its seed, {r.seed}, is larger than a browser holds exactly, so the seed was not "
@@ -588,6 +668,11 @@ class StudioApp:
             values["note"] = values.get("note", "") + (
                 f"{what[:1].upper() + what[1:]} {'is' if one else 'are'} not in the outputs folder, so only "
                 f"the other settings were loaded: add {'it' if one else 'them'} again.")
+        if lost_loras:
+            it = "it" if len(lost_loras) == 1 else "them"
+            values["note"] = (values.get("note", "") + f" No file in the LoRA folder is {', '.join(lost_loras)} (by "
+                              f"its contents' sha256), so the settings were loaded without {it}: add {it} to the "
+                              "folder to reproduce this output.").lstrip()
         return values
 
 
@@ -657,8 +742,8 @@ CSS = """
 """
 
 
-def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
-    app = StudioApp(engine, info)
+def build(engine: Engine, info: ModelInfo, loras: Path | None = None, enhancer: str | None = None) -> gr.Blocks:
+    app = StudioApp(engine, info, loras, enhancer)
     presets = list(app.presets)
     size_choices = presets + [MATCH_INPUT]
 
@@ -677,8 +762,16 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
         def shared(tab: str, found: dict[str, Any], length: modes.Param | None, switches: list[modes.ModeSpec]) -> None:
             """The settings every tab has; `length`: the mode's duration widget, if it has one (seconds)."""
             media_input = bool(tab_modes()[tab][0].media())
-            found["prompt"] = gr.Textbox(label="Prompt", lines=2, placeholder="a red ball bounces on a floor",
-                                         elem_id=f"{tab}-prompt")
+            with gr.Row():
+                found["prompt"] = gr.Textbox(label="Prompt", lines=2, placeholder="a red ball bounces on a floor",
+                                             elem_id=f"{tab}-prompt", scale=8)
+                enhance = gr.Button("Enhance", size="sm", scale=0, min_width=90, elem_id=f"{tab}-enhance",
+                                    interactive=bool(app.enhancer_source))
+            found["enhanced"] = gr.State(None)  # {"prompt": what the enhancer wrote, "original": what it read}
+            # Queued, one at a time: a language model's answer takes seconds.
+            enhance.click(app.enhance, found["prompt"], [found["prompt"], found["enhanced"]], concurrency_limit=1,
+                          api_visibility="private")
+            found.update(lora_widgets)
             with gr.Row():
                 found["size"] = gr.Dropdown(size_choices if media_input else presets, label="Aspect ratio and size",
                                             value=MATCH_INPUT if media_input else default_preset(info),
@@ -801,8 +894,24 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                     found[spec.switch].change(action, [found[s.switch] for s in switches], buttons[tab], queue=False,
                                               api_visibility="private")
 
+        lora_widgets: dict[str, Any] = {}  # the LoRA picker, shared by every tab (CREATOR)
         with gr.Row():
             with gr.Column(scale=3):
+                with gr.Accordion("LoRAs", open=False, elem_id="loras"):
+                    lora_note = ("No LoRA folder is set." if app.loras is None else
+                                 f"The .safetensors files in `{app.loras.name}/` (launch.py --loras).")
+                    gr.Markdown(lora_note)
+                    for k in range(1, LORA_SLOTS + 1):
+                        with gr.Row():
+                            lora_widgets[f"lora_{k}"] = gr.Dropdown([NO_LORA, *app.lora_files()], value=NO_LORA,
+                                                                    label=f"LoRA {k}", elem_id=f"lora-{k}", scale=3)
+                            lora_widgets[f"lora_strength_{k}"] = gr.Slider(-2.0, 2.0, value=1.0, step=0.05,
+                                                                           label="Strength", scale=2,
+                                                                           elem_id=f"lora-strength-{k}")
+                    refresh_loras = gr.Button("Refresh the list", size="sm")
+                    refresh_loras.click(lambda: [gr.update(choices=[NO_LORA, *app.lora_files()])] * LORA_SLOTS, None,
+                                        [lora_widgets[f"lora_{k}"] for k in range(1, LORA_SLOTS + 1)], queue=False,
+                                        api_visibility="private")
                 with gr.Tabs() as tabs:
                     for tab in tab_modes():
                         with gr.Tab(tab_title(tab), id=tab):
@@ -880,7 +989,7 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
         picked.change(app.show_entry, picked, [hist_video, hist_image, lineage, sidecar], queue=False,
                       api_name="show_entry")
 
-        every_widget = [w for found in widgets.values() for w in found.values()]
+        every_widget = list({id(w): w for found in widgets.values() for w in found.values()}.values())  # shared once
 
         def load_settings(name: str | None):
             values = app.reproduce_values(name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import socket
 import sys
@@ -33,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs", type=Path, default=Path("outputs"), help="where outputs and history live")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     memory.add_arguments(p, plan_only=False)  # --memory (default auto), --low-vram (= --memory low)
+    p.add_argument("--loras", type=Path, default=Path("loras"), help="the folder of .safetensors LoRAs the picker lists")
+    p.add_argument("--enhancer", default=os.environ.get("STUDIO_ENHANCER"), metavar="MODEL_OR_URL",
+                   help="the prompt enhancer's language model: an instruct model's folder or cached hub id, or the "
+                        "URL of a local OpenAI-compatible or Ollama server (default: $STUDIO_ENHANCER; none: the "
+                        "Enhance button is off)")
     acceleration.add_arguments(p)
     p.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE,
                    help="generations that may wait for the device; more are turned away")
@@ -102,7 +108,7 @@ class PendingPipeline:
 
 def create(model: str, outputs: Path, device: str | None = None, memory_mode: str = "full",
            queue_size: int = DEFAULT_QUEUE_SIZE, speed: argparse.Namespace | None = None,
-           pipe: PendingPipeline | None = None):
+           pipe: PendingPipeline | None = None, loras: Path | None = None, enhancer: str | None = None):
     """The Gradio app with its pipeline loaded (tests call this with a tiny model), or with `pipe`, which the
     caller loads once the page is served. `memory_mode`: full, low, minimal, or auto (the planner picks one
     per generation, timing the model on its first; pipelines/planner.py)."""
@@ -115,7 +121,7 @@ def create(model: str, outputs: Path, device: str | None = None, memory_mode: st
     pipe = pipe if pipe is not None else load_pipeline(model, device, memory_mode, speed)
     engine = Engine(pipe, history, max_waiting=queue_size, max_per_session=per_session(queue_size),
                     memory=memory_mode, planner_cache=Path(outputs) / PLANNER_FOLDER)
-    demo = build(engine, ModelInfo.of(pipe))
+    demo = build(engine, ModelInfo.of(pipe), loras, enhancer)
     return demo, history
 
 
@@ -207,7 +213,8 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         pipe = PendingPipeline(args.model, args.device, args.memory, speed=args)
-        demo, history = create(args.model, args.outputs, args.device, args.memory, args.queue_size, pipe=pipe)
+        demo, history = create(args.model, args.outputs, args.device, args.memory, args.queue_size, pipe=pipe,
+                               loras=args.loras, enhancer=args.enhancer)
     except (ModelNotAvailable, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

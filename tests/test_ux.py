@@ -173,6 +173,8 @@ def test_the_loop_checkbox_changes_the_length_note_and_the_button(studio_blocks)
     results = {}
     for fn in _triggered_by(demo, loop_box, "change"):
         values = {"Seconds to add": 2.0, "Frames per second": 8.0}
+        if any(i is not loop_box and i.label not in values for i in fn.inputs):
+            continue  # the plan line, which reads every widget of the tab (tests/test_planner.py)
         args = [True if i is loop_box else values[i.label] for i in fn.inputs]
         out = fn.fn(*args)
         for target, value in zip(fn.outputs, out if isinstance(out, tuple) else (out,)):
