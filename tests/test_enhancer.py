@@ -164,3 +164,33 @@ def test_with_no_language_model_it_says_how_to_get_one(tiny_model_dir, tmp_path,
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and err.startswith("error: no language model is set"), err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_the_studio_button_shows_the_enhanced_prompt_and_the_request_records_both(tiny_instruct, tiny_model_dir,
+                                                                                 tmp_path):
+    import gradio as gr
+
+    from pipelines import VideoPipeline
+    from studio.app import ModelInfo, StudioApp, build
+    from studio.engine import Engine
+    from studio.outputs import History
+
+    pipe = VideoPipeline.from_pretrained(str(tiny_model_dir), device="cpu")
+    engine = Engine(pipe, History(tmp_path / "outputs"))
+    app = StudioApp(engine, ModelInfo.of(pipe), enhancer=str(tiny_instruct))
+    prompt, record = app.enhance("a red ball")  # into the prompt box, editable, before anything runs
+    assert prompt and prompt != "a red ball" and record == {"prompt": prompt, "original": "a red ball"}
+    values = dict(prompt=prompt, negative="", seed=1, steps=1, guidance=4.0, sampler="default", size="32x32",
+                  seconds=1.0, fps=8, enhanced=record)
+    assert app.request("t2v", values).enhanced_from == "a red ball"
+    # Edited after enhancing: the prompt is the user's own again, and nothing claims otherwise.
+    assert app.request("t2v", {**values, "prompt": prompt + " at dusk"}).enhanced_from is None
+
+    plain = StudioApp(engine, ModelInfo.of(pipe))
+    with pytest.raises(gr.Error, match="No language model is set for enhancing prompts: start the studio with "
+                                       "--enhancer"):
+        plain.enhance("a red ball")
+    buttons = {enhancer: next(block for block in build(engine, ModelInfo.of(pipe), enhancer=enhancer).blocks.values()
+                              if getattr(block, "elem_id", None) == "t2v-enhance")
+               for enhancer in (None, str(tiny_instruct))}
+    assert buttons[None].interactive is False and buttons[str(tiny_instruct)].interactive is True

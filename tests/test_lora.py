@@ -256,3 +256,41 @@ def test_musubi_loras_for_the_published_wan_transformers_target_their_layers(nam
     why = misfit(musubi_lora(other), published(name))
     assert why.startswith(f"it adapts blocks.0.attn1.to_q as {PUBLISHED[other][0]} -> {PUBLISHED[other][0]} "
                           f"features, this model's blocks.0.attn1.to_q is {PUBLISHED[name][0]} -> {PUBLISHED[name][0]}")
+
+
+def test_the_studio_picker_takes_loras_by_name_and_reproduce_loads_them_back(pipe, files, run, tmp_path):
+    import gradio as gr
+
+    from studio.app import NO_LORA, ModelInfo, StudioApp
+    from studio.engine import Engine
+    from studio.outputs import History
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    shutil.copy(files["a"], folder / "style.safetensors")
+    (folder / "notes.txt").write_text("not a LoRA")
+    app = StudioApp(Engine(pipe, History(tmp_path / "outputs")), ModelInfo.of(pipe), loras=folder)
+    assert app.lora_files() == ["style.safetensors"]
+    d = pipe.defaults
+    values = dict(prompt="a red square moves", negative="", seed=3, steps=d.steps, guidance=d.guidance_scale,
+                  sampler="default", size=f"{d.width}x{d.height}", seconds=5 / d.fps, fps=d.fps,
+                  lora_1="style.safetensors", lora_strength_1=0.5, lora_2=NO_LORA, lora_strength_2=1.0)
+    request = app.request("t2v", values)
+    assert [(Path(x.path).name, x.strength) for x in request.loras] == [("style.safetensors", 0.5)]
+    assert request.loras[0].sha256 == Lora.of_file(files["a"]).sha256
+    # Only a file the picker lists: never a path a request names (raw HTTP), nor a file of another kind.
+    for name in ("../a.safetensors", str(files["a"]), "notes.txt"):
+        with pytest.raises(gr.Error, match="is not in the LoRA folder: pick one of style.safetensors"):
+            app.request("t2v", {**values, "lora_1": name})
+
+    job = app.engine.run(request)
+    assert job.status == "done", job.message
+    assert app.history.read(job.out).sidecar["request"]["loras"][0]["sha256"] == request.loras[0].sha256
+    shown = app.reproduce_values(job.out.name)
+    assert (shown["lora_1"], shown["lora_strength_1"], shown["lora_2"]) == ("style.safetensors", 0.5, NO_LORA)
+    assert app.request("t2v", {**values, **{k: v for k, v in shown.items() if k.startswith("lora")}}) == request
+    (folder / "style.safetensors").rename(folder / "renamed.safetensors")  # found again by its contents
+    assert app.reproduce_values(job.out.name)["lora_1"] == "renamed.safetensors"
+    (folder / "renamed.safetensors").unlink()
+    gone = app.reproduce_values(job.out.name)
+    assert gone["lora_1"] == NO_LORA and "No file in the LoRA folder is style.safetensors" in gone["note"]
