@@ -22,8 +22,8 @@ window being made and the one it continues are in memory.
 Drift (the creep of colour over many windows) is measured per window against an anchor (the shot's first
 window, or a reference image), and three switches hold it: conditioning on saved latents instead of
 re-encoded pixels, a little noise on the held frames (their hold strength below 1), and colour anchoring, which
-matches each window's per-channel mean and spread to the anchor's (the sliding-window colour correction of
-Wan2GP, in RGB).
+brings each window's per-channel mean and spread to the anchor's (the sliding-window colour correction of
+Wan2GP, in RGB), eased in along the window so that the joins stay smooth.
 """
 
 from __future__ import annotations
@@ -347,13 +347,18 @@ def drift(frames: np.ndarray, anchor: tuple[np.ndarray, np.ndarray]) -> dict[str
             "std": round(float(np.abs(std - anchor[1]).mean()), 4)}
 
 
-def anchor_colours(frames: np.ndarray, anchor: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """The frames with each channel's mean and spread matched to the anchor's (over the whole window, so the
-    frames keep their motion and their relative changes)."""
-    mean, std = colour_stats(frames)
+def anchor_colours(frames: np.ndarray, anchor: tuple[np.ndarray, np.ndarray], tail: int = 4) -> np.ndarray:
+    """The frames with each channel's mean and spread brought to the anchor's. The correction is the one that
+    matches the window's last `tail` frames, eased in along the window: nothing on its first frame, whose
+    predecessor (the previous window's end) was corrected already, all of it on its last, so the join
+    keeps the model's own step and the next window starts from anchored frames (correcting the whole window
+    at once moved it by the drift it had gathered: a step at every join)."""
+    mean, std = colour_stats(frames[-tail:])
     scale = anchor[1] / np.maximum(std, 1e-6)
-    out = (frames.astype(np.float64) - mean) * scale + anchor[0]
-    return np.clip(out, 0, 255).round().astype(np.uint8)
+    pixels = frames.astype(np.float64)
+    corrected = (pixels - mean) * scale + anchor[0]
+    weight = (np.arange(1, len(frames) + 1) / len(frames)).reshape(-1, 1, 1, 1)
+    return np.clip(pixels + weight * (corrected - pixels), 0, 255).round().astype(np.uint8)
 
 
 # ---- rendering -----------------------------------------------------------------------------------------------
