@@ -44,6 +44,8 @@ def run_storyboard(args: argparse.Namespace) -> int:
     inspect_model(args.model)  # an unknown model fails before the plan is rendered
     if args.shot is None:
         check_out_paths(out, None)
+        if out.exists() and not args.overwrite and not sb.manifest_path(out).is_file():
+            raise UsageError(f"--out {str(out)!r} exists and is no storyboard take: give --overwrite to replace it")
         if args.overwrite:
             sb.manifest_path(out).unlink(missing_ok=True)
             shutil.rmtree(sb.windows_folder(out), ignore_errors=True)
