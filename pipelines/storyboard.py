@@ -441,14 +441,12 @@ class _Renderer:
                       closing: Path | None = None) -> tuple[dict[str, Any], np.ndarray, Path]:
         """Generate a window, store its frames and latents, and return (its record, its new frames, its folder)."""
         from pipelines.latents import LatentTimeline, save_timeline
-        from pipelines.video_io import read_media, write_frames
+        from pipelines.video_io import count_frames, write_frames
 
         request = self.request(w, previous, closing)
         result = self.pipe.generate(request, callback)
-        if previous is not None:  # extend and connect copy the previous window whole, then the new frames
-            before = len(read_media(previous, self.settings.fps, size=(self.settings.width, self.settings.height)))
-        else:
-            before = 0
+        # Extend and connect copy the previous window whole, then the new frames.
+        before = count_frames(previous, self.settings.fps) if previous is not None else 0
         new = result.frames[before:before + w.frames]
         window = result.frames[result.window_offset:result.window_offset + request.num_frames].copy()
         record: dict[str, Any] = {"index": w.index, "shot": w.shot + 1, "number": w.number, "mode": request.mode,
@@ -457,14 +455,19 @@ class _Renderer:
         anchor_stats = self.reference or anchor
         if anchor_stats is not None:
             record["drift_before"] = drift(new, anchor_stats)
-            if self.plan.colour_anchor:
+            # A closing window is held at both ends (its frames run into the next shot's, which stay as they
+            # are): anchoring it would move its last frames away from them.
+            if self.plan.colour_anchor and closing is None:
                 new = anchor_colours(new, anchor_stats)
                 # The window's stored frames are what the take shows: the next window copies them through
                 # and their difference from the latents' decode is carried into its frames (pipelines/seams.py).
                 generated = slice(before - result.window_offset, before - result.window_offset + w.frames)
                 window[generated] = new
             record["drift"] = drift(new, anchor_stats)
-        folder = self.folder / f"w{w.index:05d}-{record['seed']:x}"
+        # Named by what made it: a re-rendered window never overwrites the one the manifest still lists
+        # until the re-render finishes.
+        made = hashlib.sha256(request.to_json().encode()).hexdigest()[:16]
+        folder = self.folder / f"w{w.index:05d}-{made}"
         if folder.exists():
             shutil.rmtree(folder)
         write_frames(folder, window)
