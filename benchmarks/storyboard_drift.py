@@ -52,7 +52,7 @@ def take_figures(frames: np.ndarray, records: list[dict]) -> dict[str, float | l
 
 def run(argv: list[str] | None = None) -> dict:
     from pipelines import VideoPipeline
-    from pipelines.storyboard import Storyboard, layout, read_take, render, Settings
+    from pipelines.storyboard import Settings, Storyboard, layout, read_take, render
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="embedded")

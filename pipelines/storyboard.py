@@ -203,8 +203,9 @@ class Storyboard:
                 for kind in ("image", "clip"):
                     if isinstance(key, dict) and isinstance(key.get(kind), str) and not Path(key[kind]).is_absolute():
                         key[kind] = str(path.parent / key[kind])
-        if isinstance(data, dict) and isinstance(data.get("reference"), str) and not Path(data["reference"]).is_absolute():
-            data["reference"] = str(path.parent / data["reference"])
+        reference = data.get("reference") if isinstance(data, dict) else None
+        if isinstance(reference, str) and not Path(reference).is_absolute():
+            data["reference"] = str(path.parent / reference)
         return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> Storyboard:

@@ -13,8 +13,21 @@ import torch
 from pipelines import VideoPipeline
 from pipelines.sampling import GenerationCancelled
 from pipelines.storyboard import (
-    Keyframe, Settings, Shot, Storyboard, TakeMismatch, anchor_colours, colour_stats, drift, layout,
-    manifest_path, read_take, render, rerender_shot, windows_folder, _Renderer,
+    Keyframe,
+    Settings,
+    Shot,
+    Storyboard,
+    TakeMismatch,
+    _Renderer,
+    anchor_colours,
+    colour_stats,
+    drift,
+    layout,
+    manifest_path,
+    read_take,
+    render,
+    rerender_shot,
+    windows_folder,
 )
 from pipelines.video_io import Mp4Writer, count_frames, write_mp4, write_png
 
@@ -174,10 +187,12 @@ def test_re_rendering_a_shot_keeps_the_others_bit_identical(embedded, tmp_path):
     after = read_take(out)
     start, frames = 17 + 8, 16  # shot 3's frames in the take
     assert after.shape == before.shape
-    assert np.array_equal(after[:start], before[:start]) and np.array_equal(after[start + frames:], before[start + frames:])
+    assert np.array_equal(after[:start], before[:start])
+    assert np.array_equal(after[start + frames:], before[start + frames:])
     assert not np.array_equal(after[start:start + frames], before[start:start + frames])
     assert [r["mode"] for r in again.records if r["shot"] == 3] == ["extend", "connect"]
-    assert [r["folder"] for r in again.records if r["shot"] != 3] == [r["folder"] for r in first.records if r["shot"] != 3]
+    kept = [r["folder"] for r in first.records if r["shot"] != 3]
+    assert [r["folder"] for r in again.records if r["shot"] != 3] == kept
     assert count_frames(out, 8.0) == len(after)
     joins = [r["join"] for r in again.records if r["joined"]]
     assert len(joins) == 5 and all(j > 0 for j in joins)
@@ -205,10 +220,9 @@ def test_the_streamed_mp4_is_byte_identical_to_one_written_whole(tmp_path):
         writer.write(frames[:2])
         writer.write(frames[2:])
     assert sha(tmp_path / "whole.mp4") == sha(tmp_path / "streamed.mp4")
-    with pytest.raises(RuntimeError):
-        with Mp4Writer(tmp_path / "failed.mp4", 48, 32, 8.0) as writer:
-            writer.write(frames)
-            raise RuntimeError("a failed take leaves no file")
+    with pytest.raises(RuntimeError), Mp4Writer(tmp_path / "failed.mp4", 48, 32, 8.0) as writer:
+        writer.write(frames)
+        raise RuntimeError("a failed take leaves no file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed.mp4", "whole.mp4"]
 
 
