@@ -3,7 +3,8 @@
 A `Storyboard` is a plan of requests, not a new pipeline: each shot (a prompt, a duration, keyframes, a
 transition) becomes windows of the model's default length, and each window one `GenerationRequest`:
 - a shot that starts fresh (the first, or a cut) opens with text to video, or animate when an image keyframe
-  sits at its frame 0;
+  sits at its frame 0; a keyframe later in a shot closes a continuing window, held (a conditioning item)
+  over its last latent's frames;
 - every other window is an `extend` of the previous window, conditioned on its saved latents (the latent
   sidecar of the previous window's frame folder, pipelines/latents.py), so no VAE round trip creeps in;
 - re-rendering one shot ends it with a join to its unchanged successor: `connect` from the previous window,
@@ -41,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.modes import DEFAULT_CONTEXT_FRAMES, MAX_SECONDS, frames_for_seconds
-from pipelines.request import MAX_PROMPT_CHARS, MAX_SEED
+from pipelines.request import MAX_PROMPT_CHARS, MAX_SEED, ConditioningItem
 
 TRANSITIONS = ("continue", "cut")
 PLAN_FORMAT = 1
@@ -246,7 +247,7 @@ class Window:
     kind: str  # "t2v", "animate" (both fresh) or "extend"
     start: int
     frames: int
-    keyframe: str | None = None  # animate's still
+    keyframe: str | None = None  # animate's still, or the still that closes an extension
 
 
 @dataclass(frozen=True)
@@ -304,18 +305,39 @@ def layout(plan: Storyboard, settings: Settings) -> list[ShotLayout]:
                 raise ValueError(f"{where}: keyframes[{k}].at = {key.at:g} s is after the shot's end "
                                  f"({frames} frames = {frames / fps:g} s once snapped); valid: 0 to "
                                  f"{(frames - 1) / fps:g}")
-            if key.kind == "clip" or at > 0 or not is_fresh:
-                raise ValueError(f"{where}: keyframes[{k}] ({key.kind} at {key.at:g} s) is not supported yet: "
-                                 "only an image at 0 s of a fresh shot (the first, or a cut) is placed")
+            if key.kind == "clip":
+                raise ValueError(f"{where}: keyframes[{k}] (a clip) is not supported yet: keyframes are images")
         ats = sorted(round(key.at * fps) for key in shot.keyframes)
         if len(set(ats)) < len(ats):
             raise ValueError(f"{where}: keyframes overlap at {fps:g} fps (two fall on one frame); place them apart")
-        windows, left, number = [], frames, 0
+        windows, pos, number = [], start, 0
+        opening = next((key for key in shot.keyframes if is_fresh and round(key.at * fps) == 0), None)
         if is_fresh:
             first = min(frames, settings.window)
-            still = next((key.source for key in shot.keyframes if key.at * fps < 0.5), None)
-            windows.append(Window(index, s, 0, "animate" if still else "t2v", start, first, still))
-            index, number, left = index + 1, 1, frames - first
+            windows.append(Window(index, s, 0, "animate" if opening else "t2v", start, first,
+                                  opening.source if opening else None))
+            index, number, pos = index + 1, 1, start + first
+        held = [(k, key) for k, key in enumerate(shot.keyframes, start=1) if key is not opening]
+        for k, key in sorted(held, key=lambda pair: pair[1].at):
+            # A later still closes a continuing window: the VAE holds it as one latent of `t` frames, the
+            # window's last, so the window ends `t` frames after the still's first frame, on the latent grid.
+            at = start + round(key.at * fps)
+            new = t * round((at - pos) / t) + t
+            while new > step - step % t:  # plain windows up to the one the still closes
+                plain = min(step - step % t, new - 2 * t)
+                windows.append(Window(index, s, number, "extend", pos, plain))
+                index, number, pos, new = index + 1, number + 1, pos + plain, new - plain
+            soonest = (pos - start + t) / fps
+            if new < 2 * t or pos + new > start + frames:
+                latest = (frames - t) / fps
+                raise ValueError(f"{where}: keyframes[{k}].at = {key.at:g} s cannot be held there: a still after the "
+                                 f"shot's first window is held for {t} frames and needs {t} frames of motion before "
+                                 f"it (valid here: {soonest + 1 / fps:g} to {latest:g} s)")
+            windows.append(Window(index, s, number, "extend", pos, new, key.source))
+            note += f"; keyframes[{k}] ({key.at:g} s) held at {(pos + new - t - start) / fps:g}-" \
+                    f"{(pos + new - 1 - start) / fps:g} s"
+            index, number, pos = index + 1, number + 1, pos + new
+        left = start + frames - pos
         while left > 0:
             new = min(step - step % t, left)
             windows.append(Window(index, s, number, "extend", start + frames - left, new))
@@ -436,7 +458,24 @@ class _Renderer:
         if plan.held_noise and request.mode in ("extend", "connect"):
             held = tuple(dataclasses.replace(item, strength=1.0 - plan.held_noise) for item in request.conditioning)
             request = request.replace(conditioning=held, mode_params=request.mode_params)
+        if w.keyframe is not None and w.kind == "extend" and closing is None:
+            still = self.still_clip(w.keyframe)
+            item = ConditioningItem(str(still), frame_index=request.num_frames - s.temporal - 1,
+                                    source_count=s.temporal + 1)
+            request = request.replace(conditioning=(*request.conditioning, item), mode_params=request.mode_params)
         return request
+
+    def still_clip(self, image: str) -> Path:
+        """A still as the clip of `temporal + 1` frames a later latent is encoded from (the first only warms
+        the causal encoder), so that the window holds it over its last `temporal` frames."""
+        from pipelines.video_io import read_media, write_frames
+
+        s = self.settings
+        frame = read_media(image, s.fps, max_frames=1, size=(s.width, s.height))[:1]
+        folder = self.folder / f"still-{hashlib.sha256(frame.tobytes()).hexdigest()[:16]}"
+        if not folder.is_dir():
+            write_frames(folder, np.repeat(frame, s.temporal + 1, axis=0))
+        return folder
 
     def render_window(self, w: Window, previous: Path | None, anchor: tuple | None, callback=None,
                       closing: Path | None = None) -> tuple[dict[str, Any], np.ndarray, Path]:
@@ -457,8 +496,8 @@ class _Renderer:
         if anchor_stats is not None:
             record["drift_before"] = drift(new, anchor_stats)
             # A closing window is held at both ends (its frames run into the next shot's, which stay as they
-            # are): anchoring it would move its last frames away from them.
-            if self.plan.colour_anchor and closing is None:
+            # are), and one that closes on a keyframe holds the still there: anchoring would move them.
+            if self.plan.colour_anchor and closing is None and not (w.kind == "extend" and w.keyframe):
                 new = anchor_colours(new, anchor_stats)
                 # The window's stored frames are what the take shows: the next window copies them through
                 # and their difference from the latents' decode is carried into its frames (pipelines/seams.py).
@@ -659,6 +698,9 @@ def rerender_shot(pipe: Any, plan: Storyboard, out: str | Path, shot_number: int
         if closing.exists():
             shutil.rmtree(closing)
         write_frames(closing, np.concatenate([tail, head[:settings.context - 1]]))
+    if closing is not None and windows[-1].kind == "extend" and windows[-1].keyframe:
+        raise ValueError(f"shot {shot_number}: its last window closes on a keyframe, and re-rendering it must also "
+                         f"join it to shot {shot_number + 1}: move the keyframe earlier, or render a new take")
     new_records: list[dict[str, Any]] = []
     previous = renderer.folder / before[-1]["folder"] if before and not fresh(plan, k) else None
     for i, w in enumerate(windows):

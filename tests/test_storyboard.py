@@ -213,6 +213,28 @@ def test_an_image_at_the_start_of_a_cut_animates_it(embedded, tmp_path):
     assert frames[9, ..., 2].mean() > frames[9, ..., 0].mean() + 100  # the shot opens on the blue still
 
 
+def test_a_still_later_in_a_shot_is_held_where_it_falls(embedded, tmp_path):
+    still = np.zeros((64, 64, 3), np.uint8)
+    still[:, :, 0] = 255
+    write_png(tmp_path / "red.png", still)
+    key = {"image": str(tmp_path / "red.png"), "at": 1.0}
+    plan = plan_of([{"prompt": "a ball on green grass", "seconds": 2.0},
+                    {"prompt": "a ball on green grass", "seconds": 2.0, "keyframes": [key]}])
+    shots = layout(plan, Settings.of(plan, embedded))
+    # 1 s into shot 2 is take frame 25: the window it closes ends 4 frames later, on the latent grid.
+    assert [(w.start, w.frames, w.keyframe is not None) for w in shots[1].windows] == \
+        [(17, 4, False), (21, 8, True), (29, 4, False)]
+    assert shots[1].note.endswith("keyframes[1] (1 s) held at 1-1.375 s")
+    render(embedded, plan, tmp_path / "take.mp4")
+    frames = read_take(tmp_path / "take.mp4").astype(float)
+    redness = frames[..., 0].mean(axis=(1, 2)) - frames[..., 2].mean(axis=(1, 2))
+    assert redness[25:29].min() > 100 and redness[17:21].max() < 0
+    too_soon = plan_of([{"prompt": "a", "seconds": 2.0}, {"prompt": "b", "seconds": 2.0, "keyframes": [
+        {**key, "at": 0.25}]}])
+    with pytest.raises(ValueError, match=r"^shot 2: keyframes\[1\].at = 0.25 s cannot be held there"):
+        layout(too_soon, Settings.of(too_soon, embedded))
+
+
 def test_the_streamed_mp4_is_byte_identical_to_one_written_whole(tmp_path):
     frames = np.random.default_rng(1).integers(0, 255, (7, 32, 48, 3), dtype=np.uint8)
     write_mp4(tmp_path / "whole.mp4", frames, 8.0)
