@@ -323,16 +323,16 @@ def layout(plan: Storyboard, settings: Settings) -> list[ShotLayout]:
             # window's last, so the window ends `t` frames after the still's first frame, on the latent grid.
             at = start + round(key.at * fps)
             new = t * round((at - pos) / t) + t
+            soonest = (pos - start + t) / fps  # its first held frame, after `t` frames of motion
             while new > step - step % t:  # plain windows up to the one the still closes
                 plain = min(step - step % t, new - 2 * t)
                 windows.append(Window(index, s, number, "extend", pos, plain))
                 index, number, pos, new = index + 1, number + 1, pos + plain, new - plain
-            soonest = (pos - start + t) / fps
             if new < 2 * t or pos + new > start + frames:
                 latest = (frames - t) / fps
-                raise ValueError(f"{where}: keyframes[{k}].at = {key.at:g} s cannot be held there: a still after the "
-                                 f"shot's first window is held for {t} frames and needs {t} frames of motion before "
-                                 f"it (valid here: {soonest + 1 / fps:g} to {latest:g} s)")
+                raise ValueError(f"{where}: keyframes[{k}].at = {key.at:g} s cannot be held there: a still is held "
+                                 f"for {t} frames at the end of a continuing window, after at least {t} frames of "
+                                 f"motion (valid here: {soonest:g} to {latest:g} s)")
             windows.append(Window(index, s, number, "extend", pos, new, key.source))
             note += f"; keyframes[{k}] ({key.at:g} s) held at {(pos + new - t - start) / fps:g}-" \
                     f"{(pos + new - 1 - start) / fps:g} s"
