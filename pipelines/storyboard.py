@@ -710,6 +710,8 @@ def rerender_shot(pipe: Any, plan: Storyboard, out: str | Path, shot_number: int
         new_records.append(record)
         previous = folder
     records = before + new_records + after
+    for index, record in enumerate(records):  # a changed keyframe may change how many windows the shot has
+        record["index"] = index
     joins = JoinMeter()
     with Mp4Writer(out, settings.width, settings.height, settings.fps) as writer:
         renderer.stream(records, writer, joins)

@@ -196,6 +196,8 @@ def test_re_rendering_a_shot_keeps_the_others_bit_identical(embedded, tmp_path):
     assert count_frames(out, 8.0) == len(after)
     joins = [r["join"] for r in again.records if r["joined"]]
     assert len(joins) == 5 and all(j > 0 for j in joins)
+    # The manifest now records the edited plan's take: rendering it again has nothing left to do.
+    assert render(embedded, edited, out).finished and np.array_equal(read_take(out), after)
     with pytest.raises(ValueError, match="outside shot 3"):
         rerender_shot(embedded, edited.replace(shots=edited.shots[:1] + (Shot("x", 1.0),) + edited.shots[2:]), out, 3)
 
