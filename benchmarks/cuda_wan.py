@@ -18,7 +18,7 @@ Variants (`--variants` picks some; each changes one thing so its effect is its o
   compile       + torch.compile of the repeated blocks (no attention change)
   fast          attention + compile
   fast+cache    fast + First Block Cache (`--cache-threshold`), an opt-in quality trade
-  low-vram      --low-vram: models off the GPU between stages, VAE tiling, guidance branches in sequence
+  low-vram      memory mode low (pipelines/memory.py): accelerate's model offload, VAE tiling
 """
 
 from __future__ import annotations

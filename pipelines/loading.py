@@ -63,6 +63,9 @@ class ModelDefaults:
     motion_bucket_id: int | None = None
     noise_aug_strength: float | None = None
     min_guidance_scale: float | None = None
+    # The prompt enhancer's system prompt in this model's caption style (pipelines/enhancer.py); None: the
+    # general video caption style. The embedded model's describes its world's words.
+    enhancer_style: str | None = None
 
     def guidance_for(self, mode: str) -> float:
         """The default guidance scale of a request of `mode`."""

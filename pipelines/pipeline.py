@@ -7,7 +7,6 @@ every family, through the same stages and the same sampling loop.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -17,9 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines import memory as memory_modes
 from pipelines.families import Configs, Family, family_of, inspect_model
 from pipelines.latents import LatentTimeline, load_timeline
 from pipelines.loading import ModelDefaults, load_components
+from pipelines.lora import Adapters
 from pipelines.preview import LatentPreviewer
 from pipelines.request import (
     KNOBS,
@@ -135,27 +136,32 @@ class VideoPipeline:
         self.family = family
         self.model_id = model_id
         self._previewer: LatentPreviewer | None = None
+        self.adapters = Adapters(family, model_id)  # the LoRAs loaded into its denoisers
 
     # ---- construction ----------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, model: str, device: str | None = None, dtype: torch.dtype | None = None,
-                        low_vram: bool = False) -> VideoPipeline:
-        """Load a registry name, a diffusers folder or a hub id. bf16 on CUDA, float32 on CPU."""
+                        memory: str = "full", low_vram: bool = False) -> VideoPipeline:
+        """Load a registry name, a diffusers folder or a hub id. bf16 on CUDA, float32 on CPU. `memory` is the
+        memory mode (pipelines/memory.py: full, low, minimal); `low_vram` is the older name of memory="low".
+        The weights load on the CPU and only the mode moves them to the device."""
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         model = inspect_model(model)
         parts = load_components(model.folder, model.configs.index, model.family.required(model.configs), dtype)
-        return cls(model.family(parts, model.configs, model.defaults, device, low_vram), model.model_id)
+        memory = "low" if low_vram else memory
+        return cls(model.family(parts, model.configs, model.defaults, device, memory), model.model_id)
 
     @classmethod
     def from_parts(cls, parts: dict[str, Any], model_id: str, defaults: ModelDefaults, *,
                    index: dict[str, Any] | None = None, device: torch.device | str = "cpu",
-                   low_vram: bool = False) -> VideoPipeline:
+                   memory: str = "full", low_vram: bool = False) -> VideoPipeline:
         """A pipeline from components built in memory (tests, benchmarks); `index` is the model_index.json a
-        folder of them would have (its `_class_name` picks the family; Wan when absent)."""
+        folder of them would have (its `_class_name` picks the family; Wan when absent). `memory` and
+        `low_vram` as in from_pretrained."""
         configs = Configs.of_parts(parts, index)
         family = family_of(configs) if index is not None else family_of(Configs({"_class_name": "WanPipeline"}, {}))
-        return cls(family(parts, configs, defaults, torch.device(device), low_vram), model_id)
+        return cls(family(parts, configs, defaults, torch.device(device), "low" if low_vram else memory), model_id)
 
     # ---- what the loaded model is -------------------------------------------------------------------------
     @property
@@ -301,6 +307,8 @@ class VideoPipeline:
             # 1. Validate: the request against this model, and every conditioning source against the window.
             placed, init_frames = self._validate(request)
             timer.lap("validate")
+            self.adapters.apply(request.loras)  # the request's LoRAs at its strengths (none: the base model)
+            timer.lap("loras")
             # 2. Encode text.
             text = self.family.encode_text(request)
             timer.lap("encode_text")
@@ -325,6 +333,8 @@ class VideoPipeline:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             raise
+        finally:
+            memory_modes.release(self.family)  # under model offload, the last model used goes back to the CPU
         return GenerationResult(
             frames=best.frames, fps=request.fps, request=request, model_id=self.model_id,
             latents=best.latents[0].cpu(), held=best.held, timeline=timeline, window_offset=best.offset,
@@ -366,11 +376,9 @@ class VideoPipeline:
         schedule = family.schedule(request, shape, generator)
         latents = family.start(schedule, conditions, known.init)
         held = family.held(known.clean, known.hold, conditions, strategy) if known.placed else None
-        denoiser = family.denoiser(request, text, conditions, batched=not family.low_vram)
+        denoiser = family.denoiser(request, text, conditions, batched=family.memory.batched_guidance)
         cached = getattr(denoiser, "cached", False)
-        with torch.no_grad(), contextlib.ExitStack() as stack:
-            for module in family.denoisers:
-                stack.enter_context(family.resident(module))
+        with torch.no_grad():
             try:
                 if image_first:
                     first = sample(denoiser, conditions.noise[:, :, :1], family.schedule(request, shape, generator), None,

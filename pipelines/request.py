@@ -12,7 +12,10 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipelines.lora import Lora
 
 CONDITIONING_STRATEGIES = ("per_token", "replace")
 ITEM_OUTPUTS = ("window", "source", "omit")
@@ -171,12 +174,15 @@ class GenerationRequest:
     motion_bucket_id: int | None = None
     noise_aug_strength: float | None = None
     min_guidance_scale: float | None = None
+    loras: tuple[Lora, ...] = field(default_factory=tuple)  # LoRA adapters on the denoiser (pipelines/lora.py)
     mode_params: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
+        from pipelines.lora import loras_of
         from pipelines.modes import SPECS  # the registries name the valid modes and samplers
         from pipelines.samplers import SAMPLERS
 
+        object.__setattr__(self, "loras", loras_of(self.loras))  # JSON objects become Lora, checked
         if isinstance(self.conditioning, list):
             object.__setattr__(self, "conditioning", tuple(self.conditioning))
         for name in ("prompt", "negative_prompt"):

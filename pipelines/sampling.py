@@ -147,7 +147,7 @@ class GuidedDenoiser:
         return uncond + scale * (cond - uncond)
 
     def __call__(self, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        if self.guided and not self.batched:  # half the activation memory, for low-VRAM runs
+        if self.guided and not self.batched:  # half the activation memory (memory mode minimal)
             cond = self._forward(latents, timestep, self.cond, "cond")
             uncond = self._forward(latents, timestep, self.uncond, "uncond")
             return self._combine(cond, uncond, timestep)

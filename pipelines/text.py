@@ -53,6 +53,11 @@ class PromptEncoder:
         hidden[:, length:] = 0  # Wan trains with zeroed padding
         return hidden
 
+    def __contains__(self, text: str) -> bool:
+        """Whether `text`'s embeddings (without options) are cached: the planner counts only the prompts still
+        to encode."""
+        return (text,) in self._cache
+
     def __call__(self, text: str, *options: Any) -> torch.Tensor:
         """(1, max_sequence_length, D) embeddings of `text`, from the cache when it was seen recently (with the
         same `options`, which a subclass's `_encode` reads)."""

@@ -45,6 +45,7 @@ CANDIDATES_LABEL = "Candidates (keeps the smoothest join)"
 RATIOS = (("16:9", 16 / 9), ("1:1", 1.0), ("9:16", 9 / 16), ("4:3", 4 / 3), ("3:4", 3 / 4))
 # The widgets every mode's tab has (besides its mode's own), by name; "candidates" only where a mode joins.
 SHARED = ("prompt", "negative", "seed", "steps", "guidance", "sampler", "size", "seconds", "fps")
+TYPED = ("prompt", "negative", "seed")  # typed widgets whose every keystroke would otherwise re-plan, for nothing
 # Each built-in tab's API endpoint (/t2v, /animate, ...) takes its widgets in this order, kept as it was for
 # API clients (a widget the loaded model lacks, such as a knob, is left out). A mode registered later gets a
 # tab whose endpoint takes its media, its parameters, then the shared widgets.
@@ -315,14 +316,15 @@ class StudioApp:
             raise gr.Error(str(error) if isinstance(error, DiskFull) else
                            f"The upload could not be kept in the outputs folder ({error.strerror or error}).") from None
 
-    def request(self, tab: str, values: dict[str, Any]) -> GenerationRequest:
-        """The request a tab's widgets (`values`, by widget name) describe, made by its mode's spec."""
+    def request(self, tab: str, values: dict[str, Any], keep: bool = True) -> GenerationRequest:
+        """The request a tab's widgets (`values`, by widget name) describe, made by its mode's spec; with
+        keep=False uploads are read where the browser put them (a plan), not kept."""
         spec = mode_of(tab, values)
         fps = _fps(values.get("fps"))
         params: dict[str, Any] = {}
         for param in spec.params:
             if param.studio and (not param.knob or param.name in self.info.knobs):
-                params[param.name] = self._param(spec, param, values, fps)
+                params[param.name] = self._param(spec, param, values, fps, keep)
         media = next((params[p.name] for p in spec.media() if p.name in params), None)
         settings = _settings(values.get("negative"), values.get("seed"), values.get("steps"), values.get("guidance"),
                              values.get("sampler"), _size_for(values.get("size"), media, self.info))
@@ -332,9 +334,14 @@ class StudioApp:
         return modes.build(spec.name, self.info, self.info, prompt=values.get("prompt") or "", fps=fps,
                            **settings, **params)
 
-    def _param(self, spec: modes.ModeSpec, param: modes.Param, values: dict[str, Any], fps: float) -> Any:
+    def _param(self, spec: modes.ModeSpec, param: modes.Param, values: dict[str, Any], fps: float,
+               keep: bool = True) -> Any:
         """A widget's value in its builder's units: an upload kept, seconds as frames, numbers checked."""
         value = values.get(param.key)
+        if param.is_media and not keep:
+            path = _media(value, param.help)
+            check_media(path)
+            return path
         if param.is_media:
             return self._keep(value, param.help)
         if param.kind == "length" and param.after:  # a trim's end, after its start
@@ -358,6 +365,21 @@ class StudioApp:
             return value
         whole = param.kind == "int"  # the range is the request's to check, and its error says what is valid
         return _number(value, param.caption, "a whole number" if whole else "a number", whole=whole)
+
+    def plan(self, tab: str, values: dict[str, Any]) -> str:
+        """The line under a tab's Generate button: the predicted time and memory of what its widgets describe
+        (empty until its inputs are given)."""
+        spec = mode_of(tab, values)
+        if any(values.get(p.key) in (None, "") for p in spec.media()):
+            return ""
+        try:
+            with self._building:
+                built = self.request(tab, values, keep=False)
+        except gr.Error as error:
+            return f"Cannot generate this: {error.message}"
+        except ValueError as error:
+            return f"Cannot generate this: {error}"
+        return self.engine.plan(built)
 
     # running -------------------------------------------------------------------------------------------
     def stream(self, build, request: gr.Request | None) -> Iterator[tuple]:
@@ -575,6 +597,8 @@ def _status_html(job: Job, ahead: int = 0, passes: tuple[int, int] = (1, 1)) -> 
         return f"<div class='studio-status'>In the queue: {ahead} generation{'s' * (ahead != 1)} before this one.</div>"
     if job.status in ("cancelled", "failed", "done"):
         return f"<div class='studio-status studio-{job.status}'>{html.escape(job.message)}</div>"
+    if job.message and not job.total:  # running, before its first step (the planner timing the model)
+        return f"<div class='studio-status'>{html.escape(job.message)}</div>"
     total = max(job.total, 1)
     eta = job.eta
     rate = job.seconds_per_step
@@ -646,6 +670,8 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
                     f"{info.num_frames} frames at {info.fps:g} fps")
         widgets: dict[str, dict[str, Any]] = {}  # per tab: its widgets by name (SHARED, the specs' Param.key)
         buttons: dict[str, gr.Button] = {}
+        plans: dict[str, gr.Markdown] = {}  # per tab, the planner's line under its button
+        plan_updates: dict[str, tuple[Any, list[Any]]] = {}  # per tab, (handler, its widgets)
         fitted_views = []
 
         def shared(tab: str, found: dict[str, Any], length: modes.Param | None, switches: list[modes.ModeSpec]) -> None:
@@ -756,6 +782,16 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
             widgets[tab] = found
             buttons[tab] = gr.Button(specs[0].action, variant="primary", elem_id=f"{tab}-generate",
                                      interactive=info.why_not(tab) is None)
+            plans[tab] = gr.Markdown("", elem_id=f"{tab}-plan")
+            names = tab_inputs(tab, info)
+
+            def plan(*values: Any) -> str:
+                return app.plan(tab, dict(zip(names, values, strict=True)))
+
+            plan_updates[tab] = (plan, [found[key] for key in names])
+            for key in names:
+                if key not in TYPED:  # not on each keystroke: a prompt's length changes no plan much
+                    found[key].change(plan, plan_updates[tab][1], plans[tab], queue=False, api_visibility="private")
             if switches:
                 def action(*ticked: bool) -> Any:
                     picked = mode_of(tab, dict(zip((spec.switch for spec in switches), ticked)))
@@ -813,8 +849,10 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
         events = [buttons[tab].click(handler(tab, tab_inputs(tab, info)),
                                      [widgets[tab][key] for key in tab_inputs(tab, info)], api_name=tab, **run_args)
                   for tab in widgets]
-        for event in events:
+        for tab, event in zip(widgets, events):
             event.then(app.history_rows, None, [table, picked], queue=False, api_visibility="private")
+            # The first generation under --memory auto measured the model: its plan can be shown now.
+            event.then(*plan_updates[tab], plans[tab], queue=False, api_visibility="private")
             # "Cancelling after the current step..." (or any note) ends with the job.
             event.then(lambda: "", None, queue_info, queue=False, api_visibility="private")
         # Not queued: a cancel must get through when the queue is full.
@@ -836,6 +874,8 @@ def build(engine: Engine, info: ModelInfo) -> gr.Blocks:
 
         # history
         demo.load(app.history_rows, None, [table, picked], queue=False, api_visibility="private")
+        for tab, (plan, inputs) in plan_updates.items():
+            demo.load(plan, inputs, plans[tab], queue=False, api_visibility="private")
         refresh.click(app.history_rows, None, [table, picked], queue=False, api_name="history")
         picked.change(app.show_entry, picked, [hist_video, hist_image, lineage, sidecar], queue=False,
                       api_name="show_entry")

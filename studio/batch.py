@@ -28,7 +28,8 @@ log = logging.getLogger("studio.batch")
 MAX_JOBS = 10_000
 MAX_LINE_BYTES = 1 << 20
 # Options that hold for the whole batch (its command line), not for one job.
-BATCH_OPTIONS = ("model", "device", "low_vram", "attention", "compile", "step_cache", "jobs", "request", "quiet")
+BATCH_OPTIONS = ("model", "device", "memory", "plan_only", "attention", "compile", "step_cache", "jobs", "request",
+                 "quiet")
 
 
 def read_jobs(path: str | None) -> list[tuple[int, Any]]:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pipelines import acceleration
+from pipelines import acceleration, lora, memory
 from pipelines.request import frames_text
 
 log = logging.getLogger("studio.cli")
@@ -90,10 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extend, loop, connect: sample N candidates (seeds seed..seed+N-1), keep the smoothest joins")
     p.add_argument("--sampler", choices=tuple(SAMPLERS), default="default")
     p.add_argument("--shift", type=float, help="flow shift (the checkpoint's when omitted)")
+    p.add_argument("--lora", action="append", default=[], type=lora.argument, metavar="FILE[:STRENGTH]",
+                   help="a .safetensors LoRA on the model at STRENGTH (default 1); repeat for several")
     p.add_argument("--conditioning", choices=("per_token", "replace"), help="override the model's conditioning strategy")
     p.add_argument("--no-saved-latents", action="store_true", help="re-encode source clips even when they have latents")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--low-vram", action="store_true", help="offload models to the CPU between uses and tile the VAE")
+    memory.add_arguments(p)  # --memory, --low-vram (= --memory low), --plan-only
     acceleration.add_arguments(p)
     p.add_argument("--out", help="output file: .mp4, .gif, or .png for one frame (default: a new name in outputs/, "
                                  "<time>-<mode>-<seed>.mp4)")
@@ -295,7 +297,7 @@ def build_request(args: argparse.Namespace, defaults: Any, geometry: Any, reads_
         steps=args.steps, guidance_scale=args.guidance,
         seed=args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little"),
         sampler=args.sampler, shift=args.shift, conditioning_strategy=args.conditioning,
-        use_saved_latents=not args.no_saved_latents, best_of=args.best_of,
+        use_saved_latents=not args.no_saved_latents, best_of=args.best_of, loras=tuple(args.lora),
     )
     missing = None
     for param in spec.params:
@@ -353,7 +355,8 @@ def _sources_beside(request: Any, folder: Path) -> Any:
     init = found(request.init_video) if request.init_video else request.init_video
     made = dict(request.mode_params)
     made.update({p.name: found(made[p.name]) for p in spec_of(request.mode).media() if made.get(p.name)})
-    return request.replace(conditioning=items, init_video=init, mode_params=made)
+    loras = tuple(lora.locate(item, (folder, lora.LORA_FOLDER)) for item in request.loras)  # by sha256
+    return request.replace(conditioning=items, init_video=init, mode_params=made, loras=loras)
 
 
 def _check_device(device: str | None) -> None:
@@ -441,6 +444,7 @@ def prepare(args: argparse.Namespace, model: Any, built: Any = None) -> tuple[An
     probe = built if isinstance(built, GenerationRequest) else modes.build(
         modes.spec_of(built.mode).base, defaults, geometry, **built.base_params())
     check_grid(probe, geometry.grid, geometry.temporal)
+    lora.check_fit(probe.loras, model)  # before the weights load
     return built, out
 
 
@@ -450,23 +454,38 @@ def load(args: argparse.Namespace) -> Any:
 
     _quiet_library_progress()
     started = time.perf_counter()
-    pipe = VideoPipeline.from_pretrained(args.model, device=args.device, low_vram=args.low_vram)
+    pipe = VideoPipeline.from_pretrained(args.model, device=args.device, memory=memory.load_mode(args.memory))
     acceleration.apply_arguments(pipe, args)
     print(f"loaded {pipe.model_id} on {pipe.device} in {time.perf_counter() - started:.1f} s")
     return pipe
 
 
-def execute(pipe: Any, model: Any, built: Any, out: Path | None, args: argparse.Namespace) -> Path:
-    """Generate a prepared run and write it (a base plan makes its clip first); returns the output's path."""
-    from pipelines import modes
+def _measures(args: argparse.Namespace) -> bool:
+    """Whether the planner may time the model before this run (once per model and device): when it must choose
+    the memory mode (auto) or the plan is all that was asked for. A mode given by hand starts at once."""
+    return args.memory == "auto" or args.plan_only
 
+
+def execute(pipe: Any, model: Any, built: Any, out: Path | None, args: argparse.Namespace) -> Path | None:
+    """Generate a prepared run and write it (a base plan makes its clip first); returns the output's path
+    (None with --plan-only, which prints the first plan and stops)."""
+    from pipelines import modes, planner
+    from studio.outputs import PLANNER_FOLDER
+
+    cache = DEFAULT_OUTPUTS / PLANNER_FOLDER  # beside the outputs, where the studio keeps it too
     if isinstance(built, BasePlan):  # its clip from the prompt first (loop: a text-to-video clip)
         # Without --guidance the base clip takes its own mode's guidance, the joins theirs.
         base = modes.build(modes.spec_of(built.mode).base, model.defaults, model.geometry, **built.base_params())
         base_out = None if out is None else out.with_name(out.stem + ".base.mp4")
+        planner.announce(pipe, base, args.memory, cache, measure=_measures(args))
+        if args.plan_only:
+            return None
         clip = str(_generate_and_write(pipe, base, base_out, None, args.quiet, overwrite=False)[0])
         print(f"wrote the clip to {built.mode}: {clip}")
         built = modes.build(built.mode, model.defaults, model.geometry, **{built.source: clip}, **built.params)
+    planner.announce(pipe, built, args.memory, cache, measure=_measures(args))  # refused when none fits
+    if args.plan_only:
+        return None
     out, sidecar = _generate_and_write(pipe, built, out, args.frames_out, args.quiet, args.overwrite)
     joins = f", joins {', '.join(f'{x:.2f}' for x in sidecar['joins'])}x the median step" if sidecar["joins"] else ""
     print(f"wrote {out} ({frames_text(sidecar['frames'])}, {sidecar['width']}x{sidecar['height']}, "

@@ -73,15 +73,40 @@ class Job:
 
 class Engine:
     def __init__(self, pipe: Any, history: History, max_waiting: int = 8,
-                 preview_interval: float = PREVIEW_INTERVAL_S, max_per_session: int | None = None):
+                 preview_interval: float = PREVIEW_INTERVAL_S, max_per_session: int | None = None,
+                 memory: str = "full", planner_cache: Path | None = None):
         self.pipe = pipe
         self.history = history
+        # The memory mode (pipelines/memory.py); "auto": the planner picks one before each generation, timing
+        # the model on the first (its measurements kept in planner_cache).
+        self.memory = memory
+        self.planner_cache = planner_cache
         self.max_waiting = max_waiting
         self.max_per_session = max_per_session  # unfinished jobs one session may have (None: no bound)
         self.preview_interval = preview_interval
         self._jobs: dict[int, Job] = {}  # unfinished jobs, in arrival order
         self._ids = itertools.count(1)
         self._registry = threading.Condition()  # guards _jobs; notified when the device frees up
+
+    def plan(self, request: Any) -> str:
+        """The request's predicted time and memory ("about 40 s, 9.1 of 24 GB"), as far as the planner has
+        measured the model: it times nothing here, since a generation may be running on the pipeline."""
+        if not getattr(self.pipe, "loaded", True):
+            return "The model is loading."
+        from pipelines import planner
+
+        try:
+            chosen = planner.plan(self.pipe, request, self.memory, cache=self.planner_cache, calibrate=False)
+        except ValueError as error:
+            return f"Cannot generate this: {error}"
+        if chosen is None and self.memory == "auto":
+            return "Time and memory: measured on this model's first generation (once per model and device)."
+        if chosen is None:  # a mode given by hand never times the model
+            return ("Time and memory: not measured for this model on this device (`python launch.py generate "
+                    "... --plan-only` measures them once).")
+        where = "any memory mode" if self.memory == "auto" else f"memory mode {chosen.mode}"
+        fits = "" if chosen.fits else f" It does not fit in {where}: lower the size or the length."
+        return f"Time and memory: {chosen.line} (memory {chosen.mode}).{fits}"
 
     # ---- submitting and following ----------------------------------------------------------------------
     def submit(self, request: Any, session: str = "") -> Job:
@@ -186,6 +211,14 @@ class Engine:
         from pipelines.sampling import GenerationCancelled
 
         try:
+            if self.memory == "auto":  # refused here (a ValueError naming what fits) before any step
+                from pipelines import planner
+
+                if planner.plan(self.pipe, job.request, "auto", cache=self.planner_cache, calibrate=False) is None:
+                    job.message = "Timing this model on this device first (once per model and device)..."
+                    job._notify()
+                planner.prepare(self.pipe, job.request, "auto", cache=self.planner_cache)
+                job.message = ""
             result = self.pipe.generate(job.request, callback=on_step)
             if job.cancel.is_set():  # pressed during the decode: the clip exists, keep it
                 log.info("job %d: cancel arrived after sampling; keeping the clip", job.id)

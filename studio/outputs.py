@@ -63,6 +63,7 @@ def output_name(mode: str, seed: int, when: datetime | None = None) -> str:
 LOCK_NAME = ".studio.lock"  # writers hold it shared, the sweep exclusively
 MARKER_SUFFIX = ".writing"  # `.NAME.writing`: an output being written, and the files it claimed
 STAGING_PREFIX = ".replacing-"  # where an overwrite writes the new output before it moves into place
+PLANNER_FOLDER = ".planner"  # the planner's measurements of each model on this machine (pipelines/planner.py)
 
 
 class OutputExists(FileExistsError):

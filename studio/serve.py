@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from pipelines import acceleration
+from pipelines import acceleration, memory
 
 log = logging.getLogger("studio.serve")
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--outputs", type=Path, default=Path("outputs"), help="where outputs and history live")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--low-vram", action="store_true", help="offload models between stages and tile the VAE")
+    memory.add_arguments(p, plan_only=False)  # --memory (default auto), --low-vram (= --memory low)
     acceleration.add_arguments(p)
     p.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE,
                    help="generations that may wait for the device; more are turned away")
@@ -41,12 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_pipeline(model: str, device: str | None = None, low_vram: bool = False,
+def load_pipeline(model: str, device: str | None = None, memory_mode: str = "full",
                   speed: argparse.Namespace | None = None):
     from pipelines import VideoPipeline
 
     started = time.perf_counter()
-    pipe = VideoPipeline.from_pretrained(model, device=device, low_vram=low_vram)
+    pipe = VideoPipeline.from_pretrained(model, device=device, memory=memory.load_mode(memory_mode))
     log.info("loaded %s on %s in %.1f s", pipe.model_id, pipe.device, time.perf_counter() - started)
     if speed is not None:
         log.info("speed settings: %s", acceleration.apply_arguments(pipe, speed))
@@ -59,12 +59,12 @@ class PendingPipeline:
     geometry, modes and family) is read from its configs at once, so an unknown or missing model is still
     refused before anything is served; any other use (checking a request, generating) waits for `load`."""
 
-    def __init__(self, model: str, device: str | None = None, low_vram: bool = False,
+    def __init__(self, model: str, device: str | None = None, memory_mode: str = "full",
                  speed: argparse.Namespace | None = None):
         from pipelines.families import inspect_model
 
         self._facts = inspect_model(model)
-        self._load_args = (model, device, low_vram, speed)
+        self._load_args = (model, device, memory_mode, speed)
         self._pipe = None
         self._failure: str | None = None
         self._loaded = threading.Event()
@@ -78,6 +78,11 @@ class PendingPipeline:
             raise
         finally:
             self._loaded.set()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are in (what waits for them can run without waiting)."""
+        return self._pipe is not None
 
     def __getattr__(self, name: str):  # only names the instance does not hold
         if name.startswith("_"):  # private and special names are never the pipeline's (copy, pickle)
@@ -95,19 +100,21 @@ class PendingPipeline:
         return getattr(self._pipe, name)
 
 
-def create(model: str, outputs: Path, device: str | None = None, low_vram: bool = False,
+def create(model: str, outputs: Path, device: str | None = None, memory_mode: str = "full",
            queue_size: int = DEFAULT_QUEUE_SIZE, speed: argparse.Namespace | None = None,
            pipe: PendingPipeline | None = None):
     """The Gradio app with its pipeline loaded (tests call this with a tiny model), or with `pipe`, which the
-    caller loads once the page is served."""
+    caller loads once the page is served. `memory_mode`: full, low, minimal, or auto (the planner picks one
+    per generation, timing the model on its first; pipelines/planner.py)."""
     from studio.app import ModelInfo, build
     from studio.engine import Engine
-    from studio.outputs import History
+    from studio.outputs import PLANNER_FOLDER, History
 
     history = History(outputs)
     history.sweep()
-    pipe = pipe if pipe is not None else load_pipeline(model, device, low_vram, speed)
-    engine = Engine(pipe, history, max_waiting=queue_size, max_per_session=per_session(queue_size))
+    pipe = pipe if pipe is not None else load_pipeline(model, device, memory_mode, speed)
+    engine = Engine(pipe, history, max_waiting=queue_size, max_per_session=per_session(queue_size),
+                    memory=memory_mode, planner_cache=Path(outputs) / PLANNER_FOLDER)
     demo = build(engine, ModelInfo.of(pipe))
     return demo, history
 
@@ -199,8 +206,8 @@ def main(argv: list[str]) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
-        pipe = PendingPipeline(args.model, args.device, args.low_vram, speed=args)
-        demo, history = create(args.model, args.outputs, args.device, args.low_vram, args.queue_size, pipe=pipe)
+        pipe = PendingPipeline(args.model, args.device, args.memory, speed=args)
+        demo, history = create(args.model, args.outputs, args.device, args.memory, args.queue_size, pipe=pipe)
     except (ModelNotAvailable, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -59,3 +59,14 @@ def test_gpu_benchmark_runs_on_a_cpu_with_the_tiny_shape(tmp_path):
         assert row["psnr_db"] > 40, name  # batching, the backend and offloading do not change the output
     assert rows["attention"]["knobs"]["attention"] == "native"  # the only backend a CPU has
     assert "| fast" not in done.stdout and "| low-vram |" in done.stdout
+
+
+def test_lora_benchmark_times_loading_switching_and_steps(tmp_path):
+    out = tmp_path / "lora.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.lora", "--blocks", "1", "--rank", "4", "--tokens", "60",
+                           "--rounds", "1", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert set(result["ratios"]) == {"step_one/step_none", "step_two/step_none", "load_first/switch"}
+    assert all(row["min"] > 0 for row in result["seconds"].values())
+    assert "| load_first/switch |" in done.stdout

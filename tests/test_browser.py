@@ -8,6 +8,7 @@ installs them), where a missing browser is a failure.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -36,7 +37,8 @@ if not (CHROMIUM and DRIVER):
 
 @pytest.fixture(scope="module")
 def studio_url(tiny_model_dir, tmp_path_factory):
-    with launched_studio(tiny_model_dir, tmp_path_factory.mktemp("browser-outputs")) as (url, _):
+    # --memory auto, as `python launch.py` serves it: the planner times the model on the first generation.
+    with launched_studio(tiny_model_dir, tmp_path_factory.mktemp("browser-outputs"), memory_mode="auto") as (url, _):
         yield url
 
 
@@ -72,6 +74,14 @@ def test_generate_play_cancel_and_screenshot(browser, studio_url, tmp_path):
     assert 1.0 <= duration <= 1.3  # 9 frames at 8 fps
     assert browser.execute_script("return arguments[0].videoWidth;", video) == 32
 
+    # Under the button, the plan of the tab's settings: known once the first generation measured the model.
+    def planned_seconds(d) -> int | None:
+        found = re.search(r"Time and memory: about (\d+) (s|min), [\d.]+ of [\d.]+ GB", d.find_element(
+            By.CSS_SELECTOR, "#t2v-plan").text)
+        return found and int(found.group(1)) * (60 if found.group(2) == "min" else 1)
+
+    first_plan = wait.until(planned_seconds)
+
     # The test's own folder unless asked for elsewhere: never the user's outputs/.
     screenshots = Path(os.environ.get("STUDIO_SCREENSHOTS", tmp_path / "screenshots"))
     screenshots.mkdir(parents=True, exist_ok=True)
@@ -97,6 +107,7 @@ def test_generate_play_cancel_and_screenshot(browser, studio_url, tmp_path):
     assert fps, "the t2v tab has a frames-per-second input"
     fps[0].send_keys(Keys.CONTROL, "a")
     fps[0].send_keys("12", Keys.TAB)
+    wait.until(lambda d: (planned_seconds(d) or 0) > first_plan)  # it follows the settings: more work, more time
     browser.find_element(By.CSS_SELECTOR, "#t2v-generate").click()
     wait.until(lambda d: "step" in status_text(d) and "/100" in status_text(d))
     browser.find_element(By.CSS_SELECTOR, "#cancel").click()

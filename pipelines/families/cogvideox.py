@@ -215,16 +215,14 @@ class CogVideoX(Family):
                              guidance_scale=6.0, max_sequence_length=226)
 
     # ---- loaded -------------------------------------------------------------------------------------
-    def __init__(self, parts, configs, defaults, device, low_vram=False):
-        super().__init__(parts, configs, defaults, device, low_vram)
+    def __init__(self, parts, configs, defaults, device, memory="full"):
+        super().__init__(parts, configs, defaults, device, memory)
         self.hold_text_model(T5Prompts)
         self.i2v = _is_i2v(configs)
         self._still: tuple[np.ndarray, Any] | None = None  # the last still encoded and its posterior
         vae = self.vae.eval()
         self.scaling = float(vae.config.scaling_factor)
         use_onednn_conv3d(vae)  # only takes effect while the VAE runs in float32 on the CPU
-        if self.low_vram:
-            vae.enable_tiling()
 
     @property
     def denoisers(self) -> list[torch.nn.Module]:
@@ -276,8 +274,7 @@ class CogVideoX(Family):
         # channels): the last still's posterior is kept so that the VAE runs once.
         if len(frames) == 1 and self._still is not None and np.array_equal(self._still[0], frames):
             return self._still[1]
-        with self.resident(self.vae):
-            posterior = self.vae.encode(self._pixels(frames)).latent_dist
+        posterior = self.vae.encode(self._pixels(frames)).latent_dist
         if len(frames) == 1:
             self._still = (np.array(frames), posterior)
         return posterior
@@ -297,8 +294,7 @@ class CogVideoX(Family):
         # decodes to 4 frames per latent, of which the first latent's last stands for its single frame.
         count = latents.shape[2]
         latents = latents.to(self.device, torch.float32) / self.scaling
-        with self.resident(self.vae):
-            video = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
+        video = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
         video = video[:, :, video.shape[2] - (1 + (count - 1) * self.geometry.temporal):]
         video = (video[0].float() / 2 + 0.5).clamp(0, 1)
         return (video.permute(1, 2, 3, 0).cpu().numpy() * 255).round().astype(np.uint8)  # (F, H, W, 3)

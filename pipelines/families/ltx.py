@@ -214,8 +214,8 @@ class LTX(Family):
         return ModelDefaults(width=704, height=512, num_frames=161, fps=25.0, steps=50, guidance_scale=3.0,
                              conditioning_strategy="per_token", max_sequence_length=128)
 
-    def __init__(self, parts, configs, defaults, device, low_vram=False):
-        super().__init__(parts, configs, defaults, device, low_vram)
+    def __init__(self, parts, configs, defaults, device, memory="full"):
+        super().__init__(parts, configs, defaults, device, memory)
         self.hold_text_model(T5Prompts)
         vae = self.vae.eval()
         z = self.geometry.channels
@@ -225,8 +225,6 @@ class LTX(Family):
         self.image_cond_noise_scale = IMAGE_COND_NOISE_SCALE
         self._items: dict[int, tuple[weakref.ref, torch.Tensor]] = {}  # placed clips' own latents (see _item_latents)
         self.decode_timestep, self.decode_noise_scale = DECODE_TIMESTEP, DECODE_NOISE_SCALE
-        if self.low_vram:
-            vae.enable_tiling()
 
     @property
     def denoisers(self) -> list[torch.nn.Module]:
@@ -237,8 +235,7 @@ class LTX(Family):
     def encode(self, frames: np.ndarray) -> torch.Tensor:
         pixels = torch.tensor(frames).float() / 255.0 * 2.0 - 1.0  # (F, H, W, 3)
         pixels = pixels.permute(3, 0, 1, 2).unsqueeze(0)  # (1, 3, F, H, W)
-        with self.resident(self.vae):
-            posterior = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
+        posterior = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
         latents = posterior.mode().float()  # (1, C, F', h, w)
         mean, std = self._latent_mean.to(latents.device), self._latent_std.to(latents.device)
         # The diffusers pipelines normalise conditions without scaling_factor but denormalise with it; every
@@ -260,7 +257,7 @@ class LTX(Family):
             latents = (1 - self.decode_noise_scale) * latents + self.decode_noise_scale * noise
             timestep = torch.full((latents.shape[0],), self.decode_timestep, device=latents.device)
         devices = [latents.device] if latents.device.type == "cuda" else []
-        with self.resident(self.vae), torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices):
             torch.manual_seed(DECODE_SEED)  # 0.9.1's decoder injects noise from the global generator
             video = self.vae.decode(latents.to(self.vae.dtype), timestep.to(self.vae.dtype) if timestep is not None
                                     else None, return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]

@@ -100,8 +100,8 @@ class SVD(Family):
         return ("vae", "unet", "image_encoder", "feature_extractor", "scheduler")
 
     # ---- loaded -------------------------------------------------------------------------------------
-    def __init__(self, parts, configs, defaults, device, low_vram=False):
-        super().__init__(parts, configs, defaults, device, low_vram)
+    def __init__(self, parts, configs, defaults, device, memory="full"):
+        super().__init__(parts, configs, defaults, device, memory)
         self.unet = parts["unet"].eval()
         self.image_encoder = parts["image_encoder"].eval()
         self.feature_extractor = parts["feature_extractor"]
@@ -155,20 +155,19 @@ class SVD(Family):
 
     @torch.no_grad()
     def encode(self, frames: np.ndarray) -> torch.Tensor:
-        with self.resident(self.vae):
-            posterior = self.vae.encode(self._pixels(frames).to(self.device, self.vae.dtype)).latent_dist
+        posterior = self.vae.encode(self._pixels(frames).to(self.device, self.vae.dtype)).latent_dist
         latents = posterior.mode().float() * self.scaling  # (F, C, h, w)
         return latents.permute(1, 0, 2, 3).unsqueeze(0)  # (1, C, F, h, w)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         # Frames are decoded together: the temporal decoder mixes the frames of one call (diffusers' default
-        # decode_chunk_size is the whole clip); low-VRAM decodes in chunks of 8, as diffusers' docs suggest.
+        # decode_chunk_size is the whole clip); the memory modes that save
+        # the VAE's memory (pipelines/memory.py) decode in chunks of 8, as diffusers' docs suggest.
         latents = latents[0].permute(1, 0, 2, 3).to(self.device, torch.float32) / self.scaling  # (F, C, h, w)
-        chunk = 8 if self.low_vram else latents.shape[0]
-        with self.resident(self.vae):
-            video = torch.cat([self.vae.decode(part.to(self.vae.dtype), num_frames=part.shape[0]).sample
-                               for part in latents.split(chunk)])  # (F, 3, H, W) in [-1, 1]
+        chunk = 8 if self.memory.tile_vae else latents.shape[0]
+        video = torch.cat([self.vae.decode(part.to(self.vae.dtype), num_frames=part.shape[0]).sample
+                           for part in latents.split(chunk)])  # (F, 3, H, W) in [-1, 1]
         video = (video.float() / 2 + 0.5).clamp(0, 1)
         return (video.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)  # (F, H, W, 3)
 
@@ -190,8 +189,7 @@ class SVD(Family):
         pixels = self.feature_extractor(images=image, do_normalize=True, do_center_crop=False, do_resize=False,
                                         do_rescale=False, return_tensors="pt").pixel_values
         dtype = next(self.image_encoder.parameters()).dtype
-        with self.resident(self.image_encoder):
-            embeds = self.image_encoder(pixels.to(self.device, dtype)).image_embeds  # (1, D)
+        embeds = self.image_encoder(pixels.to(self.device, dtype)).image_embeds  # (1, D)
         return embeds.unsqueeze(1)  # (1, 1, D)
 
     def _scheduler(self, request: GenerationRequest) -> Any:
@@ -219,9 +217,8 @@ class SVD(Family):
         noise_aug = float(self.knob(request, "noise_aug_strength"))
         pixels = pixels + noise_aug * randn_tensor(pixels.shape, generator=generator, device=self.device,
                                                    dtype=pixels.dtype)
-        with self.resident(self.vae):
-            # Not scaled by the VAE's scaling factor: the UNet was trained on the raw posterior mode.
-            image_latents = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mode()  # (1, C, h, w)
+        # Not scaled by the VAE's scaling factor: the UNet was trained on the raw posterior mode.
+        image_latents = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mode()  # (1, C, h, w)
         _, channels, frames, height, width = shape
         # diffusers draws the noise as (B, F, C, H, W); drawn in that layout, then moved to (B, C, F, H, W). It
         # draws in the image embedding's dtype; the loop here runs in float32.

@@ -93,8 +93,8 @@ class Wan(Family):
         experts = ("transformer_2",) if configs.index.get("boundary_ratio") is not None else ()
         return super().required(configs) + experts
 
-    def __init__(self, parts, configs, defaults, device, low_vram=False):
-        super().__init__(parts, configs, defaults, device, low_vram)
+    def __init__(self, parts, configs, defaults, device, memory="full"):
+        super().__init__(parts, configs, defaults, device, memory)
         self.hold_text_model(PromptEncoder)
         # Wan 2.2 A14B: the low-noise expert and where it takes over (diffusers: boundary_ratio x the
         # scheduler's num_train_timesteps, compared with each step's timestep).
@@ -109,8 +109,6 @@ class Wan(Family):
         self._latent_mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, z, 1, 1, 1)
         self._latent_inv_std = 1.0 / torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, z, 1, 1, 1)
         use_onednn_conv3d(vae)  # only takes effect while the VAE runs in float32 on the CPU
-        if self.low_vram:
-            vae.enable_tiling()
 
     @property
     def denoisers(self) -> list[torch.nn.Module]:
@@ -143,8 +141,7 @@ class Wan(Family):
     @torch.no_grad()
     def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """(1, 3, F, H, W) pixels in [-1, 1] -> (1, C, F', h, w) normalised latents (the posterior mode)."""
-        with self.resident(self.vae):
-            posterior = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
+        posterior = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
         latents = posterior.mode().float()  # (1, C, F', h, w)
         return (latents - self._latent_mean.to(latents.device)) * self._latent_inv_std.to(latents.device)
 
@@ -152,15 +149,14 @@ class Wan(Family):
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         latents = latents.to(self.device, torch.float32)
         latents = latents / self._latent_inv_std.to(latents.device) + self._latent_mean.to(latents.device)
-        with self.resident(self.vae):
-            video = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
+        video = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
         video = (video[0].float() / 2 + 0.5).clamp(0, 1)
         return (video.permute(1, 2, 3, 0).cpu().numpy() * 255).round().astype(np.uint8)  # (F, H, W, 3)
 
     # ---- sampling --------------------------------------------------------------------------------------
     def encode_text(self, request: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # Low-VRAM encodes text on the CPU, as Wan's own --t5_cpu does: UMT5-XXL alone is ~11 GB in bf16,
-        # more than the whole budget, and it runs once per prompt (the embeddings are cached).
+        # UMT5-XXL alone is ~11 GB in bf16: under memory modes low and minimal it is offloaded like every model
+        # (pipelines/memory.py), and it runs once per prompt (the embeddings are cached).
         dtype = self.transformer.dtype
         cond = self.prompts(request.prompt).to(self.device, dtype)  # (1, L, D)
         guided = request.guidance_scale > 1.0
@@ -279,8 +275,8 @@ class WanImageToVideo(Wan):
         images = ("image_encoder", "image_processor") if cls.reads_images(configs) else ()
         return super().required(configs) + images
 
-    def __init__(self, parts, configs, defaults, device, low_vram=False):
-        super().__init__(parts, configs, defaults, device, low_vram)
+    def __init__(self, parts, configs, defaults, device, memory="full"):
+        super().__init__(parts, configs, defaults, device, memory)
         self.concat = self.concatenates(configs)
         self.holds_stills = self.concat
         self.image_encoder = parts.get("image_encoder") if self.reads_images(configs) else None
@@ -365,9 +361,8 @@ class WanImageToVideo(Wan):
             from PIL import Image
 
             inputs = self.image_processor(images=[Image.fromarray(s) for s in stills], return_tensors="pt")
-            with self.resident(self.image_encoder):
-                states = self.image_encoder(pixel_values=inputs.pixel_values.to(self.device, self.image_encoder.dtype),
-                                            output_hidden_states=True).hidden_states[-2]  # (n, 257, 1280)
+            states = self.image_encoder(pixel_values=inputs.pixel_values.to(self.device, self.image_encoder.dtype),
+                                        output_hidden_states=True).hidden_states[-2]  # (n, 257, 1280)
             extras["image_embeds"] = states.to(self.device, self.transformer.dtype)
         return extras
 
