@@ -347,6 +347,14 @@ def layout(plan: Storyboard, settings: Settings) -> list[ShotLayout]:
     return shots
 
 
+def sizing_request(pipe: Any, plan: Storyboard) -> Any:
+    """The request a take is sized by (the memory planner's): a full window of the model's length at the
+    plan's size and steps, as long as any window of a render (an extension holds its context within it)."""
+    s = Settings.of(plan, pipe)
+    return pipe.request("t2v", prompt=plan.shots[0].prompt, num_frames=s.window, width=s.width, height=s.height,
+                        fps=s.fps, steps=s.steps, seed=plan.seed)
+
+
 def window_seed(plan: Storyboard, shot: int, number: int) -> int:
     """The seed of window `number` of shot `shot` (0-based): from the shot's seed where it has one (so that
     changing it changes that shot alone), else from the plan's."""

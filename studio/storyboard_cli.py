@@ -7,11 +7,11 @@ import argparse
 import shutil
 from pathlib import Path
 
-from studio.cli import UsageError, _progress, check_out_paths, load
+from studio.cli import DEFAULT_OUTPUTS, UsageError, _measures, _progress, check_out_paths, load
 
 # generate's options that mean something to a storyboard; the plan holds the rest (prompts, lengths, seed).
 STORYBOARD_OPTIONS = {"plan", "shot", "out", "model", "device", "low_vram", "attention", "compile", "step_cache",
-                      "overwrite", "quiet", "mode"}
+                      "overwrite", "quiet", "mode", "memory", "plan_only"}
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -53,6 +53,14 @@ def run_storyboard(args: argparse.Namespace) -> int:
         raise UsageError(f"--shot {args.shot}: {out.name} has no storyboard manifest ({sb.manifest_path(out).name}); "
                          "render the take first")
     pipe = load(args)
+    from pipelines import planner
+    from studio.outputs import PLANNER_FOLDER
+
+    # The memory mode is chosen once for the take, by a full window (refused when none fits).
+    planner.announce(pipe, sb.sizing_request(pipe, plan), args.memory, DEFAULT_OUTPUTS / PLANNER_FOLDER,
+                     measure=_measures(args))
+    if args.plan_only:
+        return 0
     callback, close = _progress(args.quiet)
 
     def finished(record: dict, total: int) -> None:

@@ -255,7 +255,8 @@ def test_the_cli_renders_a_six_shot_plan_of_the_planned_length(tmp_path, capsys)
 
     (tmp_path / "plan.json").write_text(json.dumps({"seed": 3, **SMALL, "shots": SIX_SHOTS}))
     out = tmp_path / "take.mp4"
-    assert main(["storyboard", "--plan", str(tmp_path / "plan.json"), "--out", str(out), "--quiet"]) == 0
+    assert main(["storyboard", "--plan", str(tmp_path / "plan.json"), "--out", str(out), "--quiet",
+                 "--memory", "full"]) == 0
     printed = capsys.readouterr().out
     assert count_frames(out, 8.0) == 17 + 12 + 9 + 8 + 4 + 24
     assert "note: shot 3: 1 s at 8 fps = 9 frames (8 snapped to 9" in printed
