@@ -272,6 +272,7 @@ class Mp4Writer:
             self.frames += 1
 
     def __exit__(self, kind, error, trace) -> bool:
+        # GenerationCancelled by name: pipelines.sampling imports torch, which reading and writing media need not.
         keep = self.frames > 0 and (kind is None or issubclass(kind, KeyboardInterrupt) or
                                     kind.__name__ == "GenerationCancelled")
         try:
