@@ -364,7 +364,7 @@ SPECS: dict[str, ModeSpec] = {}
 
 def register(spec: ModeSpec) -> ModeSpec:
     """Add a mode: the CLI offers it, the studio lists it, Reproduce reads it back."""
-    if spec.name in SPECS or spec.name in ("reproduce", "batch"):  # the CLI's own commands
+    if spec.name in SPECS or spec.name in ("reproduce", "batch", "storyboard"):  # the CLI's own commands
         raise ValueError(f"a mode named {spec.name!r} exists already")
     SPECS[spec.name] = spec
     return spec

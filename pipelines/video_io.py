@@ -223,21 +223,70 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, audio_from: str 
         out = stack.enter_context(av.open(str(tmp), mode="w", format="mp4"))
         if comment:
             out.metadata["comment"] = comment
-        video = out.add_stream("libx264", rate=_fps_fraction(fps))
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        video.options = dict(X264_OPTIONS)
+        video = _add_video_stream(out, width, height, fps)
         # Every stream must exist before the first packet is written.
         audio_in = source.streams.audio[0] if source is not None and source.streams.audio else None
         audio_out = out.add_stream("aac", rate=audio_in.codec_context.sample_rate or 48000) if audio_in else None
         to_yuv = VideoReformatter()
         for index, frame in enumerate(frames):
-            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            picture = to_yuv.reformat(picture, **_TO_YUV)
-            picture.pts = index  # explicit timestamps: without them x264's output varied from run to run
-            out.mux(video.encode(picture))
+            _encode_frame(out, video, to_yuv, frame, index)
         out.mux(video.encode())
         if audio_in is not None:
             _copy_audio(source, audio_in, out, audio_out, duration=len(frames) / fps, start=audio_start)
+
+
+def _add_video_stream(out, width: int, height: int, fps: float):
+    video = out.add_stream("libx264", rate=_fps_fraction(fps))
+    video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+    video.options = dict(X264_OPTIONS)
+    return video
+
+
+def _encode_frame(out, video, to_yuv: VideoReformatter, frame: np.ndarray, index: int) -> None:
+    picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+    picture = to_yuv.reformat(picture, **_TO_YUV)
+    picture.pts = index  # explicit timestamps: without them x264's output varied from run to run
+    out.mux(video.encode(picture))
+
+
+class Mp4Writer:
+    """An MP4 written as its frames arrive (a long take never holds all its frames), encoded as write_mp4
+    encodes (the same frames give the same bytes). It appears at `path` when the block ends, also when it
+    ends by GenerationCancelled or KeyboardInterrupt (the frames written so far); any other error discards it."""
+
+    def __init__(self, path: str | Path, width: int, height: int, fps: float):
+        self.path, self.size, self.fps = Path(path), (width, height), fps
+        self.frames = 0
+
+    def __enter__(self) -> Mp4Writer:
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        self._out = av.open(str(tmp), mode="w", format="mp4")
+        self._video = _add_video_stream(self._out, *self.size, self.fps)
+        self._to_yuv = VideoReformatter()
+        return self
+
+    def write(self, frames: np.ndarray) -> None:
+        for frame in frames:
+            _encode_frame(self._out, self._video, self._to_yuv, frame, self.frames)
+            self.frames += 1
+
+    def __exit__(self, kind, error, trace) -> bool:
+        # GenerationCancelled by name: pipelines.sampling imports torch, which reading and writing media need not.
+        keep = self.frames > 0 and (kind is None or issubclass(kind, KeyboardInterrupt) or
+                                    kind.__name__ == "GenerationCancelled")
+        try:
+            if keep:
+                self._out.mux(self._video.encode())
+            self._out.close()
+        except BaseException as failure:
+            self._atomic.__exit__(type(failure), failure, failure.__traceback__)
+            raise
+        if keep:
+            self._atomic.__exit__(None, None, None)
+        else:  # thrown into atomic_path, an error removes the temporary file (it is not raised again here)
+            self._atomic.__exit__(RuntimeError, RuntimeError("nothing to keep"), None)
+        return False
 
 
 def _copy_audio(source, in_stream, out, audio, duration: float, start: float = 0.0) -> None:

@@ -63,12 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.samplers import SAMPLERS
 
     p = _Parser(prog="launch.py generate", description="Generate a clip without the browser studio.")
-    p.add_argument("mode", choices=(*SPECS, "reproduce", "batch"),
+    p.add_argument("mode", choices=(*SPECS, "reproduce", "batch", "storyboard"),
                    help="what to make; reproduce re-runs the request in a sidecar given with --request; batch runs "
-                        "every job in --jobs on one load of the model")
+                        "every job in --jobs on one load of the model; storyboard renders the take --plan plans")
     p.add_argument("--request", help="reproduce: an output's JSON sidecar (its request is run again as it was)")
     p.add_argument("--jobs", help="batch: a JSON-lines file, one job a line: the options of a run by name "
                    '({"mode": "t2v", "prompt": "a cat", "seconds": 2}) or an output\'s sidecar')
+    p.add_argument("--plan", help="storyboard: a JSON plan of shots (README: Storyboards)")
+    p.add_argument("--shot", type=int, help="storyboard: re-render this shot (1-based) of the take in --out")
     p.add_argument("--model", help=f"a registry name ({', '.join(MODELS)}), a diffusers folder or a hub id "
                                    "(default: embedded; for reproduce, the model recorded in the sidecar)")
     p.add_argument("--prompt", required=False, help="what the clip shows (a model that reads no prompt, such "
@@ -423,6 +425,10 @@ def run(argv: list[str]) -> int:
         from studio.batch import run_batch
 
         return run_batch(args)
+    if args.mode == "storyboard":
+        from studio.storyboard_cli import run_storyboard
+
+        return run_storyboard(args)
     built = None
     if args.mode == "reproduce":
         built, recorded = _reproduced(args)
