@@ -7,6 +7,7 @@ installs them), where a missing browser is a failure.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -142,3 +143,39 @@ def test_animate_and_extend_from_files_uploaded_in_the_page(browser, studio_url,
         before = status_text(browser)  # "Ready.", then the animation's "Done in ...: 9 frames", unlike extend's
         browser.find_element(By.CSS_SELECTOR, f"#{name}-generate").click()
         wait.until(lambda d: "Done in" in status_text(d) and status_text(d) != before)
+
+
+def test_the_lora_picker_and_the_enhance_button(browser, tiny_model_dir, tmp_path_factory):
+    """A LoRA picked from the folder and a prompt enhanced in the page reach the output's request."""
+    from diffusers import WanTransformer3DModel
+    from peft import LoraConfig
+
+    from tiny_lm import save_tiny_instruct
+
+    base = tmp_path_factory.mktemp("creator")
+    loras = base / "loras"
+    transformer = WanTransformer3DModel.from_pretrained(tiny_model_dir / "transformer")
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["attn1.to_q", "attn1.to_v"],
+                                       init_lora_weights=False), adapter_name="style")
+    transformer.save_lora_adapter(loras, adapter_name="style", weight_name="style.safetensors")
+    language_model = save_tiny_instruct(base / "tiny-instruct")
+    outputs = base / "outputs"
+    with launched_studio(tiny_model_dir, outputs, loras=loras, enhancer=str(language_model)) as (url, _):
+        wait = WebDriverWait(browser, 120)
+        browser.get(url)
+        wait.until(ec.element_to_be_clickable((By.XPATH, "//*[@id='loras']//*[text()='LoRAs']"))).click()
+        picker = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#lora-1 input")))
+        picker.click()
+        wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#lora-1 li[aria-label='style.safetensors']"))).click()
+        wait.until(lambda d: picker.get_attribute("value") == "style.safetensors")
+        prompt = browser.find_element(By.CSS_SELECTOR, "#t2v-prompt textarea")
+        prompt.send_keys("a red ball")
+        browser.find_element(By.CSS_SELECTOR, "#t2v-enhance").click()
+        wait.until(lambda d: prompt.get_attribute("value") not in ("", "a red ball"))  # shown before use
+        enhanced = prompt.get_attribute("value")
+        browser.find_element(By.CSS_SELECTOR, "#t2v-generate").click()
+        wait.until(lambda d: "Done in" in status_text(d))
+    sidecar, = outputs.glob("*.mp4.json")
+    request = json.loads(sidecar.read_text())["request"]
+    assert [(Path(x["path"]).name, x["strength"]) for x in request["loras"]] == [("style.safetensors", 1.0)]
+    assert request["prompt"] == enhanced and request["enhanced_from"] == "a red ball"

