@@ -23,7 +23,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from markdown_it import MarkdownIt  # noqa: E402
 
-from conftest import API_SETTINGS, launched_studio  # noqa: E402
+from conftest import API_SETTINGS  # noqa: E402
 from pipelines.video_io import write_mp4  # noqa: E402
 from studio.outputs import History  # noqa: E402
 

@@ -4,7 +4,6 @@ over its inputs or an existing file unasked, and a full disk leaves no half outp
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
