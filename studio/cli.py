@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     memory.add_arguments(p)  # --memory, --low-vram (= --memory low), --plan-only
     acceleration.add_arguments(p)
+    from studio import variations_cli
+
+    variations_cli.add_arguments(p)  # --grid, --seeds, --draft; reproduce --final
     p.add_argument("--out", help="output file: .mp4, .gif, or .png for one frame (default: a new name in outputs/, "
                                  "<time>-<mode>-<seed>.mp4)")
     p.add_argument("--overwrite", action="store_true",
@@ -421,6 +424,9 @@ def run(argv: list[str]) -> int:
     from pipelines.families import inspect_model
 
     _check_device(args.device)
+    from studio import variations_cli
+
+    variations_cli.check(args)
     if args.mode == "batch":
         from studio.batch import run_batch
 
@@ -438,6 +444,9 @@ def run(argv: list[str]) -> int:
             print(f"note: reproducing with {args.model}; the sidecar records {recorded}")
     args.model = args.model or "embedded"
     model = inspect_model(args.model)
+    if args.final:  # a draft rendered in full: --steps or the model's, no step cache
+        built = built.replace(steps=args.steps if args.steps is not None else model.defaults.steps)
+        args.step_cache = None
     built, out = prepare(args, model, built)
     pipe = load(args)
     execute(pipe, model, built, out, args)
@@ -508,6 +517,10 @@ def execute(pipe: Any, model: Any, built: Any, out: Path | None, args: argparse.
     planner.announce(pipe, built, args.memory, cache, measure=_measures(args))  # refused when none fits
     if args.plan_only:
         return None
+    if args.grid:
+        from studio.variations_cli import run_grid
+
+        return run_grid(pipe, built, out, args)
     out, sidecar = _generate_and_write(pipe, built, out, args.frames_out, args.quiet, args.overwrite)
     joins = f", joins {', '.join(f'{x:.2f}' for x in sidecar['joins'])}x the median step" if sidecar["joins"] else ""
     print(f"wrote {out} ({frames_text(sidecar['frames'])}, {sidecar['width']}x{sidecar['height']}, "
