@@ -71,6 +71,7 @@ class GenerationResult:
     notes: list[str] = field(default_factory=list)
     join_ratios: list[float] = field(default_factory=list)  # each join's step over the median (pipelines/seams.py)
     seed: int | None = None  # the seed of the kept candidate (the request's own unless best_of > 1)
+    step_cache: float | None = None  # the step cache's threshold it was made with (it changes the output)
 
     @property
     def audio_source(self) -> str | None:
@@ -137,6 +138,7 @@ class VideoPipeline:
         self.model_id = model_id
         self._previewer: LatentPreviewer | None = None
         self.adapters = Adapters(family, model_id)  # the LoRAs loaded into its denoisers
+        self.step_cache: float | None = None  # First Block Cache's threshold, once accelerate() turned it on
 
     # ---- construction ----------------------------------------------------------------------------------
     @classmethod
@@ -220,7 +222,7 @@ class VideoPipeline:
                 used["attention"] = acceleration.set_attention(module, attention, self.device)
             if step_cache:
                 acceleration.enable_step_cache(module, step_cache)
-                used["step_cache"] = step_cache
+                used["step_cache"] = self.step_cache = step_cache
             if compile:
                 acceleration.compile_blocks(module)
                 used["compile"] = True
@@ -340,7 +342,7 @@ class VideoPipeline:
             latents=best.latents[0].cpu(), held=best.held, timeline=timeline, window_offset=best.offset,
             timings=timer.timings, parents=self._parents(request, placed),
             notes=self.family.notes(request) + self._notes(request, placed, best, scores),
-            join_ratios=[round(x, 3) for x in best.join_ratios], seed=best.seed,
+            join_ratios=[round(x, 3) for x in best.join_ratios], seed=best.seed, step_cache=self.step_cache,
         )
 
     # ---- stages -----------------------------------------------------------------------------------------

@@ -348,6 +348,10 @@ def _reproduced(args: argparse.Namespace):
         raise UsageError(f"--request {path!r} nests too deep to be a sidecar this studio wrote") from None
     except ValueError as error:  # not JSON, or an integer longer than Python converts
         raise UsageError(f"--request {path!r} is not a readable JSON sidecar ({str(error)[:120]})") from None
+    cache = data.get("step_cache") if isinstance(data, dict) else None
+    if args.step_cache is None and not args.final and isinstance(cache, float) and 0 < cache < 1:
+        args.step_cache = cache  # the output was made with it, and it changes the output
+        print(f"note: the step cache on at {cache:g}, as the sidecar records (--final renders without it)")
     return sidecar_request(data, Path(path).absolute().parent, f"--request {path!r}")
 
 

@@ -250,6 +250,7 @@ def _write_files(result: Any, out: Path, frames_out: str | None, gif: bool, repl
         "versions": versions(),
         "notes": result.notes,
         "joins": result.join_ratios,  # each join's step over the clip's median step (1 = as smooth as the clip)
+        "step_cache": result.step_cache,  # what reproduce turns on again (it changes the output)
         "created": datetime.now().astimezone().isoformat(timespec="seconds"),
     }
     write_output(out, result.frames, result.fps, audio_from=result.audio_source, audio_start=result.audio_start,

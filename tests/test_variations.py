@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from pipelines import variations
+from pipelines.video_io import read_video
 
 
 def test_prompt_variants_multiply_and_braces_without_a_bar_stay():
@@ -49,8 +50,14 @@ def test_a_two_by_two_draft_grid_then_one_cell_in_full(tiny_model_dir, tmp_path,
     # The picked cell in full: the same prompt and seed at the full steps, the step cache off.
     assert launch.main(["generate", "reproduce", "--request", "grid.3.mp4.json", "--final", "--steps", "10",
                         *common[2:], "--out", "final.mp4"]) == 0
-    final = json.loads((tmp_path / "final.mp4.json").read_text())["request"]
-    assert (final["prompt"], final["seed"], final["steps"]) == ("a blue ball", 3, 10)
+    final = json.loads((tmp_path / "final.mp4.json").read_text())
+    assert (final["request"]["prompt"], final["request"]["seed"], final["request"]["steps"]) == ("a blue ball", 3, 10)
+    assert final["step_cache"] is None
+    # The draft itself reproduces as it was: its sidecar records the step cache it was made with.
+    assert json.loads((tmp_path / "grid.3.mp4.json").read_text())["step_cache"] == variations.DRAFT_STEP_CACHE
+    assert launch.main(["generate", "reproduce", "--request", "grid.3.mp4.json", *common[2:], "--out", "again.mp4"]) == 0
+    assert "the step cache on at 0.1, as the sidecar records" in capsys.readouterr().out
+    assert np.array_equal(read_video(tmp_path / "again.mp4", 8), read_video(tmp_path / "grid.3.mp4", 8))
     # A second grid never writes over the first.
     assert launch.main(["generate", "t2v", *common, "--prompt", "a ball", "--grid", "--out", "grid.mp4"]) == 2
     assert "grid.1.mp4 exists: choose another --out" in capsys.readouterr().err
