@@ -7,6 +7,7 @@ the handler streams progress. Nothing here touches tensors.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import html
 import logging
@@ -47,10 +48,12 @@ RATIOS = (("16:9", 16 / 9), ("1:1", 1.0), ("9:16", 9 / 16), ("4:3", 4 / 3), ("3:
 SHARED = ("prompt", "negative", "seed", "steps", "guidance", "sampler", "size", "seconds", "fps")
 LORA_SLOTS = 4  # LoRAs one generation may stack from the studio (the command line takes up to 8)
 NO_LORA = "(none)"
-# Widgets every tab shares beyond SHARED, last in every endpoint's order (so older API clients, which pass
-# fewer values, get their defaults): the LoRA picker's slots and the record of an enhanced prompt.
-CREATOR = (*(f"lora_{k}" for k in range(1, LORA_SLOTS + 1)), *(f"lora_strength_{k}" for k in range(1, LORA_SLOTS + 1)),
-           "enhanced")
+# What a page sets besides its tab's widgets, kept per session on the server (StudioApp.remember) rather
+# than sent with each generation, so that every endpoint keeps the inputs API clients send: the LoRA
+# picker's slots, shared by every tab, and the record of the prompt the enhancer last wrote.
+LORA_KEYS = (*(f"lora_{k}" for k in range(1, LORA_SLOTS + 1)), *(f"lora_strength_{k}" for k in range(1, LORA_SLOTS + 1)))
+CREATOR = (*LORA_KEYS, "enhanced")
+KEPT_SESSIONS = 4096  # sessions whose picks are kept (the oldest forgotten first)
 TYPED = ("prompt", "negative", "seed")  # typed widgets whose every keystroke would otherwise re-plan, for nothing
 # Each built-in tab's API endpoint (/t2v, /animate, ...) takes its widgets in this order, kept as it was for
 # API clients (a widget the loaded model lacks, such as a knob, is left out). A mode registered later gets a
@@ -106,7 +109,7 @@ def tab_inputs(tab: str, info: ModelInfo) -> list[str]:
         if unplaced:
             raise ValueError(f"the {tab} tab's endpoint has no place for {sorted(unplaced)}: add them to API_ORDER")
         names = [key for key in API_ORDER[tab] if key in names]
-    return names + list(CREATOR)
+    return names
 
 
 def mode_of(tab: str, values: dict[str, Any]) -> modes.ModeSpec:
@@ -315,6 +318,26 @@ class StudioApp:
         self.enhancer_source = enhancer  # the prompt enhancer's language model (launch.py --enhancer), if any
         self._enhancer = None  # opened on first use
         self._enhancing = threading.Lock()  # one language model call at a time
+        self._picks: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()  # by session
+        self._picks_lock = threading.Lock()
+
+    # what a page set besides its tab's widgets (CREATOR), kept for its session ----------------------------
+    def remember(self, request: gr.Request | None, **values: Any) -> None:
+        session = getattr(request, "session_hash", None)
+        if not session:  # an API call without a session has no page whose picks to keep
+            return
+        with self._picks_lock:
+            picks = self._picks.pop(session, {})
+            picks.update({k: v for k, v in values.items() if k in CREATOR})
+            self._picks[session] = picks
+            while len(self._picks) > KEPT_SESSIONS:
+                self._picks.popitem(last=False)
+
+    def picks(self, request: gr.Request | None) -> dict[str, Any]:
+        """This session's picks: its LoRAs and enhanced prompt (another session's are never read)."""
+        session = getattr(request, "session_hash", None)
+        with self._picks_lock:
+            return dict(self._picks.get(session, {})) if session else {}
 
     # creator tools: LoRAs and the prompt enhancer -------------------------------------------------------
     def lora_files(self) -> list[str]:
@@ -361,8 +384,9 @@ class StudioApp:
         missing += [Path(lora.path).name for lora in loras[LORA_SLOTS:]]  # more than the picker holds
         return values, missing
 
-    def enhance(self, prompt: str) -> tuple[str, dict[str, str]]:
-        """(the prompt rewritten by the language model, the record of it for the request)."""
+    def enhance(self, prompt: str, request: gr.Request | None = None) -> str:
+        """The prompt rewritten by the language model; the session keeps what it was rewritten from, for the
+        request to record while the prompt is still this one."""
         if not self.enhancer_source:
             raise gr.Error("No language model is set for enhancing prompts: start the studio with --enhancer "
                            "(an instruct model's folder, or the URL of a local OpenAI-compatible or Ollama server).")
@@ -375,7 +399,8 @@ class StudioApp:
                 result = enhancer.enhance(self._enhancer, prompt or "", self.info.enhancer_style)
         except (enhancer.EnhancerUnavailable, TimeoutError, ValueError) as error:
             raise gr.Error(f"The prompt was not enhanced: {error}") from None
-        return result.prompt, {"prompt": result.prompt, "original": result.original}
+        self.remember(request, enhanced={"prompt": result.prompt, "original": result.original})
+        return result.prompt
 
     # requests, one builder per tab ----------------------------------------------------------------------
     def _keep(self, value: Any, what: str) -> str:
@@ -767,11 +792,9 @@ def build(engine: Engine, info: ModelInfo, loras: Path | None = None, enhancer: 
                                              elem_id=f"{tab}-prompt", scale=8)
                 enhance = gr.Button("Enhance", size="sm", scale=0, min_width=90, elem_id=f"{tab}-enhance",
                                     interactive=bool(app.enhancer_source))
-            found["enhanced"] = gr.State(None)  # {"prompt": what the enhancer wrote, "original": what it read}
             # Queued, one at a time: a language model's answer takes seconds.
-            enhance.click(app.enhance, found["prompt"], [found["prompt"], found["enhanced"]], concurrency_limit=1,
+            enhance.click(app.enhance, found["prompt"], found["prompt"], concurrency_limit=1,
                           api_visibility="private")
-            found.update(lora_widgets)
             with gr.Row():
                 found["size"] = gr.Dropdown(size_choices if media_input else presets, label="Aspect ratio and size",
                                             value=MATCH_INPUT if media_input else default_preset(info),
@@ -908,6 +931,11 @@ def build(engine: Engine, info: ModelInfo, loras: Path | None = None, enhancer: 
                             lora_widgets[f"lora_strength_{k}"] = gr.Slider(-2.0, 2.0, value=1.0, step=0.05,
                                                                            label="Strength", scale=2,
                                                                            elem_id=f"lora-strength-{k}")
+                    def pick(request: gr.Request, *values: Any) -> None:
+                        app.remember(request, **dict(zip(lora_widgets, values, strict=True)))
+
+                    for widget in lora_widgets.values():
+                        widget.change(pick, list(lora_widgets.values()), None, queue=False, api_visibility="private")
                     refresh_loras = gr.Button("Refresh the list", size="sm")
                     refresh_loras.click(lambda: [gr.update(choices=[NO_LORA, *app.lora_files()])] * LORA_SLOTS, None,
                                         [lora_widgets[f"lora_{k}"] for k in range(1, LORA_SLOTS + 1)], queue=False,
@@ -951,7 +979,9 @@ def build(engine: Engine, info: ModelInfo, loras: Path | None = None, enhancer: 
                 why = info.why_not(tab)
                 if why:  # an API call to a tab the page shows as unavailable gets the same reason
                     raise gr.Error(f"{tab_title(tab)} is not available for this model: {why}")
-                yield from app.stream(lambda: app.request(tab, dict(zip(names, values, strict=True))), request)
+                picked = app.picks(request)  # the page's LoRAs and enhanced prompt, kept for its session
+                yield from app.stream(lambda: app.request(tab, {**dict(zip(names, values, strict=True)), **picked}),
+                                      request)
 
             return run
 
@@ -991,12 +1021,14 @@ def build(engine: Engine, info: ModelInfo, loras: Path | None = None, enhancer: 
 
         every_widget = list({id(w): w for found in widgets.values() for w in found.values()}.values())  # shared once
 
-        def load_settings(name: str | None):
+        def load_settings(name: str | None, request: gr.Request):
             values = app.reproduce_values(name)
             tab = values.pop("tab")
             if "note" in values:
                 gr.Warning(values.pop("note"))
+            app.remember(request, enhanced=values.pop("enhanced"))
             updates: dict[Any, Any] = {tabs: gr.Tabs(selected=tab)}
+            updates |= {lora_widgets[key]: values.pop(key) for key in LORA_KEYS}  # their change records them
             for key, value in values.items():
                 widget = widgets[tab].get(key)
                 if widget is None or value is None:
@@ -1007,7 +1039,8 @@ def build(engine: Engine, info: ModelInfo, loras: Path | None = None, enhancer: 
                     updates[widget] = value
             return updates
 
-        reproduce.click(load_settings, picked, [tabs, *every_widget], queue=False, api_visibility="private")
+        reproduce.click(load_settings, picked, [tabs, *every_widget, *lora_widgets.values()], queue=False,
+                        api_visibility="private")
         # The same, as plain values for API clients.
         gr.api(app.reproduce_values, api_name="reproduce")
     demo.queue(default_concurrency_limit=None)

@@ -161,13 +161,20 @@ def test_the_studio_button_shows_the_enhanced_prompt_and_the_request_records_bot
     pipe = VideoPipeline.from_pretrained(str(tiny_model_dir), device="cpu")
     engine = Engine(pipe, History(tmp_path / "outputs"))
     app = StudioApp(engine, ModelInfo.of(pipe), enhancer=str(tiny_instruct))
-    prompt, record = app.enhance("a red ball")  # into the prompt box, editable, before anything runs
-    assert prompt and prompt != "a red ball" and record == {"prompt": prompt, "original": "a red ball"}
+    class Page:  # a browser session, as Gradio names it to handlers
+        def __init__(self, session_hash: str):
+            self.session_hash = session_hash
+
+    mine, theirs = Page("mine"), Page("theirs")
+    prompt = app.enhance("a red ball", mine)  # into the prompt box, editable, before anything runs
+    assert prompt and prompt != "a red ball"
     values = dict(prompt=prompt, negative="", seed=1, steps=1, guidance=4.0, sampler="default", size="32x32",
-                  seconds=1.0, fps=8, enhanced=record)
-    assert app.request("t2v", values).enhanced_from == "a red ball"
+                  seconds=1.0, fps=8)
+    assert app.request("t2v", {**values, **app.picks(mine)}).enhanced_from == "a red ball"
     # Edited after enhancing: the prompt is the user's own again, and nothing claims otherwise.
-    assert app.request("t2v", {**values, "prompt": prompt + " at dusk"}).enhanced_from is None
+    assert app.request("t2v", {**values, **app.picks(mine), "prompt": prompt + " at dusk"}).enhanced_from is None
+    # Another session's generation never reads this one's record.
+    assert app.picks(theirs) == {} and app.request("t2v", {**values, **app.picks(theirs)}).enhanced_from is None
 
     plain = StudioApp(engine, ModelInfo.of(pipe))
     with pytest.raises(gr.Error, match="No language model is set for enhancing prompts: start the studio with "

@@ -65,7 +65,7 @@ def test_a_mode_added_with_a_spec_and_a_builder_is_offered_everywhere(open_on_mo
     assert "open_on" in {fn.api_name for fn in demo.fns.values()}
     names = tab_inputs("open_on", info)
     assert names == ["image", "hold", "prompt", "negative", "seed", "steps", "guidance", "sampler", "size", "seconds",
-                     "fps", *CREATOR]
+                     "fps"]
     app = StudioApp(Engine(wan21, history), info)
     request = app.request("open_on", dict(image=str(still), hold=0.25, prompt="a ball", negative="", seed=2, steps=2,
                                           guidance=4.0, sampler="default", size="32x32", seconds=0.5, fps=8))
