@@ -249,7 +249,8 @@ def test_the_studio_serves_valid_defaults(real_model, tmp_path, monkeypatch):
     monkeypatch.setattr(VideoPipeline, "from_pretrained", classmethod(lambda cls, *args, **kwargs: pipe))
     engines = []  # Gradio keeps a closed studio's handlers, and so its engine: they let go of the weights after
     build = studio.app.build
-    monkeypatch.setattr(studio.app, "build", lambda engine, info: (engines.append(engine), build(engine, info))[1])
+    monkeypatch.setattr(studio.app, "build",
+                        lambda engine, *args, **kwargs: (engines.append(engine), build(engine, *args, **kwargs))[1])
     for variant, (model, defaults) in variants.items():
         pipe.defaults = defaults
         try:
