@@ -82,7 +82,7 @@ def start(args) -> None:
         raise ValueError("--parallel ring runs on CUDA only: ring attention needs the log-sum-exp that only "
                          "diffusers' CUDA attention backends return; on CPU use ulysses")
     if cuda:
-        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         torch.cuda.set_device(args.device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")

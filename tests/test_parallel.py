@@ -33,12 +33,13 @@ def test_parse_reads_degrees_and_names_what_is_valid():
         parse("cfg")
 
 
-def _generate(command: list[str], model: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+def _generate(command: list[str], model: Path, out: Path, *extra: str, device: str = "cpu"
+              ) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     return subprocess.run([*command, "launch.py", "generate", "t2v", "--model", str(model), "--prompt", "a red fox",
-                           "--memory", "full", "--device", "cpu", "--quiet", "--out", str(out / "clip.mp4"),
+                           "--memory", "full", "--device", device, "--quiet", "--out", str(out / "clip.mp4"),
                            "--frames-out", str(out / "frames"), *extra],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=150)
+                          check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=150)
 
 
 def _frames(folder: Path) -> np.ndarray:
@@ -80,9 +81,10 @@ def test_ring_on_cpu_is_refused_with_the_reason(tiny_model_dir, tmp_path):
                     "native backend does not return the log-sum-exp) and two GPUs for nccl")
 def test_ring_on_two_gpus_gives_the_single_process_frames(tiny_model_dir, tmp_path):
     two = _generate([str(TORCHRUN), "--standalone", "--nproc-per-node", "2"], tiny_model_dir,
-                    tmp_path / "two", "--parallel", "ring=2", "--seed", "5")
+                    tmp_path / "two", "--parallel", "ring=2", "--seed", "5", device="cuda")
     assert two.returncode == 0, two.stderr[-3000:]
-    one = _generate([sys.executable], tiny_model_dir, tmp_path / "one", "--seed", "5")
+    one = _generate([sys.executable], tiny_model_dir, tmp_path / "one", "--seed", "5", device="cuda")
+    assert one.returncode == 0, one.stderr[-3000:]
     assert np.abs(_frames(tmp_path / "two" / "frames") - _frames(tmp_path / "one" / "frames")).mean() <= 1e-3
 
 
