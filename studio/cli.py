@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pipelines import acceleration, lora, memory
+from pipelines import acceleration, lora, memory, parallel
 from pipelines.request import frames_text
 
 log = logging.getLogger("studio.cli")
@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     memory.add_arguments(p)  # --memory, --low-vram (= --memory low), --plan-only
     acceleration.add_arguments(p)
+    parallel.add_arguments(p)  # --parallel ulysses=U,ring=R under torchrun
     from studio import variations_cli
 
     variations_cli.add_arguments(p)  # --grid, --seeds, --draft; reproduce --final
@@ -428,6 +429,7 @@ def run(argv: list[str]) -> int:
     from pipelines.families import inspect_model
 
     _check_device(args.device)
+    parallel.start(args)  # joins torchrun's ranks; a shared seed
     from studio import variations_cli
 
     variations_cli.check(args)
@@ -452,7 +454,10 @@ def run(argv: list[str]) -> int:
         built = built.replace(steps=args.steps if args.steps is not None else model.defaults.steps)
         args.step_cache = None
     built, out = prepare(args, model, built)
+    parallel.check_request(built, args)
     pipe = load(args)
+    if parallel.follower(args):  # ranks but 0 denoise alongside it and write nothing
+        return parallel.follow(pipe, built)
     execute(pipe, model, built, out, args)
     return 0
 
@@ -491,6 +496,7 @@ def load(args: argparse.Namespace) -> Any:
     started = time.perf_counter()
     pipe = VideoPipeline.from_pretrained(args.model, device=args.device, memory=memory.load_mode(args.memory))
     acceleration.apply_arguments(pipe, args)
+    parallel.apply(pipe, args.parallel)
     print(f"loaded {pipe.model_id} on {pipe.device} in {time.perf_counter() - started:.1f} s")
     return pipe
 
