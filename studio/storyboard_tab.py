@@ -26,9 +26,10 @@ CLIP_NOT_PLACED = ("Its prompt is in shot 1. The clip itself is not placed: a st
                    "(clip keyframes are not supported yet); add its last frame as shot 1's keyframe to start from it.")
 
 
-def plan_of(rows: list[Any], seed: Any, steps: Any, width: Any, height: Any) -> sb.Storyboard:
-    """The plan the rows describe (rows with an empty prompt are left out); gr.Error with the plan's one line
-    naming the shot and the field when it is not valid."""
+def plan_of(rows: list[Any], seed: Any, steps: Any, width: Any, height: Any, keep: Any = str) -> sb.Storyboard:
+    """The plan the rows describe (rows with neither prompt nor keyframe are left out); gr.Error with the
+    plan's one line naming the shot and the field when it is not valid. `keep` maps an uploaded keyframe to
+    the path the plan records (the History's kept copy, so the take can be reproduced)."""
     shots = []
     for k in range(0, len(rows), len(ROW_FIELDS)):
         prompt, seconds, transition, keyframe = rows[k:k + len(ROW_FIELDS)]
@@ -36,7 +37,7 @@ def plan_of(rows: list[Any], seed: Any, steps: Any, width: Any, height: Any) -> 
             continue
         shot: dict[str, Any] = {"prompt": prompt or "", "seconds": seconds, "transition": transition or "continue"}
         if keyframe:
-            shot["keyframes"] = [{"image": str(keyframe), "at": 0.0}]
+            shot["keyframes"] = [{"image": str(keep(keyframe)), "at": 0.0}]
         shots.append(shot)
     def whole(value: Any) -> Any:  # a browser number is a float; the plan wants whole numbers
         return int(value) if isinstance(value, float) and value.is_integer() else value
@@ -98,7 +99,8 @@ class StoryboardTab:
         with atomic_path(sidecar_of(out), scratch=self.history.folder) as tmp:
             Path(tmp).write_text(json.dumps(data, indent=1), encoding="utf-8")
 
-    def _work(self, plan: sb.Storyboard, out: Path, shot: int | None):
+    def _work(self, plan: sb.Storyboard, out: Path, shot: int | None, done: list):
+        """The engine job's work: render (or re-render one shot of) the take; the finished Take goes in `done`."""
         previews = self.app.previews
 
         def work(pipe: Any, job: Any, on_step: Any) -> tuple[Path, str]:
@@ -115,7 +117,8 @@ class StoryboardTab:
                 job._notify()
 
             settings = sb.Settings.of(plan, pipe)
-            job.windows = sum(len(s.windows) for s in sb.layout(plan, settings))
+            shots = sb.layout(plan, settings)
+            job.windows = len(shots[shot - 1].windows) if shot else sum(len(s.windows) for s in shots)
             take = None
             started = time.perf_counter()
             try:
@@ -126,7 +129,7 @@ class StoryboardTab:
             finally:
                 if sb.manifest_path(out).is_file():  # a cancelled take keeps its finished windows, listed
                     self._write_sidecar(out, plan, take)
-            job.take = take
+            done.append(take)
             what = f"shot {shot} re-rendered" if shot else f"{len(take.records)} windows"
             return out, (f"Done in {time.perf_counter() - started:.1f} s: {what}, {take.frames} frames at "
                          f"{take.settings.fps:g} fps.")
@@ -138,9 +141,10 @@ class StoryboardTab:
         from studio.engine import QueueFull
 
         session = getattr(request, "session_hash", "") or ""
+        done: list[sb.Take] = []
         try:
             job = self.engine.submit(sb.sizing_request(self.engine.pipe, plan), session,
-                                     work=self._work(plan, out, shot))
+                                     work=self._work(plan, out, shot, done))
         except QueueFull as full:
             raise gr.Error(str(full)) from None
         self._takes[session] = (out, plan)
@@ -151,6 +155,8 @@ class StoryboardTab:
                     break
                 if state.status == "waiting":
                     text = f"Waiting for the device ({self.engine.ahead_of(state)} ahead)."
+                elif shot is not None:  # rerender_shot reports no windows, only steps
+                    text = f"Re-rendering shot {shot} ({state.windows} windows), step {state.step} of {state.total}."
                 else:
                     text = (f"Window {state.window + 1 if state.window < state.windows else state.window} of "
                             f"{state.windows}, step {state.step} of {state.total}.")
@@ -163,14 +169,16 @@ class StoryboardTab:
                 yield (f"Cancelled after window {job.window} of {job.windows}: the finished windows are kept in "
                        f"{out.name}.", job.latest, gr.skip())
                 return
-            yield job.message, str(out), drift_rows(job.take)
+            yield job.message, str(out), drift_rows(done[0])
         finally:
             if not job.finished:
                 self.engine.cancel(job_id=job.id)
+            for clip in self.app.previews.glob(f"job{job.id}-window*.mp4"):  # Gradio has its own copies by now
+                clip.unlink(missing_ok=True)
 
     def render(self, request: gr.Request | None, seed: Any, steps: Any, width: Any, height: Any,
                *rows: Any) -> Iterator[tuple]:
-        plan = plan_of(list(rows), seed, steps, width, height)
+        plan = plan_of(list(rows), seed, steps, width, height, self.history.keep_upload)
         try:
             self.engine.pipe.check_request(sb.sizing_request(self.engine.pipe, plan))
         except ValueError as error:
@@ -185,7 +193,7 @@ class StoryboardTab:
         if session not in self._takes:
             raise gr.Error("Render a take in this session first: re-render shot K works on the last take.")
         out, _ = self._takes[session]
-        plan = plan_of(list(rows), seed, steps, width, height)
+        plan = plan_of(list(rows), seed, steps, width, height, self.history.keep_upload)
         if not isinstance(shot, (int, float)) or shot != int(shot) or not 1 <= shot <= len(plan.shots):
             raise gr.Error(f"Shot {shot!r} is not valid: a shot from 1 to {len(plan.shots)}")
         if not sb.manifest_path(out).is_file() or not json.loads(sb.manifest_path(out).read_text()).get("finished"):

@@ -17,7 +17,7 @@ from pipelines import storyboard as sb
 from studio.app import ModelInfo, StudioApp, build
 from studio.engine import Engine
 from studio.outputs import History
-from studio.storyboard_tab import CLIP_NOT_PLACED, SHOT_ROWS
+from studio.storyboard_tab import CLIP_NOT_PLACED, SHOT_ROWS, plan_of
 
 SETTINGS = (5, 2, 64, 64)  # seed, steps, width, height
 
@@ -139,6 +139,20 @@ def test_two_sessions_takes_never_share_a_file(app):
     assert (a == b).all()
     # a fresh name is never an existing file
     assert app.storyboard.new_take(5) not in {app.history.folder / v.split("/")[-1] for v in videos.values()}
+
+
+def test_a_keyframe_upload_is_kept_in_the_outputs_folder(app, tmp_path):
+    import numpy as np
+
+    from pipelines.video_io import write_png
+
+    write_png(tmp_path / "still.png", np.full((64, 64, 3), 200, np.uint8))
+    values = rows(("a red ball", 1.0, "cut"))
+    values[3] = str(tmp_path / "still.png")
+    plan = plan_of(values, *SETTINGS, keep=app.history.keep_upload)
+    kept = plan.shots[0].keyframes[0]
+    assert kept.at == 0.0 and kept.kind == "image"
+    assert app.history.inside(kept.source) is not None  # under uploads/, not Gradio's temporary copy
 
 
 def test_send_to_storyboard_fills_shot_one_and_the_page_builds(app, embedded):
