@@ -166,8 +166,8 @@ class StoryboardTab:
             if job.status == "failed":
                 raise gr.Error(job.message)
             if job.status == "cancelled":
-                yield (f"Cancelled after window {job.window} of {job.windows}: the finished windows are kept in "
-                       f"{out.name}.", job.latest, gr.skip())
+                kept = f"Cancelled after window {job.window} of {job.windows}: the finished windows are kept in {out.name}."
+                yield kept, job.latest, gr.skip()
                 return
             yield job.message, str(out), drift_rows(done[0])
         finally:
@@ -240,7 +240,7 @@ def build_tab(tab: StoryboardTab, info: Any) -> dict[str, Any]:
     note = gr.Markdown("", elem_id="sb-note")
     settings = [seed, steps, width, height]
     out = [status, video, table]
-    run = dict(concurrency_limit=None, show_progress="minimal")
+    run: dict[str, Any] = {"concurrency_limit": None, "show_progress": "minimal"}
 
     def render(request: gr.Request, *values: Any):
         yield from tab.render(request, *values)
