@@ -73,11 +73,11 @@ class StoryboardTab:
         with self._naming:
             for n in itertools.count(1):
                 out = self.history.folder / f"{stem}{'' if n == 1 else f'-{n}'}.mp4"
+                if sb.manifest_path(out).exists() or sb.windows_folder(out).exists():
+                    continue
                 try:
                     out.open("x").close()
                 except FileExistsError:
-                    continue
-                if sb.manifest_path(out).exists() or sb.windows_folder(out).exists():
                     continue
                 return out
         raise AssertionError("unreachable")
@@ -173,6 +173,8 @@ class StoryboardTab:
         finally:
             if not job.finished:
                 self.engine.cancel(job_id=job.id)
+            elif not sb.manifest_path(out).is_file():  # cancelled or refused before its first window
+                out.unlink(missing_ok=True)
             for clip in self.app.previews.glob(f"job{job.id}-window*.mp4"):  # Gradio has its own copies by now
                 clip.unlink(missing_ok=True)
 
@@ -183,7 +185,14 @@ class StoryboardTab:
             self.engine.pipe.check_request(sb.sizing_request(self.engine.pipe, plan))
         except ValueError as error:
             raise gr.Error(str(error)) from None
-        yield from self._run(plan, self.new_take(plan.seed), None, request)
+        session = getattr(request, "session_hash", "") or ""
+        last = self._takes.get(session)
+        if last is not None and last[1] == plan and sb.manifest_path(last[0]).is_file() and \
+                not json.loads(sb.manifest_path(last[0]).read_text(encoding="utf-8")).get("finished"):
+            out = last[0]  # the same plan after a cancel: the take resumes from its last finished window
+        else:
+            out = self.new_take(plan.seed)
+        yield from self._run(plan, out, None, request)
 
     def rerender(self, request: gr.Request | None, shot: Any, seed: Any, steps: Any, width: Any, height: Any,
                  *rows: Any) -> Iterator[tuple]:

@@ -116,6 +116,15 @@ def test_cancel_keeps_the_finished_windows(app):
     assert all((sb.windows_folder(out) / r["folder"]).is_dir() for r in manifest["windows"])
     assert len(sb.read_take(out)) == sum(r["frames"] for r in manifest["windows"])
     assert app.history.read(out).sidecar["finished"] is False  # listed, marked unfinished
+    kept = sb.read_take(out)
+
+    # Render take again with the same rows: the take resumes into the same file, its finished windows kept
+    status, video, _ = list(app.storyboard.render(session("s1"), *SETTINGS, *long_take))[-1]
+    assert status.startswith("Done"), status
+    assert video == str(out) and len(list(app.history.folder.glob("*-storyboard-*.mp4"))) == 1
+    whole = sb.read_take(out)
+    assert len(whole) > len(kept) and (whole[:len(kept)] == kept).all()
+    assert app.history.read(out).sidecar["finished"] is True
 
 
 def test_two_sessions_takes_never_share_a_file(app):
