@@ -33,6 +33,7 @@ from pipelines.request import MAX_BEST_OF, MAX_SEED, GenerationRequest, default_
 from pipelines.samplers import SAMPLERS
 from studio.engine import Engine, Job, QueueFull
 from studio.outputs import DiskFull, Entry, upload_name
+from studio.storyboard_tab import StoryboardTab, build_tab
 from studio.widgets import ImageFile, VideoFile
 
 log = logging.getLogger("studio.app")
@@ -320,6 +321,7 @@ class StudioApp:
         self._enhancing = threading.Lock()  # one language model call at a time
         self._picks: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()  # by session
         self._picks_lock = threading.Lock()
+        self.storyboard = StoryboardTab(self)  # the Storyboard tab's handlers (studio/storyboard_tab.py)
 
     # what a page set besides its tab's widgets (CREATOR), kept for its session ----------------------------
     def remember(self, request: gr.Request | None, **values: Any) -> None:
@@ -958,6 +960,8 @@ def build(engine: Engine, info: ModelInfo, loras: Path | None = None, enhancer: 
                             entry_send = {target: gr.Button(label, size="sm") for target, label in SEND_LABELS.items()}
                         with gr.Accordion("Sidecar", open=False):
                             sidecar = gr.JSON()
+                    with gr.Tab("Storyboard", id="storyboard"):
+                        storyboard = build_tab(app.storyboard, info)
             with gr.Column(scale=2):
                 queue_info = gr.Markdown("", elem_id="queue-info")
                 status = gr.HTML("<div class='studio-status'>Ready.</div>", elem_id="status")
@@ -968,6 +972,7 @@ def build(engine: Engine, info: ModelInfo, loras: Path | None = None, enhancer: 
                 cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
                 with gr.Row():
                     send_buttons = {target: gr.Button(label, size="sm") for target, label in SEND_LABELS.items()}
+                    send_storyboard = gr.Button("→ Storyboard", size="sm", elem_id="send-storyboard")
                 result = gr.JSON(label="Result", visible=False)
 
         outputs = [status, preview, video, downloads, result, last_output, last_seed]
@@ -1010,6 +1015,12 @@ def build(engine: Engine, info: ModelInfo, loras: Path | None = None, enhancer: 
                                        api_name=f"send_to_{target}")
             entry_send[target].click(sender(target, "Pick an output in the history first."), picked, into,
                                      queue=False, api_name=f"send_entry_to_{target}")
+
+        send_storyboard.click(lambda output: (gr.Tabs(selected="storyboard"), *app.storyboard.send(output)),
+                              last_output, [tabs, storyboard["prompt"], storyboard["note"]], queue=False,
+                              api_name="send_to_storyboard")
+        for event in storyboard["events"]:
+            event.then(app.history_rows, None, [table, picked], queue=False, api_visibility="private")
 
         # history
         demo.load(app.history_rows, None, [table, picked], queue=False, api_visibility="private")

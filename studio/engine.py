@@ -49,6 +49,13 @@ class Job:
     preview: np.ndarray | None = None
     entry: Entry | None = None
     message: str = ""
+    # A job that is not one request (a storyboard take: studio/storyboard_tab.py): work(pipe, job, on_step)
+    # does it on the device in the job's turn and returns (the output, the message); `request` then only
+    # sizes it for the memory planner.
+    work: Any = None
+    window: int = 0  # windows finished, of `windows` (a storyboard take)
+    windows: int = 0
+    latest: str | None = None  # the last finished window as a clip, for the page to show as it lands
     cancel: threading.Event = field(default_factory=threading.Event)
     changed: threading.Condition = field(default_factory=threading.Condition)
 
@@ -109,7 +116,7 @@ class Engine:
         return f"Time and memory: {chosen.line} (memory {chosen.mode}).{fits}"
 
     # ---- submitting and following ----------------------------------------------------------------------
-    def submit(self, request: Any, session: str = "") -> Job:
+    def submit(self, request: Any, session: str = "", work: Any = None) -> Job:
         """Start a job on a worker thread; it waits its turn for the device. Raises QueueFull."""
         with self._registry:
             # Counted from unfinished jobs, not from their threads' progress, so that the bound holds the
@@ -123,7 +130,7 @@ class Engine:
                 # one page or script must not take every place in a queue others share
                 raise QueueFull(f"You have {mine} generation{'s' * (mine != 1)} in the queue already, the most one "
                                 "session may have while others share the studio. Try again when one has finished.")
-            job = Job(next(self._ids), session, request)
+            job = Job(next(self._ids), session, request, work=work)
             self._jobs[job.id] = job
         threading.Thread(target=self._run, args=(job,), name=f"generation-{job.id}", daemon=True).start()
         return job
@@ -219,6 +226,10 @@ class Engine:
                     job._notify()
                 planner.prepare(self.pipe, job.request, "auto", cache=self.planner_cache)
                 job.message = ""
+            if job.work is not None:
+                job.out, message = job.work(self.pipe, job, on_step)
+                job.entry = self.history.read(job.out)
+                return "done", message
             result = self.pipe.generate(job.request, callback=on_step)
             if job.cancel.is_set():  # pressed during the decode: the clip exists, keep it
                 log.info("job %d: cancel arrived after sampling; keeping the clip", job.id)
