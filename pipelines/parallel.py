@@ -19,8 +19,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 KINDS = ("ulysses", "ring")
 
 
@@ -59,6 +57,8 @@ def add_arguments(parser) -> None:
 
 
 def rank() -> int:
+    import torch  # here, not at import: the command line's flags come from this module (cold start)
+
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
@@ -68,6 +68,7 @@ def start(args) -> None:
     layout = args.parallel
     if layout is None:
         return
+    import torch
     import torch.distributed as dist
 
     if args.mode in ("batch", "storyboard"):
@@ -101,6 +102,7 @@ def apply(pipe, layout: Layout | None) -> None:
         return
     from unittest import mock
 
+    import torch
     from diffusers import ContextParallelConfig
 
     for module in pipe.family.denoisers:
