@@ -565,15 +565,21 @@ class StudioApp:
         write_png(target, frames[-1])
         return str(target)
 
+    def entry(self, name: str) -> Any:
+        """The output of this folder called `name` (studio.outputs.Entry); a path's folders are dropped, so
+        that only outputs of this folder are ever read."""
+        found = self.history.read(self.history.folder / Path(name).name)
+        if found is None:
+            raise gr.Error(f"{Path(name).name} is not in the history")
+        return found
+
     def send_values(self, output: str | None, target: str,
                     missing: str = "Generate a clip first.") -> tuple[str, str, Any]:
         """(the target tab's input, the prompt, the seed) of an output sent to another tab: the clip itself,
         or for Animate its last frame. A one-frame result is an image, which only Animate takes."""
         if not output:
             raise gr.Error(missing)
-        entry = self.history.read(self.history.folder / Path(output).name)  # only outputs of this folder
-        if entry is None:
-            raise gr.Error(f"{Path(output).name} is not in the history")
+        entry = self.entry(output)
         if target != "animate" and entry.media.suffix.lower() == ".png":
             raise gr.Error(f"{entry.media.name} is one frame (an image), not a clip: use \"→ Animate\" to make "
                            "a clip from it first.")
@@ -618,9 +624,7 @@ class StudioApp:
     def show_entry(self, name: str | None) -> tuple[Any, Any, str, dict]:
         if not name:
             return None, None, "", {}
-        entry = self.history.read(self.history.folder / Path(name).name)
-        if entry is None:
-            raise gr.Error(f"{name} is not in the history")
+        entry = self.entry(name)
         video = str(entry.media) if entry.media.suffix == ".mp4" else None
         image = str(entry.media) if video is None else None
         return video, image, _lineage_markdown(self.history.lineage(entry.media), self.history.children(entry.media),
@@ -638,9 +642,7 @@ class StudioApp:
         """The settings of an output as values for its tab's widgets (by widget name)."""
         if not name:
             raise gr.Error("Pick an output in the history first.")
-        entry = self.history.read(self.history.folder / Path(name).name)
-        if entry is None:
-            raise gr.Error(f"{name} is not in the history")
+        entry = self.entry(name)
         r = GenerationRequest.from_dict(entry.sidecar["request"])
         missing: list[str] = []
 

@@ -213,10 +213,7 @@ class StoryboardTab:
         """→ Storyboard: the result's prompt fills shot 1; the clip itself is not placed (see CLIP_NOT_PLACED)."""
         if not output:
             raise gr.Error("Generate a clip first.")
-        entry = self.history.read(self.history.folder / Path(output).name)
-        if entry is None:
-            raise gr.Error(f"{Path(output).name} is not in the history")
-        return entry.prompt, CLIP_NOT_PLACED
+        return self.app.entry(output).prompt, CLIP_NOT_PLACED
 
 
 def build_tab(tab: StoryboardTab, info: Any) -> dict[str, Any]:
