@@ -46,6 +46,19 @@ def ti2v(ti2v_components) -> VideoPipeline:
     return make_pipeline(ti2v_components, strategy="per_token", model_id="tiny-ti2v")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests: many tiny windows or timed calibration steps, where on a loaded
+    2-core machine torch's second thread mostly waits for the first (a 5-window take: 15-22 s on two, 1.2 s
+    on one)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, wan21_components) -> Path:
     folder = tmp_path_factory.mktemp("models") / "tiny-wan"

@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from pipelines import VideoPipeline
 from pipelines.sampling import GenerationCancelled
@@ -42,14 +41,7 @@ SIX_SHOTS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A storyboard is many tiny windows: on a loaded 2-core machine torch's second thread spends its time
-    waiting for the first (a 5-window take took 15-22 s on two threads, 1.2 s on one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many tiny windows (conftest.py)
 
 
 @pytest.fixture(scope="module")

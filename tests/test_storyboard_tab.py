@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import gradio as gr
 import pytest
-import torch
 
 from pipelines import VideoPipeline
 from pipelines import storyboard as sb
@@ -22,13 +21,7 @@ from studio.storyboard_tab import CLIP_NOT_PLACED, SHOT_ROWS, plan_of
 SETTINGS = (5, 2, 64, 64)  # seed, steps, width, height
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Many tiny windows: one torch thread is faster on a loaded 2-core machine (see tests/test_storyboard.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many tiny windows (conftest.py)
 
 
 @pytest.fixture(scope="module")
