@@ -57,9 +57,13 @@ def enable_step_cache(transformer: torch.nn.Module, threshold: float) -> None:
     """First Block Cache at `threshold` (0.05 to 0.2: larger is faster and further from the uncached output)."""
     from diffusers.hooks import FirstBlockCacheConfig
 
+    check_step_cache(threshold)
+    transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+
+
+def check_step_cache(threshold: float) -> None:
     if not 0 < threshold < 1:
         raise ValueError(f"step cache threshold = {threshold} is not valid: between 0 and 1 (0.05 to 0.2 are typical)")
-    transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
 
 
 def caching(transformer: torch.nn.Module) -> bool:

@@ -7,8 +7,10 @@ every family, through the same stages and the same sampling loop.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,13 +222,40 @@ class VideoPipeline:
         for module in self.family.denoisers:
             if attention:
                 used["attention"] = acceleration.set_attention(module, attention, self.device)
-            if step_cache:
-                acceleration.enable_step_cache(module, step_cache)
-                used["step_cache"] = self.step_cache = step_cache
+        if step_cache:  # before compiling: the blocks compile differently under a cache
+            self._set_step_cache(step_cache)
+            used["step_cache"] = step_cache
+        for module in self.family.denoisers:
             if compile:
                 acceleration.compile_blocks(module)
                 used["compile"] = True
         return used
+
+    @contextlib.contextmanager
+    def step_cache_as(self, threshold: float | None) -> Iterator[None]:
+        """The step cache at `threshold` (None: off) for what runs inside, then as it was: a variations draft
+        turns it on and its final turns it off, whatever the studio was started with."""
+        before = self.step_cache
+        if threshold == before:
+            yield
+            return
+        self._set_step_cache(threshold)
+        try:
+            yield
+        finally:
+            self._set_step_cache(before)
+
+    def _set_step_cache(self, threshold: float | None) -> None:
+        from pipelines import acceleration
+
+        if threshold:
+            acceleration.check_step_cache(threshold)  # before the one in effect goes
+        for module in self.family.denoisers:
+            if acceleration.caching(module):
+                module.disable_cache()
+            if threshold:
+                acceleration.enable_step_cache(module, threshold)
+        self.step_cache = threshold or None
 
     # ---- model-dependent validation ---------------------------------------------------------------------
     def latent_tokens(self, width: int, height: int, num_frames: int) -> int:

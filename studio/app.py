@@ -34,6 +34,7 @@ from pipelines.samplers import SAMPLERS
 from studio.engine import Engine, Job, QueueFull
 from studio.outputs import DiskFull, Entry, upload_name
 from studio.storyboard_tab import StoryboardTab, build_tab
+from studio.variations_tab import VariationsPanel, build_controls, build_panel
 from studio.widgets import ImageFile, VideoFile
 
 log = logging.getLogger("studio.app")
@@ -322,6 +323,7 @@ class StudioApp:
         self._picks: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()  # by session
         self._picks_lock = threading.Lock()
         self.storyboard = StoryboardTab(self)  # the Storyboard tab's handlers (studio/storyboard_tab.py)
+        self.variations = VariationsPanel(self)  # the variations grid's (studio/variations_tab.py)
 
     # what a page set besides its tab's widgets (CREATOR), kept for its session ----------------------------
     def remember(self, request: gr.Request | None, **values: Any) -> None:
@@ -486,8 +488,8 @@ class StudioApp:
         return self.engine.plan(built)
 
     # running -------------------------------------------------------------------------------------------
-    def stream(self, build, request: gr.Request | None) -> Iterator[tuple]:
-        """Build the request (errors become a message), run it, and yield
+    def stream(self, build, request: gr.Request | None, work: Any = None) -> Iterator[tuple]:
+        """Build the request (errors become a message), run it (by `work`, if given: see Job.work), and yield
         (status, preview, video, downloads, result, last output, last seed) as it goes."""
         try:
             # Header checks and upload copies, a few at a time however many requests arrive at once (the
@@ -501,7 +503,7 @@ class StudioApp:
             raise gr.Error(str(error)) from None
         session = request.session_hash if request is not None else ""
         try:
-            job = self.engine.submit(built, session or "")
+            job = self.engine.submit(built, session or "", work=work)
         except QueueFull as full:
             raise gr.Error(str(full)) from None
         # Progress counts every sampling pass; the status shows which pass and the user's own step count.
@@ -785,6 +787,7 @@ def build(engine: Engine, info: ModelInfo, loras: Path | None = None, enhancer: 
         widgets: dict[str, dict[str, Any]] = {}  # per tab: its widgets by name (SHARED, the specs' Param.key)
         buttons: dict[str, gr.Button] = {}
         plans: dict[str, gr.Markdown] = {}  # per tab, the planner's line under its button
+        grid_controls: dict[str, dict[str, Any]] = {}  # per tab, its variations grid's seeds, draft and button
         plan_updates: dict[str, tuple[Any, list[Any]]] = {}  # per tab, (handler, its widgets)
         fitted_views = []
 
@@ -903,6 +906,7 @@ def build(engine: Engine, info: ModelInfo, loras: Path | None = None, enhancer: 
             buttons[tab] = gr.Button(specs[0].action, variant="primary", elem_id=f"{tab}-generate",
                                      interactive=info.why_not(tab) is None)
             plans[tab] = gr.Markdown("", elem_id=f"{tab}-plan")
+            grid_controls[tab] = build_controls(tab)
             names = tab_inputs(tab, info)
 
             def plan(*values: Any) -> str:
@@ -975,6 +979,7 @@ def build(engine: Engine, info: ModelInfo, loras: Path | None = None, enhancer: 
                 with gr.Row():
                     send_buttons = {target: gr.Button(label, size="sm") for target, label in SEND_LABELS.items()}
                     send_storyboard = gr.Button("→ Storyboard", size="sm", elem_id="send-storyboard")
+                grid_panel = build_panel(app.variations)
                 result = gr.JSON(label="Result", visible=False)
 
         outputs = [status, preview, video, downloads, result, last_output, last_seed]
@@ -1001,6 +1006,34 @@ def build(engine: Engine, info: ModelInfo, loras: Path | None = None, enhancer: 
             event.then(*plan_updates[tab], plans[tab], queue=False, api_visibility="private")
             # "Cancelling after the current step..." (or any note) ends with the job.
             event.then(lambda: "", None, queue_info, queue=False, api_visibility="private")
+        # Variations: a tab's grid (into the shared panel), a picked cell shown, and its final rendered in full.
+        def grid_handler(tab: str, names: list[str]):
+            def run(request: gr.Request, seeds: Any, draft: Any, *values: Any):
+                why = info.why_not(tab)
+                if why:
+                    raise gr.Error(f"{tab_title(tab)} is not available for this model: {why}")
+                values = {**dict(zip(names, values, strict=True)), **app.picks(request)}
+                yield from app.variations.run(tab, values, seeds, draft, request)
+
+            return run
+
+        for tab in widgets:
+            controls = grid_controls[tab]
+            inputs = [controls["seeds"], controls["draft"], *(widgets[tab][key] for key in tab_inputs(tab, info))]
+            controls["button"].click(
+                grid_handler(tab, tab_inputs(tab, info)), inputs, [status, grid_panel["sheet"], grid_panel["cell"]],
+                api_name=f"{tab}_grid", concurrency_limit=None, show_progress="minimal",
+                show_progress_on=[queue_info],
+            ).then(app.history_rows, None, [table, picked], queue=False, api_visibility="private")
+        grid_panel["cell"].change(app.variations.show, grid_panel["cell"], [video, last_output, last_seed],
+                                  queue=False, api_visibility="private")
+
+        def render_final(request: gr.Request, name: str | None):
+            yield from app.variations.final(name, request)
+
+        grid_panel["final"].click(render_final, grid_panel["cell"], api_name="render_final", **run_args).then(
+            app.history_rows, None, [table, picked], queue=False, api_visibility="private")
+
         # Not queued: a cancel must get through when the queue is full.
         cancel.click(app.cancel, None, queue_info, api_name="cancel", queue=False, show_progress="hidden")
 

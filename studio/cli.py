@@ -353,6 +353,10 @@ def _reproduced(args: argparse.Namespace):
     if args.step_cache is None and not args.final and isinstance(cache, float) and 0 < cache < 1:
         args.step_cache = cache  # the output was made with it, and it changes the output
         print(f"note: the step cache on at {cache:g}, as the sidecar records (--final renders without it)")
+    if args.final and args.steps is None:
+        from studio.grid import final_steps
+
+        args.steps = final_steps(data)  # a grid cell records its grid's steps; else the model's (below)
     return sidecar_request(data, Path(path).absolute().parent, f"--request {path!r}")
 
 
@@ -597,8 +601,9 @@ def _check_targets(out: Path | None, args: argparse.Namespace, inputs: list[tupl
 
 
 def _generate_and_write(pipe: Any, request: Any, out: Path | None, frames_out: str | None, quiet: bool,
-                        overwrite: bool) -> tuple[Path, dict[str, Any]]:
-    """Generate, then write to `out`, or under a new name in outputs/ when there is none."""
+                        overwrite: bool, extra: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Generate, then write to `out`, or under a new name in outputs/ when there is none (`extra`: more
+    sidecar fields)."""
     callback, close = _progress(quiet)
     try:
         result = pipe.generate(request, callback=callback)
@@ -609,8 +614,8 @@ def _generate_and_write(pipe: Any, request: Any, out: Path | None, frames_out: s
     from studio.outputs import History, write_result
 
     if out is None:
-        return History(DEFAULT_OUTPUTS).write(result, gif=False, frames_out=frames_out)
-    return out, write_result(result, out, frames_out, overwrite=overwrite)
+        return History(DEFAULT_OUTPUTS).write(result, gif=False, frames_out=frames_out, extra=extra)
+    return out, write_result(result, out, frames_out, overwrite=overwrite, extra=extra)
 
 
 def main(argv: list[str] | None = None) -> int:

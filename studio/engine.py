@@ -49,13 +49,13 @@ class Job:
     preview: np.ndarray | None = None
     entry: Entry | None = None
     message: str = ""
-    # A job that is not one request (a storyboard take: studio/storyboard_tab.py): work(pipe, job, on_step)
+    # A job that is not one plain request (a storyboard take, a variations grid): work(pipe, job, on_step)
     # does it on the device in the job's turn and returns (the output, the message); `request` then only
     # sizes it for the memory planner.
     work: Any = None
-    window: int = 0  # windows finished, of `windows` (a storyboard take)
+    window: int = 0  # parts finished, of `windows` (a storyboard take's windows, a grid's cells)
     windows: int = 0
-    latest: str | None = None  # the last finished window as a clip, for the page to show as it lands
+    latest: str | None = None  # the last finished part (a window's clip, a grid's sheet), shown as it lands
     cancel: threading.Event = field(default_factory=threading.Event)
     changed: threading.Condition = field(default_factory=threading.Condition)
 
@@ -226,18 +226,10 @@ class Engine:
                     job._notify()
                 planner.prepare(self.pipe, job.request, "auto", cache=self.planner_cache)
                 job.message = ""
-            if job.work is not None:
-                job.out, message = job.work(self.pipe, job, on_step)
-                job.entry = self.history.read(job.out)
-                return "done", message
-            result = self.pipe.generate(job.request, callback=on_step)
-            if job.cancel.is_set():  # pressed during the decode: the clip exists, keep it
-                log.info("job %d: cancel arrived after sampling; keeping the clip", job.id)
-            job.out, _ = self.history.write(result, gif=True)
+            work = job.work or (lambda pipe, job, on_step: self.generation(job, on_step))
+            job.out, message = work(self.pipe, job, on_step)
             job.entry = self.history.read(job.out)
-            seconds = time.perf_counter() - (job.started or time.perf_counter())
-            message = f"Done in {seconds:.1f} s: {frames_text(len(result.frames))} at {result.fps:g} fps."
-            return "done", message + "".join(f" Note: {n}" for n in result.notes)
+            return "done", message
         except GenerationCancelled as stop:
             return "cancelled", f"Cancelled ({stop})."
         except ValueError as error:  # a request this model cannot take: the message says what is valid
@@ -248,6 +240,18 @@ class Engine:
             # handler that retains records.
             log.error("job %d failed\n%s", job.id, traceback.format_exc())
             return "failed", _plain(error)
+
+
+    def generation(self, job: Job, on_step, extra: dict[str, Any] | None = None) -> tuple[Path, str]:
+        """(the output, the message) of the job's request generated and written to the history under a new
+        name (with `extra` sidecar fields): a plain job's work, and a step of others' (variations)."""
+        result = self.pipe.generate(job.request, callback=on_step)
+        if job.cancel.is_set():  # pressed during the decode: the clip exists, keep it
+            log.info("job %d: cancel arrived after sampling; keeping the clip", job.id)
+        out, _ = self.history.write(result, gif=True, extra=extra)
+        seconds = time.perf_counter() - (job.started or time.perf_counter())
+        message = f"Done in {seconds:.1f} s: {frames_text(len(result.frames))} at {result.fps:g} fps."
+        return out, message + "".join(f" Note: {n}" for n in result.notes)
 
 
 def _plain(error: Exception) -> str:

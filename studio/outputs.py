@@ -169,8 +169,9 @@ def _is_disk_full(error: BaseException) -> bool:
 
 
 def write_result(result: Any, out: Path, frames_out: str | None = None, gif: bool = False,
-                 overwrite: bool = False) -> dict[str, Any]:
-    """Video (and optionally a GIF copy), latent sidecar, optional PNG frames, then the JSON sidecar.
+                 overwrite: bool = False, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Video (and optionally a GIF copy), latent sidecar, optional PNG frames, then the JSON sidecar (with
+    `extra`'s fields: where the output came from beyond its request, such as a variations grid).
 
     Without `overwrite`, raises OutputExists before writing anything if a file of the output exists, and a
     frame file already in `frames_out` is an error. With it, the new output is written aside and moved into
@@ -181,10 +182,10 @@ def write_result(result: Any, out: Path, frames_out: str | None = None, gif: boo
     out.parent.mkdir(parents=True, exist_ok=True)
     with _folder_lock(out.parent, exclusive=False):
         if overwrite:
-            return _replace(result, out, frames_out, gif)
+            return _replace(result, out, frames_out, gif, extra)
         handle, (marker, *claimed) = _claim(files_of(out, gif, latents=result.timeline is not None))
         try:
-            return _write_files(result, out, frames_out, gif, replace=False)
+            return _write_files(result, out, frames_out, gif, replace=False, extra=extra)
         except BaseException as error:
             for path in claimed:
                 path.unlink(missing_ok=True)
@@ -194,7 +195,7 @@ def write_result(result: Any, out: Path, frames_out: str | None = None, gif: boo
             os.close(handle)  # unlocks it
 
 
-def _replace(result: Any, out: Path, frames_out: str | None, gif: bool) -> dict[str, Any]:
+def _replace(result: Any, out: Path, frames_out: str | None, gif: bool, extra: dict[str, Any] | None) -> dict[str, Any]:
     """Write the output in a staging folder beside `out`, and its frames in one inside `frames_out` (each on
     its own file system), then move them into place: the old frames go only now, the sidecar moves last."""
     from pipelines.video_io import FRAME_FILES
@@ -206,7 +207,8 @@ def _replace(result: Any, out: Path, frames_out: str | None, gif: bool) -> dict[
     staged_frames = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=frames_dir)) if frames_dir else None
     try:
         try:
-            sidecar = _write_files(result, staging / out.name, frames_out, gif, replace=True, frames_at=staged_frames)
+            sidecar = _write_files(result, staging / out.name, frames_out, gif, replace=True, frames_at=staged_frames,
+                                   extra=extra)
         except BaseException as error:
             raise _as_disk_full(error, out.parent, out.name) from error
         if frames_dir is not None:
@@ -232,7 +234,7 @@ def _as_disk_full(error: BaseException, folder: Path, what: str) -> BaseExceptio
 
 
 def _write_files(result: Any, out: Path, frames_out: str | None, gif: bool, replace: bool,
-                 frames_at: Path | None = None) -> dict[str, Any]:
+                 frames_at: Path | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The output's files at `out`; the frames at `frames_out` (or staged at `frames_at`), recorded as
     `frames_out`."""
     from pipelines.latents import save_timeline
@@ -252,6 +254,7 @@ def _write_files(result: Any, out: Path, frames_out: str | None, gif: bool, repl
         "joins": result.join_ratios,  # each join's step over the clip's median step (1 = as smooth as the clip)
         "step_cache": result.step_cache,  # what reproduce turns on again (it changes the output)
         "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+        **(extra or {}),
     }
     write_output(out, result.frames, result.fps, audio_from=result.audio_source, audio_start=result.audio_start,
                  comment=json.dumps({"request": sidecar["request"], "model": result.model_id}))
@@ -419,7 +422,8 @@ class History:
         own = {p.name for p in files_of(media, gif=True, latents=True)}
         return [self.folder / name for name in names if name in own]
 
-    def write(self, result: Any, gif: bool = True, frames_out: str | None = None) -> tuple[Path, dict[str, Any]]:
+    def write(self, result: Any, gif: bool = True, frames_out: str | None = None,
+              extra: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
         """Save a result under a new name (time, mode, seed; "-2", "-3"... when taken): never over a file."""
         request = result.request
         suffix = ".png" if request.mode == "image" else ".mp4"
@@ -427,7 +431,7 @@ class History:
         for n in itertools.count(1):
             out = self.folder / f"{stem}{'' if n == 1 else f'-{n}'}{suffix}"
             try:
-                return out, write_result(result, out, frames_out, gif=gif)
+                return out, write_result(result, out, frames_out, gif=gif, extra=extra)
             except OutputExists:
                 continue
         raise AssertionError("unreachable")

@@ -5,10 +5,11 @@ contact sheet and the grid's record beside them. Ctrl-C keeps the finished cells
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
+from pipelines import variations
+from studio import grid as grid_files
 from studio.cli import DEFAULT_OUTPUTS, UsageError, _generate_and_write
 
 
@@ -20,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--grid: draft each cell cheaply (fewer steps, the step cache on); render the chosen one "
                         "with `generate reproduce --request CELL.json --final`")
     p.add_argument("--final", action="store_true",
-                   help="reproduce: render a draft cell in full (--steps, else the model's; the step cache off)")
+                   help="reproduce: render a draft cell in full (--steps, else its grid's, else the model's; the "
+                        "step cache off)")
 
 
 def check(args: argparse.Namespace) -> None:
@@ -38,50 +40,48 @@ def check(args: argparse.Namespace) -> None:
 def paths(out: Path | None, count: int, seed: int) -> tuple[list[Path | None], Path, Path]:
     """(each cell's output, the contact sheet, the grid's record): beside --out (OUT.1.mp4, ...,
     OUT.sheet.png, OUT.grid.json), or fresh names in outputs/ for the cells and a fresh grid name there."""
-    if out is not None:
-        cells = [out.with_name(f"{out.stem}.{k + 1}{out.suffix}") for k in range(count)]
-        return cells, out.with_name(f"{out.stem}.sheet.png"), out.with_name(f"{out.stem}.grid.json")
-    from studio.outputs import output_name
-
-    stem = output_name("grid", seed)  # milliseconds in it; a clash is refused before anything runs
-    return [None] * count, DEFAULT_OUTPUTS / f"{stem}.sheet.png", DEFAULT_OUTPUTS / f"{stem}.grid.json"
+    if out is None:
+        DEFAULT_OUTPUTS.mkdir(parents=True, exist_ok=True)
+        return [None] * count, *grid_files.claim(DEFAULT_OUTPUTS, seed)
+    cells = [out.with_name(f"{out.stem}.{k + 1}{out.suffix}") for k in range(count)]
+    sheet, record = out.with_name(f"{out.stem}.sheet.png"), out.with_name(f"{out.stem}.grid.json")
+    for path in [*cells, sheet]:
+        if path.exists():
+            raise UsageError(f"{path} exists: choose another --out")
+    try:
+        record.open("x").close()
+    except FileExistsError:
+        raise UsageError(f"{record} exists: choose another --out") from None
+    return cells, sheet, record
 
 
 def run_grid(pipe: Any, built: Any, out: Path | None, args: argparse.Namespace) -> Path:
     """Generate every cell of the grid `built` and the options describe; returns the contact sheet's path."""
-    from pipelines import variations
     from pipelines.request import GenerationRequest
-    from pipelines.video_io import read_video, write_png
+    from pipelines.video_io import read_video
 
     if not isinstance(built, GenerationRequest):
         raise UsageError(f"--grid needs the clip to {built.mode} (give it with --video)")
-    grid = variations.cells(built.prompt, built.seed, args.seeds)
-    cell_paths, sheet, record = paths(out, len(grid), built.seed)
-    for path in [*(p for p in cell_paths if p is not None), sheet, record]:
-        if path.exists():
-            raise UsageError(f"{path} exists: choose another --out")
-    if args.draft and args.step_cache is None:
-        pipe.accelerate(step_cache=variations.DRAFT_STEP_CACHE)
-    steps = variations.draft_steps(built.steps) if args.draft else built.steps
-    print(f"grid: {len(grid)} cells ({', '.join(c.label for c in grid)}), {steps} steps each"
+    count = len(variations.cells(built.prompt, built.seed, args.seeds))  # a bad grid is refused before naming files
+    cell_paths, sheet, record = paths(out, count, built.seed)
+    grid = grid_files.Grid.of(built, args.seeds, args.draft, sheet, record)
+    print(f"grid: {count} cells ({', '.join(c.label for c in grid.cells)}), {grid.steps} steps each"
           f"{' (draft, step cache on)' if args.draft else ''}")
-    done, clips = [], []
     try:
-        for cell, path in zip(grid, cell_paths):
-            request = built.replace(prompt=cell.prompt, seed=cell.seed, steps=steps)
-            written, sidecar = _generate_and_write(pipe, request, path, None, args.quiet, overwrite=False)
-            print(f"cell {cell.index + 1}/{len(grid)} ({cell.label}): {written}")
-            clips.append(_still(written) if written.suffix == ".png" else read_video(written, request.fps))
-            done.append({"cell": cell.index + 1, "label": cell.label, "output": written.name, "prompt": cell.prompt,
-                         "seed": cell.seed, "steps": steps})
-    finally:  # a cancel keeps the cells made so far, and sheets them
-        if clips:
-            write_png(sheet, variations.contact_sheet(clips, [d["label"] for d in done]))
-            record.write_text(json.dumps(variations.summary(done, args.draft, len(grid)), indent=2))
-            print(f"wrote the contact sheet {sheet} and the grid's record {record.name}")
-            if args.draft:
-                print(f"render a cell in full: python launch.py generate reproduce --request CELL.json --final "
-                      f"--steps {built.steps}")
+        with pipe.step_cache_as(grid.step_cache(pipe.step_cache)):
+            for cell, path in zip(grid.cells, cell_paths, strict=True):
+                written, _ = _generate_and_write(pipe, grid.request(cell), path, None, args.quiet, overwrite=False,
+                                                 extra=grid.lineage(cell))
+                print(f"cell {cell.index + 1}/{count} ({cell.label}): {written}")
+                clip = _still(written) if written.suffix == ".png" else read_video(written, built.fps)
+                grid.add(cell, written, clip)
+    finally:  # a cancel keeps the cells made so far, sheeted
+        if not grid.done:
+            record.unlink(missing_ok=True)
+    print(f"wrote the contact sheet {sheet} and the grid's record {record.name}")
+    if args.draft:
+        print(f"render a cell in full: python launch.py generate reproduce --request CELL.json --final "
+              f"(at {built.steps} steps, the grid's own)")
     return sheet
 
 

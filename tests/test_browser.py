@@ -179,3 +179,45 @@ def test_the_lora_picker_and_the_enhance_button(browser, tiny_model_dir, tmp_pat
     request = json.loads(sidecar.read_text())["request"]
     assert [(Path(x["path"]).name, x["strength"]) for x in request["loras"]] == [("style.safetensors", 1.0)]
     assert request["prompt"] == enhanced and request["enhanced_from"] == "a red ball"
+
+
+def test_a_two_by_two_variations_grid_then_render_final(browser, tiny_model_dir, tmp_path_factory, tmp_path):
+    """A prompt with a {red|blue} group and 2 seeds makes 4 cells and a contact sheet; a picked cell plays, and
+    Render final renders it at the full steps with the step cache off."""
+    outputs = tmp_path_factory.mktemp("grid-browser")
+    with launched_studio(tiny_model_dir, outputs) as (url, _):
+        wait = WebDriverWait(browser, 120)
+        browser.get(url)
+        prompt = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#t2v-prompt textarea")))
+        prompt.send_keys("a {red|blue} ball")
+        browser.find_element(By.XPATH, "//*[@id='t2v-variations']//*[text()='Variations']").click()
+        wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#t2v-grid"))).click()
+        wait.until(lambda d: "4 cells" in status_text(d))
+        sheet = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#grid-sheet img")))
+        wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth;", sheet))
+        assert browser.execute_script("return arguments[0].naturalWidth;", sheet) >= 2 * 3 * 160
+
+        picker = browser.find_element(By.CSS_SELECTOR, "#grid-cell input")
+        picker.click()
+        options = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#grid-cell li[role='option']"))
+        assert [o.get_attribute("aria-label").split(", seed")[0] for o in options] == [
+            "1. red", "2. red", "3. blue", "4. blue"]
+        options[2].click()
+        wait.until(lambda d: picker.get_attribute("value").startswith("3. blue"))
+        cells = {json.loads(p.read_text())["grid"]["cell"]: p.name.removesuffix(".json")
+                 for p in outputs.glob("*.mp4.json")}
+        video = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#result-video video")))
+        wait.until(lambda d: cells[3] in (video.get_attribute("src") or ""))  # the picked cell plays
+        screenshots = Path(os.environ.get("STUDIO_SCREENSHOTS", tmp_path))
+        screenshots.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(screenshots / "studio-variations.png"))
+
+        browser.find_element(By.CSS_SELECTOR, "#grid-final").click()
+        wait.until(lambda d: "Done in" in status_text(d) and " fps" in status_text(d))  # the grid's said "4 cells"
+        finals = [json.loads(p.read_text()) for p in outputs.glob("*.mp4.json") if "final_of" in json.loads(p.read_text())]
+    assert len(finals) == 1 and finals[0]["final_of"] == cells[3]
+    draft = json.loads((outputs / f"{cells[3]}.json").read_text())
+    assert finals[0]["request"]["prompt"] == draft["request"]["prompt"] == "a blue ball"
+    assert finals[0]["request"]["seed"] == draft["request"]["seed"]
+    assert finals[0]["request"]["steps"] == draft["grid"]["final_steps"] > draft["request"]["steps"]
+    assert finals[0]["step_cache"] is None and draft["step_cache"] is not None
