@@ -7,7 +7,6 @@ the handler streams progress. Nothing here touches tensors.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import html
 import logging
@@ -33,6 +32,7 @@ from pipelines.request import MAX_BEST_OF, MAX_SEED, GenerationRequest, default_
 from pipelines.samplers import SAMPLERS
 from studio.engine import Engine, Job, QueueFull
 from studio.outputs import DiskFull, Entry, upload_name
+from studio.creator_tools import LORA_KEYS, CreatorTools, build_picker
 from studio.storyboard_tab import StoryboardTab, build_tab
 from studio.variations_tab import VariationsPanel, build_controls, build_panel
 from studio.widgets import ImageFile, VideoFile
@@ -48,14 +48,6 @@ CANDIDATES_LABEL = "Candidates (keeps the smoothest join)"
 RATIOS = (("16:9", 16 / 9), ("1:1", 1.0), ("9:16", 9 / 16), ("4:3", 4 / 3), ("3:4", 3 / 4))
 # The widgets every mode's tab has (besides its mode's own), by name; "candidates" only where a mode joins.
 SHARED = ("prompt", "negative", "seed", "steps", "guidance", "sampler", "size", "seconds", "fps")
-LORA_SLOTS = 4  # LoRAs one generation may stack from the studio (the command line takes up to 8)
-NO_LORA = "(none)"
-# What a page sets besides its tab's widgets, kept per session on the server (StudioApp.remember) rather
-# than sent with each generation, so that every endpoint keeps the inputs API clients send: the LoRA
-# picker's slots, shared by every tab, and the record of the prompt the enhancer last wrote.
-LORA_KEYS = (*(f"lora_{k}" for k in range(1, LORA_SLOTS + 1)), *(f"lora_strength_{k}" for k in range(1, LORA_SLOTS + 1)))
-CREATOR = (*LORA_KEYS, "enhanced")
-KEPT_SESSIONS = 4096  # sessions whose picks are kept (the oldest forgotten first)
 TYPED = ("prompt", "negative", "seed")  # typed widgets whose every keystroke would otherwise re-plan, for nothing
 # Each built-in tab's API endpoint (/t2v, /animate, ...) takes its widgets in this order, kept as it was for
 # API clients (a widget the loaded model lacks, such as a knob, is left out). A mode registered later gets a
@@ -316,95 +308,9 @@ class StudioApp:
         self.previews = Path(tempfile.mkdtemp(prefix="studio-previews-"))  # in the temp folder Gradio reads from
         weakref.finalize(self, shutil.rmtree, self.previews, ignore_errors=True)  # at the latest, at exit
         self._building = threading.BoundedSemaphore(BUILDING_AT_ONCE)
-        self.loras = loras  # the folder the LoRA picker lists (launch.py --loras)
-        self.enhancer_source = enhancer  # the prompt enhancer's language model (launch.py --enhancer), if any
-        self._enhancer = None  # opened on first use
-        self._enhancing = threading.Lock()  # one language model call at a time
-        self._picks: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()  # by session
-        self._picks_lock = threading.Lock()
+        self.creator = CreatorTools(self.history, info, loras, enhancer)  # LoRAs, the enhancer (every tab's)
         self.storyboard = StoryboardTab(self)  # the Storyboard tab's handlers (studio/storyboard_tab.py)
         self.variations = VariationsPanel(self)  # the variations grid's (studio/variations_tab.py)
-
-    # what a page set besides its tab's widgets (CREATOR), kept for its session ----------------------------
-    def remember(self, request: gr.Request | None, **values: Any) -> None:
-        session = getattr(request, "session_hash", None)
-        if not session:  # an API call without a session has no page whose picks to keep
-            return
-        with self._picks_lock:
-            picks = self._picks.pop(session, {})
-            picks.update({k: v for k, v in values.items() if k in CREATOR})
-            self._picks[session] = picks
-            while len(self._picks) > KEPT_SESSIONS:
-                self._picks.popitem(last=False)
-
-    def picks(self, request: gr.Request | None) -> dict[str, Any]:
-        """This session's picks: its LoRAs and enhanced prompt (another session's are never read)."""
-        session = getattr(request, "session_hash", None)
-        with self._picks_lock:
-            return dict(self._picks.get(session, {})) if session else {}
-
-    # creator tools: LoRAs and the prompt enhancer -------------------------------------------------------
-    def lora_files(self) -> list[str]:
-        """The LoRA folder's .safetensors files, by name: the only ones the picker offers or a request takes."""
-        if self.loras is None or not self.loras.is_dir():
-            return []
-        return sorted(p.name for p in self.loras.iterdir() if p.suffix == ".safetensors" and p.is_file())
-
-    def _chosen_loras(self, values: dict[str, Any]) -> tuple:
-        """The picker's LoRAs with their strengths (pipelines.lora.Lora: hashed, checked)."""
-        chosen = []
-        for k in range(1, LORA_SLOTS + 1):
-            name = values.get(f"lora_{k}")
-            if name in (None, "", NO_LORA):
-                continue
-            files = self.lora_files()
-            if name not in files:  # a name only: never a path from a request
-                raise gr.Error(f"LoRA {name!r} is not in the LoRA folder: pick one of "
-                               f"{', '.join(files) or 'none (the folder has no .safetensors files)'}")
-            strength = _number(values.get(f"lora_strength_{k}"), f"Strength of {name}", "a number from -4 to 4")
-            chosen.append((self.loras / name, strength))
-        if not chosen:
-            return ()
-        from pipelines.lora import Lora  # torch: only once a LoRA is asked for (the page is served without it)
-
-        return tuple(Lora.of_file(path, strength) for path, strength in chosen)
-
-    def _lora_values(self, loras: tuple) -> tuple[dict[str, Any], list[str]]:
-        """(the picker's slots for a request's LoRAs, the names of those not found): each by its name in the
-        LoRA folder, where a file of the same sha256 is (what it was made with, wherever it lay then)."""
-        values: dict[str, Any] = {f"lora_{k}": NO_LORA for k in range(1, LORA_SLOTS + 1)}
-        values |= {f"lora_strength_{k}": 1.0 for k in range(1, LORA_SLOTS + 1)}
-        missing: list[str] = []
-        if not loras:
-            return values, missing
-        from pipelines.lora import sha256_of
-
-        by_sha = {sha256_of(self.loras / name): name for name in self.lora_files()}
-        for k, lora in enumerate(loras[:LORA_SLOTS], start=1):
-            if lora.sha256 in by_sha:
-                values[f"lora_{k}"], values[f"lora_strength_{k}"] = by_sha[lora.sha256], lora.strength
-            else:
-                missing.append(Path(lora.path).name)
-        missing += [Path(lora.path).name for lora in loras[LORA_SLOTS:]]  # more than the picker holds
-        return values, missing
-
-    def enhance(self, prompt: str, request: gr.Request | None = None) -> str:
-        """The prompt rewritten by the language model; the session keeps what it was rewritten from, for the
-        request to record while the prompt is still this one."""
-        if not self.enhancer_source:
-            raise gr.Error("No language model is set for enhancing prompts: start the studio with --enhancer "
-                           "(an instruct model's folder, or the URL of a local OpenAI-compatible or Ollama server).")
-        from pipelines import enhancer
-
-        try:
-            with self._enhancing:
-                if self._enhancer is None:
-                    self._enhancer = enhancer.open_enhancer(self.enhancer_source)
-                result = enhancer.enhance(self._enhancer, prompt or "", self.info.enhancer_style)
-        except (enhancer.EnhancerUnavailable, TimeoutError, ValueError) as error:
-            raise gr.Error(f"The prompt was not enhanced: {error}") from None
-        self.remember(request, enhanced={"prompt": result.prompt, "original": result.original})
-        return result.prompt
 
     # requests, one builder per tab ----------------------------------------------------------------------
     def _keep(self, value: Any, what: str) -> str:
@@ -437,7 +343,7 @@ class StudioApp:
         enhanced_from = enhanced.get("original") if isinstance(enhanced, dict) and enhanced.get("prompt") == prompt \
             else None
         # The model's defaults (ModelInfo holds those of ModelDefaults and Geometry the builders read).
-        return modes.build(spec.name, self.info, self.info, prompt=prompt, fps=fps, loras=self._chosen_loras(values),
+        return modes.build(spec.name, self.info, self.info, prompt=prompt, fps=fps, loras=self.creator.chosen_loras(values),
                            enhanced_from=enhanced_from, **settings, **params)
 
     def _param(self, spec: modes.ModeSpec, param: modes.Param, values: dict[str, Any], fps: float,
@@ -686,7 +592,7 @@ class StudioApp:
         for key, param in tab_params(tab).items():  # the tab's other modes' widgets go back to their defaults
             if key not in values and (not param.knob or param.name in self.info.knobs):
                 values[key] = self._default(param)
-        lora_values, lost_loras = self._lora_values(r.loras)
+        lora_values, lost_loras = self.creator.lora_values(r.loras)
         values.update(lora_values)
         values["enhanced"] = {"prompt": r.prompt, "original": r.enhanced_from} if r.enhanced_from is not None else None
         if r.seed > BROWSER_MAX_SEED:  # the page would round it and silently make another clip
@@ -798,9 +704,9 @@ def build(engine: Engine, info: ModelInfo, loras: Path | None = None, enhancer: 
                 found["prompt"] = gr.Textbox(label="Prompt", lines=2, placeholder="a red ball bounces on a floor",
                                              elem_id=f"{tab}-prompt", scale=8)
                 enhance = gr.Button("Enhance", size="sm", scale=0, min_width=90, elem_id=f"{tab}-enhance",
-                                    interactive=bool(app.enhancer_source))
+                                    interactive=bool(app.creator.enhancer_source))
             # Queued, one at a time: a language model's answer takes seconds.
-            enhance.click(app.enhance, found["prompt"], found["prompt"], concurrency_limit=1,
+            enhance.click(app.creator.enhance, found["prompt"], found["prompt"], concurrency_limit=1,
                           api_visibility="private")
             with gr.Row():
                 found["size"] = gr.Dropdown(size_choices if media_input else presets, label="Aspect ratio and size",
@@ -925,29 +831,9 @@ def build(engine: Engine, info: ModelInfo, loras: Path | None = None, enhancer: 
                     found[spec.switch].change(action, [found[s.switch] for s in switches], buttons[tab], queue=False,
                                               api_visibility="private")
 
-        lora_widgets: dict[str, Any] = {}  # the LoRA picker, shared by every tab (CREATOR)
         with gr.Row():
             with gr.Column(scale=3):
-                with gr.Accordion("LoRAs", open=False, elem_id="loras"):
-                    lora_note = ("No LoRA folder is set." if app.loras is None else
-                                 f"The .safetensors files in `{app.loras.name}/` (launch.py --loras).")
-                    gr.Markdown(lora_note)
-                    for k in range(1, LORA_SLOTS + 1):
-                        with gr.Row():
-                            lora_widgets[f"lora_{k}"] = gr.Dropdown([NO_LORA, *app.lora_files()], value=NO_LORA,
-                                                                    label=f"LoRA {k}", elem_id=f"lora-{k}", scale=3)
-                            lora_widgets[f"lora_strength_{k}"] = gr.Slider(-2.0, 2.0, value=1.0, step=0.05,
-                                                                           label="Strength", scale=2,
-                                                                           elem_id=f"lora-strength-{k}")
-                    def pick(request: gr.Request, *values: Any) -> None:
-                        app.remember(request, **dict(zip(lora_widgets, values, strict=True)))
-
-                    for widget in lora_widgets.values():
-                        widget.change(pick, list(lora_widgets.values()), None, queue=False, api_visibility="private")
-                    refresh_loras = gr.Button("Refresh the list", size="sm")
-                    refresh_loras.click(lambda: [gr.update(choices=[NO_LORA, *app.lora_files()])] * LORA_SLOTS, None,
-                                        [lora_widgets[f"lora_{k}"] for k in range(1, LORA_SLOTS + 1)], queue=False,
-                                        api_visibility="private")
+                lora_widgets = build_picker(app.creator)  # shared by every tab (CREATOR)
                 with gr.Tabs() as tabs:
                     for tab in tab_modes():
                         with gr.Tab(tab_title(tab), id=tab):
@@ -991,7 +877,7 @@ def build(engine: Engine, info: ModelInfo, loras: Path | None = None, enhancer: 
                 why = info.why_not(tab)
                 if why:  # an API call to a tab the page shows as unavailable gets the same reason
                     raise gr.Error(f"{tab_title(tab)} is not available for this model: {why}")
-                picked = app.picks(request)  # the page's LoRAs and enhanced prompt, kept for its session
+                picked = app.creator.picks(request)  # the page's LoRAs and enhanced prompt, kept for its session
                 yield from app.stream(lambda: app.request(tab, {**dict(zip(names, values, strict=True)), **picked}),
                                       request)
 
@@ -1012,7 +898,7 @@ def build(engine: Engine, info: ModelInfo, loras: Path | None = None, enhancer: 
                 why = info.why_not(tab)
                 if why:
                     raise gr.Error(f"{tab_title(tab)} is not available for this model: {why}")
-                values = {**dict(zip(names, values, strict=True)), **app.picks(request)}
+                values = {**dict(zip(names, values, strict=True)), **app.creator.picks(request)}
                 yield from app.variations.run(tab, values, seeds, draft, request)
 
             return run
@@ -1072,7 +958,7 @@ def build(engine: Engine, info: ModelInfo, loras: Path | None = None, enhancer: 
             tab = values.pop("tab")
             if "note" in values:
                 gr.Warning(values.pop("note"))
-            app.remember(request, enhanced=values.pop("enhanced"))
+            app.creator.remember(request, enhanced=values.pop("enhanced"))
             updates: dict[Any, Any] = {tabs: gr.Tabs(selected=tab)}
             updates |= {lora_widgets[key]: values.pop(key) for key in LORA_KEYS}  # their change records them
             for key, value in values.items():

@@ -168,6 +168,12 @@ def test_the_lora_picker_and_the_enhance_button(browser, tiny_model_dir, tmp_pat
         picker.click()
         wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#lora-1 li[aria-label='style.safetensors']"))).click()
         wait.until(lambda d: picker.get_attribute("value") == "style.safetensors")
+        # A LoRA uploaded in the page goes into the first empty slot (kept for this page only).
+        transformer.save_lora_adapter(base / "mine", adapter_name="style", weight_name="mine.safetensors")
+        browser.find_element(By.XPATH, "//*[@id='lora-upload']/..//input[@type='file']").send_keys(str(base / "mine" /
+                                                                                               "mine.safetensors"))
+        second = browser.find_element(By.CSS_SELECTOR, "#lora-2 input")
+        wait.until(lambda d: second.get_attribute("value") == "uploaded/mine.safetensors")
         prompt = browser.find_element(By.CSS_SELECTOR, "#t2v-prompt textarea")
         prompt.send_keys("a red ball")
         browser.find_element(By.CSS_SELECTOR, "#t2v-enhance").click()
@@ -177,7 +183,9 @@ def test_the_lora_picker_and_the_enhance_button(browser, tiny_model_dir, tmp_pat
         wait.until(lambda d: "Done in" in status_text(d))
     sidecar, = outputs.glob("*.mp4.json")
     request = json.loads(sidecar.read_text())["request"]
-    assert [(Path(x["path"]).name, x["strength"]) for x in request["loras"]] == [("style.safetensors", 1.0)]
+    assert [(Path(x["path"]).name, x["strength"]) for x in request["loras"]] == [("style.safetensors", 1.0),
+                                                                               ("mine.safetensors", 1.0)]
+    assert not (loras / "mine.safetensors").exists()  # the LoRA folder is the studio's, never written by a page
     assert request["prompt"] == enhanced and request["enhanced_from"] == "a red ball"
 
 

@@ -166,20 +166,20 @@ def test_the_studio_button_shows_the_enhanced_prompt_and_the_request_records_bot
             self.session_hash = session_hash
 
     mine, theirs = Page("mine"), Page("theirs")
-    prompt = app.enhance("a red ball", mine)  # into the prompt box, editable, before anything runs
+    prompt = app.creator.enhance("a red ball", mine)  # into the prompt box, editable, before anything runs
     assert prompt and prompt != "a red ball"
     values = dict(prompt=prompt, negative="", seed=1, steps=1, guidance=4.0, sampler="default", size="32x32",
                   seconds=1.0, fps=8)
-    assert app.request("t2v", {**values, **app.picks(mine)}).enhanced_from == "a red ball"
+    assert app.request("t2v", {**values, **app.creator.picks(mine)}).enhanced_from == "a red ball"
     # Edited after enhancing: the prompt is the user's own again, and nothing claims otherwise.
-    assert app.request("t2v", {**values, **app.picks(mine), "prompt": prompt + " at dusk"}).enhanced_from is None
+    assert app.request("t2v", {**values, **app.creator.picks(mine), "prompt": prompt + " at dusk"}).enhanced_from is None
     # Another session's generation never reads this one's record.
-    assert app.picks(theirs) == {} and app.request("t2v", {**values, **app.picks(theirs)}).enhanced_from is None
+    assert app.creator.picks(theirs) == {} and app.request("t2v", {**values, **app.creator.picks(theirs)}).enhanced_from is None
 
     plain = StudioApp(engine, ModelInfo.of(pipe))
     with pytest.raises(gr.Error, match="No language model is set for enhancing prompts: start the studio with "
                                        "--enhancer"):
-        plain.enhance("a red ball")
+        plain.creator.enhance("a red ball")
     buttons = {enhancer: next(block for block in build(engine, ModelInfo.of(pipe), enhancer=enhancer).blocks.values()
                               if getattr(block, "elem_id", None) == "t2v-enhance")
                for enhancer in (None, str(tiny_instruct))}

@@ -261,7 +261,8 @@ def test_musubi_loras_for_the_published_wan_transformers_target_their_layers(nam
 def test_the_studio_picker_takes_loras_by_name_and_reproduce_loads_them_back(pipe, files, run, tmp_path):
     import gradio as gr
 
-    from studio.app import NO_LORA, ModelInfo, StudioApp
+    from studio.app import ModelInfo, StudioApp
+    from studio.creator_tools import NO_LORA
     from studio.engine import Engine
     from studio.outputs import History
 
@@ -270,7 +271,7 @@ def test_the_studio_picker_takes_loras_by_name_and_reproduce_loads_them_back(pip
     shutil.copy(files["a"], folder / "style.safetensors")
     (folder / "notes.txt").write_text("not a LoRA")
     app = StudioApp(Engine(pipe, History(tmp_path / "outputs")), ModelInfo.of(pipe), loras=folder)
-    assert app.lora_files() == ["style.safetensors"]
+    assert app.creator.lora_files() == ["style.safetensors"]
     d = pipe.defaults
     values = dict(prompt="a red square moves", negative="", seed=3, steps=d.steps, guidance=d.guidance_scale,
                   sampler="default", size=f"{d.width}x{d.height}", seconds=5 / d.fps, fps=d.fps,
@@ -294,3 +295,46 @@ def test_the_studio_picker_takes_loras_by_name_and_reproduce_loads_them_back(pip
     (folder / "renamed.safetensors").unlink()
     gone = app.reproduce_values(job.out.name)
     assert gone["lora_1"] == NO_LORA and "No file in the LoRA folder is style.safetensors" in gone["note"]
+
+
+def test_a_lora_uploaded_in_the_page_serves_that_page_only(pipe, files, tmp_path):
+    """An upload is kept in the outputs folder (content-addressed), offered in the uploading page's picker and
+    taken by its requests; another page never sees or takes it, and the LoRA folder is never written."""
+    import gradio as gr
+    from safetensors.torch import save_file
+
+    from studio.app import ModelInfo, StudioApp
+    from studio.creator_tools import NO_LORA, UPLOADED
+    from studio.engine import Engine
+    from studio.outputs import History
+
+    class Page:
+        def __init__(self, session_hash: str):
+            self.session_hash = session_hash
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    app = StudioApp(Engine(pipe, History(tmp_path / "outputs")), ModelInfo.of(pipe), loras=folder)
+    mine, theirs = Page("mine"), Page("theirs")
+    value = app.creator.upload_lora(str(files["b"]), mine)
+    assert value == UPLOADED + "b.safetensors" and app.creator.lora_choices(mine) == [NO_LORA, value]
+    assert app.creator.lora_choices(theirs) == [NO_LORA] and not list(folder.iterdir())
+    d = pipe.defaults
+    values = dict(prompt="a red square moves", negative="", seed=3, steps=d.steps, guidance=d.guidance_scale,
+                  sampler="default", size=f"{d.width}x{d.height}", seconds=5 / d.fps, fps=d.fps, lora_1=value,
+                  lora_strength_1=1.0)
+    request = app.request("t2v", {**values, **app.creator.picks(mine)})
+    assert request.loras[0].sha256 == Lora.of_file(files["b"]).sha256
+    assert Path(request.loras[0].path).is_relative_to(app.history.uploads)  # the kept copy, not the browser's
+    job = app.engine.run(request)
+    assert job.status == "done", job.message
+    assert app.history.read(job.out).sidecar["request"]["loras"][0]["sha256"] == request.loras[0].sha256
+    with pytest.raises(gr.Error, match="is not in the LoRA folder"):  # their page names my upload
+        app.request("t2v", {**values, **app.creator.picks(theirs)})
+    # Not a LoRA: a model's weights, or text under the suffix.
+    save_file({"blocks.0.attn1.to_q.weight": torch.zeros(4, 4)}, tmp_path / "model.safetensors")
+    with pytest.raises(gr.Error, match="model.safetensors holds no LoRA weights"):
+        app.creator.upload_lora(str(tmp_path / "model.safetensors"), mine)
+    (tmp_path / "text.safetensors").write_text("hello")
+    with pytest.raises(gr.Error, match="text.safetensors is not a readable safetensors file"):
+        app.creator.upload_lora(str(tmp_path / "text.safetensors"), mine)

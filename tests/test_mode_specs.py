@@ -14,7 +14,8 @@ from conftest import moving_square
 from pipelines import modes
 from pipelines.request import ConditioningItem, GenerationRequest
 from pipelines.video_io import write_mp4, write_png
-from studio.app import CREATOR, NO_LORA, ModelInfo, StudioApp, build, tab_inputs, tab_modes
+from studio.app import ModelInfo, StudioApp, build, tab_inputs, tab_modes
+from studio.creator_tools import CREATOR, NO_LORA
 from studio.cli import build_parser, main
 from studio.engine import Engine
 from studio.outputs import History
