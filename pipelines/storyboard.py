@@ -266,12 +266,24 @@ class Settings:
     @classmethod
     def of(cls, plan: Storyboard, pipe: Any) -> Settings:
         d, t = pipe.defaults, pipe.temporal
-        context = plan.context_frames or d.context_frames or DEFAULT_CONTEXT_FRAMES
+        context = plan.context_frames or d.context_frames or default_context(d.num_frames, t)
         if context == 1 or (context - 1) % t or context + t > d.num_frames:
             raise ValueError(f"the plan: context_frames = {context} is not valid for this model: {t}k+1 frames, "
                              f"from {t + 1} to {d.num_frames - t} (its window is {d.num_frames} frames)")
         return cls(pipe.model_id, plan.width or d.width, plan.height or d.height, float(plan.fps or d.fps),
                    plan.steps or d.steps, d.num_frames, context, t)
+
+
+def context_choices(window: int, temporal: int) -> list[int]:
+    """Context frames a continuing window may see: temporal*k+1 from temporal+1, leaving at least `temporal`
+    new frames in a window of `window` frames."""
+    return list(range(temporal + 1, window - temporal + 1, temporal))
+
+
+def default_context(window: int, temporal: int) -> int:
+    """DEFAULT_CONTEXT_FRAMES, or the most a short window allows."""
+    fitting = [c for c in context_choices(window, temporal) if c <= DEFAULT_CONTEXT_FRAMES]
+    return fitting[-1] if fitting else DEFAULT_CONTEXT_FRAMES
 
 
 @dataclass(frozen=True)

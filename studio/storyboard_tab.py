@@ -26,7 +26,8 @@ CLIP_NOT_PLACED = ("Its prompt is in shot 1. The clip itself is not placed: a st
                    "(clip keyframes are not supported yet); add its last frame as shot 1's keyframe to start from it.")
 
 
-def plan_of(rows: list[Any], seed: Any, steps: Any, width: Any, height: Any, keep: Any = str) -> sb.Storyboard:
+def plan_of(rows: list[Any], seed: Any, steps: Any, width: Any, height: Any, context: Any = None,
+            keep: Any = str) -> sb.Storyboard:
     """The plan the rows describe (rows with neither prompt nor keyframe are left out); gr.Error with the
     plan's one line naming the shot and the field when it is not valid. `keep` maps an uploaded keyframe to
     the path the plan records (the History's kept copy, so the take can be reproduced)."""
@@ -42,6 +43,8 @@ def plan_of(rows: list[Any], seed: Any, steps: Any, width: Any, height: Any, kee
     def whole(value: Any) -> Any:  # a browser number is a float; the plan wants whole numbers
         return int(value) if isinstance(value, float) and value.is_integer() else value
     data = {"seed": whole(seed), "steps": whole(steps), "width": whole(width), "height": whole(height), "shots": shots}
+    if context not in (None, ""):
+        data["context_frames"] = whole(context)
     try:
         return sb.Storyboard.from_dict(data)
     except ValueError as error:
@@ -178,9 +181,9 @@ class StoryboardTab:
             for clip in self.app.previews.glob(f"job{job.id}-window*.mp4"):  # Gradio has its own copies by now
                 clip.unlink(missing_ok=True)
 
-    def render(self, request: gr.Request | None, seed: Any, steps: Any, width: Any, height: Any,
+    def render(self, request: gr.Request | None, seed: Any, steps: Any, width: Any, height: Any, context: Any,
                *rows: Any) -> Iterator[tuple]:
-        plan = plan_of(list(rows), seed, steps, width, height, self.history.keep_upload)
+        plan = plan_of(list(rows), seed, steps, width, height, context, self.history.keep_upload)
         try:
             self.engine.pipe.check_request(sb.sizing_request(self.engine.pipe, plan))
         except ValueError as error:
@@ -195,14 +198,14 @@ class StoryboardTab:
         yield from self._run(plan, out, None, request)
 
     def rerender(self, request: gr.Request | None, shot: Any, seed: Any, steps: Any, width: Any, height: Any,
-                 *rows: Any) -> Iterator[tuple]:
+                 context: Any, *rows: Any) -> Iterator[tuple]:
         """Re-render shot `shot` of this session's last take, as the rows now describe it (only that shot may
         differ from the take's plan)."""
         session = getattr(request, "session_hash", "") or ""
         if session not in self._takes:
             raise gr.Error("Render a take in this session first: re-render shot K works on the last take.")
         out, _ = self._takes[session]
-        plan = plan_of(list(rows), seed, steps, width, height, self.history.keep_upload)
+        plan = plan_of(list(rows), seed, steps, width, height, context, self.history.keep_upload)
         if not isinstance(shot, (int, float)) or shot != int(shot) or not 1 <= shot <= len(plan.shots):
             raise gr.Error(f"Shot {shot!r} is not valid: a shot from 1 to {len(plan.shots)}")
         if not sb.manifest_path(out).is_file() or not json.loads(sb.manifest_path(out).read_text()).get("finished"):
@@ -235,16 +238,20 @@ def build_tab(tab: StoryboardTab, info: Any) -> dict[str, Any]:
         steps = gr.Slider(1, 100, value=info.steps, step=1, label="Steps", elem_id="sb-steps")
         width = gr.Number(value=info.width, label="Width", precision=0)
         height = gr.Number(value=info.height, label="Height", precision=0)
+        choices = sb.context_choices(info.num_frames, info.temporal)
+        own = info.context_frames if info.context_frames in choices else None  # the model's studio.json
+        context = gr.Dropdown(choices, value=own or sb.default_context(info.num_frames, info.temporal),
+                              label="Context frames (of the previous window each window sees)", elem_id="sb-context")
     go = gr.Button("Render take", variant="primary", elem_id="sb-render")
     status = gr.Markdown("", elem_id="sb-status")
     video = gr.Video(label="Take (the latest window while it renders)", interactive=False, format=None,
                      autoplay=True, loop=True, elem_id="sb-video")
-    table = gr.Dataframe(headers=DRIFT_HEADERS, interactive=False, label="Drift per shot")
+    table = gr.Dataframe(headers=DRIFT_HEADERS, interactive=False, label="Drift per shot", elem_id="sb-drift")
     with gr.Row():
         shot = gr.Number(value=1, label="Shot", precision=0, scale=1)
         again = gr.Button("Re-render shot", scale=1, elem_id="sb-rerender")
     note = gr.Markdown("", elem_id="sb-note")
-    settings = [seed, steps, width, height]
+    settings = [seed, steps, width, height, context]
     out = [status, video, table]
     run: dict[str, Any] = {"concurrency_limit": None, "show_progress": "minimal"}
 

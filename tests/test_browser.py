@@ -229,3 +229,26 @@ def test_a_two_by_two_variations_grid_then_render_final(browser, tiny_model_dir,
     assert finals[0]["request"]["seed"] == draft["request"]["seed"]
     assert finals[0]["request"]["steps"] == draft["grid"]["final_steps"] > draft["request"]["steps"]
     assert finals[0]["step_cache"] is None and draft["step_cache"] is not None
+
+
+def test_the_storyboard_tab_renders_a_take_of_the_planned_length(browser, studio_url):
+    """Two shots typed into the Storyboard tab render as one take: its video plays for the planned length and
+    the drift table has a row per shot."""
+    wait = WebDriverWait(browser, 120)
+    browser.get(studio_url)
+    wait.until(ec.element_to_be_clickable((By.XPATH, "//button[@role='tab'][text()='Storyboard']"))).click()
+    first = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#sb-prompt-1 textarea")))
+    first.send_keys("a red ball")
+    browser.find_element(By.CSS_SELECTOR, "#sb-prompt-2 textarea").send_keys("the ball turns blue")
+    # the tiny model's 9-frame window leaves room for 5 context frames at most: the field offers what fits
+    assert browser.find_element(By.CSS_SELECTOR, "#sb-context input").get_attribute("value") == "5"
+    browser.find_element(By.CSS_SELECTOR, "#sb-render").click()
+    status = lambda d: d.find_element(By.CSS_SELECTOR, "#sb-status").text  # noqa: E731
+    wait.until(lambda d: "Done in" in status(d))
+    assert "3 windows, 17 frames at 8 fps" in status(browser)  # 1 s fresh: 9 frames; 1 s continuing: 8 more
+    video = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#sb-video video")))
+    wait.until(lambda d: d.execute_script("return arguments[0].readyState >= 1 && arguments[0].duration > 0;", video))
+    assert abs(browser.execute_script("return arguments[0].duration;", video) - 17 / 8) < 0.2
+    grid = browser.find_element(By.CSS_SELECTOR, "#sb-drift [role=grid]")
+    assert grid.get_attribute("aria-rowcount") == "3"  # the header and a row per shot (test_storyboard_tab.py
+    # checks their figures)

@@ -266,3 +266,10 @@ def test_the_benchmarks_run_end_to_end(tmp_path):
     memory = storyboard_memory.run(["--windows", "3", "--cancel-at", "2", "--size", "32", "--steps", "1"])
     assert memory["cancelled_at"] == 2 and memory["resumed_same_frames"] and memory["resumed_same_mp4_bytes"]
     assert memory["peak_mb_after_last"] >= memory["peak_mb_after_10"] > 0
+
+
+def test_the_default_context_fits_a_short_window():
+    from pipelines.storyboard import context_choices, default_context
+
+    assert context_choices(9, 4) == [5] and default_context(9, 4) == 5  # a 9-frame window: 5 seen, 4 new
+    assert default_context(81, 4) == 9 and context_choices(17, 4) == [5, 9, 13]

@@ -18,7 +18,7 @@ from studio.engine import Engine
 from studio.outputs import History
 from studio.storyboard_tab import CLIP_NOT_PLACED, SHOT_ROWS, plan_of
 
-SETTINGS = (5, 2, 64, 64)  # seed, steps, width, height
+SETTINGS = (5, 2, 64, 64, None)  # seed, steps, width, height, context frames (None: the model's)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many tiny windows (conftest.py)
