@@ -244,7 +244,7 @@ class Window:
     index: int  # in the take
     shot: int
     number: int  # in its shot
-    kind: str  # "t2v", "animate" (both fresh) or "extend"
+    kind: str  # "t2v", "animate", "clip" (a clip copied; all three fresh) or "extend"
     start: int
     frames: int
     keyframe: str | None = None  # animate's still, or the still that closes an extension
@@ -317,14 +317,21 @@ def layout(plan: Storyboard, settings: Settings) -> list[ShotLayout]:
                 raise ValueError(f"{where}: keyframes[{k}].at = {key.at:g} s is after the shot's end "
                                  f"({frames} frames = {frames / fps:g} s once snapped); valid: 0 to "
                                  f"{(frames - 1) / fps:g}")
-            if key.kind == "clip":
-                raise ValueError(f"{where}: keyframes[{k}] (a clip) is not supported yet: keyframes are images")
+            if key.kind == "clip" and (at != 0 or not is_fresh):
+                raise ValueError(f"{where}: keyframes[{k}] (a clip) at {key.at:g} s is not valid: a clip opens a "
+                                 "shot (at 0 s of a shot that is a cut, or of the first shot) and the shot continues "
+                                 "it; later keyframes are images")
         ats = sorted(round(key.at * fps) for key in shot.keyframes)
         if len(set(ats)) < len(ats):
             raise ValueError(f"{where}: keyframes overlap at {fps:g} fps (two fall on one frame); place them apart")
         windows, pos, number = [], start, 0
         opening = next((key for key in shot.keyframes if is_fresh and round(key.at * fps) == 0), None)
-        if is_fresh:
+        if opening is not None and opening.kind == "clip":  # its frames open the shot, the rest continue it
+            first = min(frames, _clip_frames(opening.source, fps, t, f"{where}: keyframes[1] (a clip)"))
+            windows.append(Window(index, s, 0, "clip", start, first, opening.source))
+            note += f"; the clip opens it ({first} frames)"
+            index, number, pos = index + 1, 1, start + first
+        elif is_fresh:
             first = min(frames, settings.window)
             windows.append(Window(index, s, 0, "animate" if opening else "t2v", start, first,
                                   opening.source if opening else None))
@@ -357,6 +364,21 @@ def layout(plan: Storyboard, settings: Settings) -> list[ShotLayout]:
         shots.append(ShotLayout(start, frames, tuple(windows), note))
         start += frames
     return shots
+
+
+def _clip_frames(source: str, fps: float, temporal: int, what: str) -> int:
+    """The frames of a clip that opens a shot: as many as it has at the take's fps, down to temporal*k+1 so
+    that the windows continuing it add whole latents."""
+    from pipelines.video_io import count_frames
+
+    try:
+        have = count_frames(source, fps)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{what}: {Path(source).name} cannot be read as a clip ({error})") from None
+    if have < temporal + 1:
+        raise ValueError(f"{what}: {Path(source).name} has {have} frames at {fps:g} fps; a clip that opens a shot "
+                         f"needs at least {temporal + 1}")
+    return temporal * ((have - 1) // temporal) + 1
 
 
 def sizing_request(pipe: Any, plan: Storyboard) -> Any:
@@ -503,6 +525,8 @@ class _Renderer:
         from pipelines.latents import LatentTimeline, save_timeline
         from pipelines.video_io import count_frames, write_frames
 
+        if w.kind == "clip":
+            return self.clip_window(w)
         request = self.request(w, previous, closing)
         result = self.pipe.generate(request, callback)
         # Extend and connect copy the previous window whole, then the new frames.
@@ -537,6 +561,22 @@ class _Renderer:
         record["skip"] = before - result.window_offset  # frames of the folder before the new ones
         record["notes"] = [n for n in result.notes if "saved latents" not in n or "re-encoded" in n]
         return record, new, folder
+
+    def clip_window(self, w: Window) -> tuple[dict[str, Any], np.ndarray, Path]:
+        """A clip that opens its shot, as a window: its frames at the take's size and fps, copied (the shot's
+        anchor; the next window continues it from its pixels, as it has no saved latents)."""
+        from pipelines.video_io import read_media, write_frames
+
+        s = self.settings
+        frames = read_media(w.keyframe, s.fps, max_frames=w.frames, size=(s.width, s.height))[:w.frames]
+        made = hashlib.sha256(frames.tobytes()).hexdigest()[:16]
+        folder = self.folder / f"w{w.index:05d}-clip-{made}"
+        if not folder.is_dir():
+            write_frames(folder, frames)
+        record = {"index": w.index, "shot": w.shot + 1, "number": w.number, "mode": "clip", "seed": None,
+                  "start": w.start, "frames": w.frames, "joins": [], "joined": False, "folder": folder.name,
+                  "skip": 0, "notes": []}
+        return record, frames, folder
 
     def new_frames(self, record: dict[str, Any]) -> np.ndarray:
         """A finished window's frames in the take, read back from its folder (lossless)."""

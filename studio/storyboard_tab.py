@@ -22,8 +22,9 @@ from studio.outputs import output_name, sidecar_of
 SHOT_ROWS = 6
 ROW_FIELDS = ("prompt", "seconds", "transition", "keyframe")  # each row's widgets, in the handler's order
 DRIFT_HEADERS = ["shot", "frames", "drift (max)", "drift before anchoring (max)", "worst join"]
-CLIP_NOT_PLACED = ("Its prompt is in shot 1. The clip itself is not placed: a storyboard keyframe is an image "
-                   "(clip keyframes are not supported yet); add its last frame as shot 1's keyframe to start from it.")
+CLIP_NOT_PLACED = ("Its prompt is in shot 1. The clip itself is not placed: the tab's keyframes are images (a plan "
+                   "file for `generate storyboard` can open a shot with a clip); add its last frame as shot 1's "
+                   "keyframe to start from it.")
 
 
 def plan_of(rows: list[Any], seed: Any, steps: Any, width: Any, height: Any, context: Any = None,

@@ -3,6 +3,7 @@ counts, resuming a cancelled take, re-rendering one shot in place, the CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -273,3 +274,46 @@ def test_the_default_context_fits_a_short_window():
 
     assert context_choices(9, 4) == [5] and default_context(9, 4) == 5  # a 9-frame window: 5 seen, 4 new
     assert default_context(81, 4) == 9 and context_choices(17, 4) == [5, 9, 13]
+
+
+def test_a_clip_opens_a_shot_and_the_shot_continues_it(embedded, tmp_path):
+    """A clip keyframe at 0 s of a cut: its frames (at the take's size, down to 4k+1) open the shot as they
+    are, the shot's drift is measured against them, and the windows after continue it."""
+    from conftest import moving_square
+
+    clip = tmp_path / "clip.mp4"
+    write_mp4(clip, moving_square(11, 64, 64), 8)  # 11 frames: the shot takes 9 (4k+1), the 2 left over are not used
+    shots = [{"prompt": "a red ball on green grass", "seconds": 1.0},
+             {"prompt": "a coloured square moves right", "seconds": 2.0, "transition": "cut",
+              "keyframes": [{"clip": str(clip), "at": 0.0}]}]
+    plan = plan_of(shots)
+    second = layout(plan, Settings.of(plan, embedded))[1]
+    assert [(w.kind, w.frames) for w in second.windows] == [("clip", 9), ("extend", 8)]
+    assert "the clip opens it (9 frames)" in second.note
+    take = render(embedded, plan, tmp_path / "take.mp4")
+    frames = read_take(tmp_path / "take.mp4")
+    assert len(frames) == 9 + 17  # 1 s fresh: 9 frames; 2 s: 17, of which the clip gives 9
+    from pipelines.video_io import read_media
+
+    opened = read_media(clip, 8, size=(64, 64))[:9]
+    assert np.abs(frames[9:18].astype(int) - opened.astype(int)).mean() < 3  # the clip itself, through the MP4
+    assert [r["mode"] for r in take.records] == ["t2v", "clip", "extend"] and take.records[2]["joined"]
+    assert take.shots[1]["drift_max"] is not None  # measured against the clip
+    # Re-rendering the shot keeps the clip and makes its continuation anew; shot 1 stays bit for bit.
+    changed = plan.replace(shots=(plan.shots[0], dataclasses.replace(plan.shots[1], prompt="a square moves left")))
+    rerender_shot(embedded, changed, tmp_path / "take.mp4", 2)
+    again = read_take(tmp_path / "take.mp4")
+    assert np.array_equal(again[:18], frames[:18]) and not np.array_equal(again[18:], frames[18:])
+
+    for bad, why in ((dict(at=0.5), "a clip opens a shot"),):
+        wrong = [shots[0], {**shots[1], "keyframes": [{"clip": str(clip), **bad}]}]
+        with pytest.raises(ValueError, match=f"shot 2: keyframes\\[1\\] \\(a clip\\) at 0.5 s is not valid: {why}"):
+            layout(plan_of(wrong), Settings.of(plan_of(wrong), embedded))
+    continuing = [shots[0], {**shots[1], "transition": "continue"}]
+    with pytest.raises(ValueError, match="a clip opens a shot"):
+        layout(plan_of(continuing), Settings.of(plan_of(continuing), embedded))
+    short = tmp_path / "short.mp4"
+    write_mp4(short, moving_square(3, 64, 64), 8)
+    too_short = [shots[0], {**shots[1], "keyframes": [{"clip": str(short), "at": 0.0}]}]
+    with pytest.raises(ValueError, match="short.mp4 has 3 frames at 8 fps; a clip that opens a shot needs at least 5"):
+        layout(plan_of(too_short), Settings.of(plan_of(too_short), embedded))
