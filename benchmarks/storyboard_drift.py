@@ -34,6 +34,10 @@ COLUMNS = {
     "latents+noise": dict(saved_latents=True, held_noise=0.1, colour_anchor=False),
     "latents+anchor": dict(saved_latents=True, held_noise=0.0, colour_anchor=True),
     "all": dict(saved_latents=True, held_noise=0.1, colour_anchor=True),
+    # the same, keeping the smoothest of 3 candidates per continuing window (3x the work)
+    "latents+anchor+best3": dict(saved_latents=True, held_noise=0.0, colour_anchor=True, best_of=3),
+    "all+best3": dict(saved_latents=True, held_noise=0.1, colour_anchor=True, best_of=3),
+    "noise0.05+anchor+best3": dict(saved_latents=True, held_noise=0.05, colour_anchor=True, best_of=3),
 }
 PROMPT = "a red ball resting on green grass under a blue sky, still camera"
 

@@ -143,6 +143,19 @@ class Engine:
             yield job
         yield job
 
+    def follow_parts(self, job: Job, describe) -> Iterator[tuple[str, str | None]]:
+        """For a job of parts (a take's windows, a grid's cells), until it has finished: (its status line, its
+        latest finished part when that is new since the last, else None). `describe(job)` words a running job."""
+        shown = None
+        for state in self.follow(job):
+            if state.finished:
+                return
+            text = f"Waiting for the device ({self.ahead_of(state)} ahead)." if state.status == "waiting" else \
+                describe(state)
+            latest = state.latest if state.latest != shown else None
+            shown = state.latest
+            yield text, latest
+
     def ahead_of(self, job: Job) -> int:
         """How many jobs will use the device before this one (the running one included)."""
         with self._registry:

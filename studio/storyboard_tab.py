@@ -152,21 +152,15 @@ class StoryboardTab:
         except QueueFull as full:
             raise gr.Error(str(full)) from None
         self._takes[session] = (out, plan)
-        shown = None
+        def describe(state: Any) -> str:
+            if shot is not None:  # rerender_shot reports no windows, only steps
+                return f"Re-rendering shot {shot} ({state.windows} windows), step {state.step} of {state.total}."
+            return (f"Window {state.window + 1 if state.window < state.windows else state.window} of "
+                    f"{state.windows}, step {state.step} of {state.total}.")
+
         try:
-            for state in self.engine.follow(job):
-                if state.finished:
-                    break
-                if state.status == "waiting":
-                    text = f"Waiting for the device ({self.engine.ahead_of(state)} ahead)."
-                elif shot is not None:  # rerender_shot reports no windows, only steps
-                    text = f"Re-rendering shot {shot} ({state.windows} windows), step {state.step} of {state.total}."
-                else:
-                    text = (f"Window {state.window + 1 if state.window < state.windows else state.window} of "
-                            f"{state.windows}, step {state.step} of {state.total}.")
-                latest = state.latest if state.latest != shown else gr.skip()
-                shown = state.latest
-                yield text, latest, gr.skip()
+            for text, latest in self.engine.follow_parts(job, describe):
+                yield text, gr.skip() if latest is None else latest, gr.skip()
             if job.status == "failed":
                 raise gr.Error(job.message)
             if job.status == "cancelled":

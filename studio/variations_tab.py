@@ -82,19 +82,13 @@ class VariationsPanel:
         except QueueFull as full:
             record.unlink(missing_ok=True)
             raise gr.Error(str(full)) from None
-        shown = None
+        def describe(state: Any) -> str:
+            cell = grid.cells[min(state.window, count - 1)]
+            return f"Cell {cell.index + 1} of {count} ({cell.label}): step {state.step} of {state.total}."
+
         try:
-            for state in self.engine.follow(job):
-                if state.finished:
-                    break
-                if state.status == "waiting":
-                    text = f"Waiting for the device ({self.engine.ahead_of(state)} ahead)."
-                else:
-                    cell = grid.cells[min(state.window, count - 1)]
-                    text = f"Cell {cell.index + 1} of {count} ({cell.label}): step {state.step} of {state.total}."
-                latest = state.latest if state.latest != shown else gr.skip()
-                shown = state.latest
-                yield _status(text), latest, gr.skip()
+            for text, latest in self.engine.follow_parts(job, describe):
+                yield _status(text), gr.skip() if latest is None else latest, gr.skip()
             picker = gr.update(choices=[(f"{d['cell']}. {d['label']}", d["output"]) for d in grid.done],
                                value=grid.done[0]["output"] if grid.done else None)
             if job.status == "failed":
