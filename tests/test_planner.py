@@ -23,14 +23,10 @@ PROMPT = "a red ball moving left"
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    # One thread: on two shared cores a second thread mostly waits for the other's work (the calibration's
-    # timed steps, a few seconds on one thread, take several times longer on two); the planner keys its
-    # calibration by the thread count, so nothing here depends on it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield VideoPipeline.from_pretrained("embedded", device="cpu")
-    torch.set_num_threads(threads)
+def pipe(one_torch_thread):
+    # One thread (conftest.py): the calibration's timed steps take several times longer on two shared cores;
+    # the planner keys its calibration by the thread count, so nothing here depends on it.
+    return VideoPipeline.from_pretrained("embedded", device="cpu")
 
 
 @pytest.fixture(scope="module")
