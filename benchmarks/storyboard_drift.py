@@ -9,7 +9,9 @@ switches (a column):
 - latents: conditioned on the saved latents;
 - latents+noise: and the held frames held at strength 1 - 0.1;
 - latents+anchor: and each window's colours matched to the first window's;
-- all: the three together.
+- all: the three together;
+- latents+anchor+best3, all+best3: keeping the smoothest of 3 candidates per continuing window;
+- all+ease4: all three, the anchor eased in over 4 frames rather than the whole window.
 Drift is the last window's mean colour against the first window's (the mean over channels of the change of
 the channel means, in 8-bit levels), measured on the take's frames; its ratio to plain's is printed per
 column, with each join's score (its frame step over the take's median step, pipelines/seams.py): the worst
@@ -37,7 +39,8 @@ COLUMNS = {
     # the same, keeping the smoothest of 3 candidates per continuing window (3x the work)
     "latents+anchor+best3": dict(saved_latents=True, held_noise=0.0, colour_anchor=True, best_of=3),
     "all+best3": dict(saved_latents=True, held_noise=0.1, colour_anchor=True, best_of=3),
-    "noise0.05+anchor+best3": dict(saved_latents=True, held_noise=0.05, colour_anchor=True, best_of=3),
+    # all three, the anchor eased in over 4 frames instead of the whole window
+    "all+ease4": dict(saved_latents=True, held_noise=0.1, colour_anchor=True, anchor_frames=4),
 }
 PROMPT = "a red ball resting on green grass under a blue sky, still camera"
 

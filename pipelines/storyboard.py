@@ -110,6 +110,7 @@ class Storyboard:
     saved_latents: bool = True
     held_noise: float = 0.0  # 0: the held frames are held exactly; 0.1: their hold strength is 0.9
     colour_anchor: bool = True
+    anchor_frames: int | None = None  # frames the colour anchor eases in over (None: the whole window)
     reference: str | None = None
 
     def __post_init__(self) -> None:
@@ -129,6 +130,9 @@ class Storyboard:
             _fail("the plan", "shots", f"{len(self.shots)} shots", f"at most {MAX_SHOTS}")
         if not _number(self.held_noise) or not 0 <= self.held_noise < 1:
             _fail("the plan", "held_noise", self.held_noise, "a number in [0, 1) (0 holds the frames exactly)")
+        if self.anchor_frames is not None and (not isinstance(self.anchor_frames, int) or
+                                               isinstance(self.anchor_frames, bool) or self.anchor_frames < 1):
+            _fail("the plan", "anchor_frames", self.anchor_frames, "none (the whole window) or a whole number >= 1")
         if not isinstance(self.best_of, int) or isinstance(self.best_of, bool) or not 1 <= self.best_of <= 16:
             _fail("the plan", "best_of", self.best_of, "an integer from 1 to 16")
         for number, shot in enumerate(self.shots, start=1):
@@ -162,6 +166,8 @@ class Storyboard:
     def to_dict(self) -> dict[str, Any]:
         data = {"format": PLAN_FORMAT, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
         data["shots"] = [shot.to_dict() for shot in self.shots]
+        if self.anchor_frames is None:  # as plans recorded before it existed, so their takes still resume
+            del data["anchor_frames"]
         return data
 
     def to_json(self) -> str:
@@ -412,17 +418,20 @@ def drift(frames: np.ndarray, anchor: tuple[np.ndarray, np.ndarray]) -> dict[str
             "std": round(float(np.abs(std - anchor[1]).mean()), 4)}
 
 
-def anchor_colours(frames: np.ndarray, anchor: tuple[np.ndarray, np.ndarray], tail: int = 4) -> np.ndarray:
+def anchor_colours(frames: np.ndarray, anchor: tuple[np.ndarray, np.ndarray], tail: int = 4,
+                   ease: int | None = None) -> np.ndarray:
     """The frames with each channel's mean and spread brought to the anchor's. The correction is the one that
-    matches the window's last `tail` frames, eased in along the window: nothing on its first frame, whose
-    predecessor (the previous window's end) was corrected already, all of it on its last, so the join
-    keeps the model's own step and the next window starts from anchored frames (correcting the whole window
-    at once moved it by the drift it had gathered: a step at every join)."""
+    matches the window's last `tail` frames, eased in over the window's first `ease` frames (None: all of
+    them): little on its first frame, whose predecessor (the previous window's end) was corrected already,
+    all of it from frame `ease` on, so the join keeps the model's own step and the next window starts from
+    anchored frames (correcting the whole window at once moved it by the drift it had gathered: a step at
+    every join). A shorter ease holds the colour closer within the window, with larger steps while it eases."""
     mean, std = colour_stats(frames[-tail:])
     scale = anchor[1] / np.maximum(std, 1e-6)
     pixels = frames.astype(np.float64)
     corrected = (pixels - mean) * scale + anchor[0]
-    weight = (np.arange(1, len(frames) + 1) / len(frames)).reshape(-1, 1, 1, 1)
+    ease = min(ease or len(frames), len(frames))
+    weight = np.minimum(1.0, np.arange(1, len(frames) + 1) / ease).reshape(-1, 1, 1, 1)
     return np.clip(pixels + weight * (corrected - pixels), 0, 255).round().astype(np.uint8)
 
 
@@ -542,7 +551,7 @@ class _Renderer:
             # A closing window is held at both ends (its frames run into the next shot's, which stay as they
             # are), and one that closes on a keyframe holds the still there: anchoring would move them.
             if self.plan.colour_anchor and closing is None and not (w.kind == "extend" and w.keyframe):
-                new = anchor_colours(new, anchor_stats)
+                new = anchor_colours(new, anchor_stats, ease=self.plan.anchor_frames)
                 # The window's stored frames are what the take shows: the next window copies them through
                 # and their difference from the latents' decode is carried into its frames (pipelines/seams.py).
                 generated = slice(before - result.window_offset, before - result.window_offset + w.frames)

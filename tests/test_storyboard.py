@@ -317,3 +317,15 @@ def test_a_clip_opens_a_shot_and_the_shot_continues_it(embedded, tmp_path):
     too_short = [shots[0], {**shots[1], "keyframes": [{"clip": str(short), "at": 0.0}]}]
     with pytest.raises(ValueError, match="short.mp4 has 3 frames at 8 fps; a clip that opens a shot needs at least 5"):
         layout(plan_of(too_short), Settings.of(plan_of(too_short), embedded))
+
+
+def test_the_anchor_eases_in_over_the_frames_a_plan_gives():
+    rng = np.random.default_rng(0)
+    anchor_frames = np.repeat(rng.integers(40, 200, size=(1, 16, 16, 3)).astype(np.uint8), 8, axis=0)  # a still
+    drifted = np.clip(anchor_frames.astype(int) + [30, -10, 5], 0, 255).astype(np.uint8)
+    held = anchor_colours(drifted, colour_stats(anchor_frames), ease=4)
+    error = [np.abs(held[i].astype(int) - anchor_frames[i]).mean() for i in range(8)]
+    assert error[0] == pytest.approx(15 * 3 / 4, abs=1) and all(e < 1 for e in error[3:])
+    with pytest.raises(ValueError, match="anchor_frames = 0 is not valid: none"):
+        plan_of([{"prompt": "a", "seconds": 1.0}], anchor_frames=0)
+    assert "anchor_frames" not in plan_of([{"prompt": "a", "seconds": 1.0}]).to_dict()  # old takes still resume
