@@ -11,7 +11,8 @@ switches (a column):
 - latents+anchor: and each window's colours matched to the first window's;
 - all: the three together;
 - latents+anchor+best3, all+best3: keeping the smoothest of 3 candidates per continuing window;
-- all+ease4: all three, the anchor eased in over 4 frames rather than the whole window.
+- all+ease4: all three, the anchor eased in over 4 frames rather than the whole window (+best3: and
+  the best of 3).
 Drift is the last window's mean colour against the first window's (the mean over channels of the change of
 the channel means, in 8-bit levels), measured on the take's frames; its ratio to plain's is printed per
 column, with each join's score (its frame step over the take's median step, pipelines/seams.py): the worst
@@ -41,6 +42,7 @@ COLUMNS = {
     "all+best3": dict(saved_latents=True, held_noise=0.1, colour_anchor=True, best_of=3),
     # all three, the anchor eased in over 4 frames instead of the whole window
     "all+ease4": dict(saved_latents=True, held_noise=0.1, colour_anchor=True, anchor_frames=4),
+    "all+ease4+best3": dict(saved_latents=True, held_noise=0.1, colour_anchor=True, anchor_frames=4, best_of=3),
 }
 PROMPT = "a red ball resting on green grass under a blue sky, still camera"
 
