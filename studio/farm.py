@@ -267,7 +267,7 @@ class FarmEngine(Engine):
     def _retrying(self, job: Job, why: str) -> None:
         """The replica died mid-job: clear what it left half-written and run the job again from step 0."""
         self.history.sweep()
-        job.step, job.step_times, job.preview = 0, [], None
+        job.step, job.total, job.step_times, job.preview = 0, 0, [], None  # the page shows the message
         job.message = f"Retrying on another replica ({why})..."
         job._notify()
 

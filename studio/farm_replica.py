@@ -117,5 +117,5 @@ def application(model: str, outputs: str, replicas: int, replica_cpus: int, gpus
 
 
 def deploy(app: Any) -> None:
-    serve.start(http_options={"location": "NoServer"})  # the studio's page is the front end, not Serve's HTTP
+    serve.start(proxy_location="Disabled")  # the studio's page is the front end, not Serve's HTTP
     serve.run(app, name=APP, route_prefix=None, blocking=False)
