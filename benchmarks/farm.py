@@ -1,0 +1,93 @@
+"""The farm's throughput: jobs per minute of 1 and of 2 replicas (one CPU core each) on the same 8 jobs, in one
+run on one local Ray instance. Each round runs the jobs on 1 replica, then on 2 (the application is scaled in
+place: the replica it keeps is not reloaded), so a slow spell of the machine lands on both; the figures are
+the minimum and median over the rounds, and the ratio is the median of the rounds' own ratios (target: 2
+replicas at least 1.6 times 1). All jobs are submitted at once through the studio's FarmEngine, as the page
+would; a job's time runs from its submission to its output being listed in the history.
+
+    python -m benchmarks.farm                      # 3 rounds of 8 jobs, the embedded model at its default size
+    python -m benchmarks.farm --rounds 5 --steps 10 --out farm.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def run_jobs(engine, requests) -> float:
+    """Seconds for the farm to finish every request, submitted at once."""
+    started = time.perf_counter()
+    jobs = [engine.submit(request, session=f"bench-{k}") for k, request in enumerate(requests)]
+    for job in jobs:
+        for _ in engine.follow(job):
+            pass
+        if job.status != "done":
+            raise SystemExit(f"a benchmark job did not finish: {job.status}: {job.message}")
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.farm", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="embedded")
+    p.add_argument("--jobs", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, help="steps per job (the model's default when omitted)")
+    p.add_argument("--frames", type=int, help="frames per job (the model's default when omitted)")
+    p.add_argument("--out", type=Path, help="also write the figures here as JSON")
+    args = p.parse_args(argv)
+
+    import ray
+    from ray import serve
+
+    from studio import farm
+    from studio.outputs import History
+
+    outputs = Path(tempfile.mkdtemp(prefix="farm-bench-"))
+    history = History(outputs)
+    pipe = farm.FarmPipeline(args.model)
+    extra = {"steps": args.steps} if args.steps else {}
+    extra |= {"num_frames": args.frames} if args.frames else {}
+    requests = [pipe.request("t2v", prompt=f"a red ball moves right {k}", seed=100 + k, **extra)
+                for k in range(args.jobs)]
+    load = os.getloadavg()
+    farm.connect(None, 2)
+    seconds: dict[int, list[float]] = {1: [], 2: []}
+    try:
+        for round_ in range(args.rounds):
+            for replicas in (1, 2):
+                farm.start(args.model, outputs, replicas, 1, device="cpu")
+                engine = farm.FarmEngine(pipe, history, replicas, max_waiting=args.jobs)
+                seconds[replicas].append(run_jobs(engine, requests))
+                print(f"round {round_ + 1}: {replicas} replica{'s' * (replicas > 1)}: {args.jobs} jobs in "
+                      f"{seconds[replicas][-1]:.1f} s ({60 * args.jobs / seconds[replicas][-1]:.1f} jobs/min)",
+                      flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    per_minute = {n: [60 * args.jobs / s for s in runs] for n, runs in seconds.items()}
+    ratios = [two / one for one, two in zip(per_minute[1], per_minute[2])]
+    result = {"model": args.model, "jobs": args.jobs, "steps": requests[0].steps, "frames": requests[0].num_frames,
+              "size": f"{requests[0].width}x{requests[0].height}", "rounds": args.rounds,
+              "load_before": load, "load_after": os.getloadavg(), "cpus": os.cpu_count(),
+              "jobs_per_minute": {n: {"min": min(v), "median": statistics.median(v), "all": v}
+                                  for n, v in per_minute.items()},
+              "ratio_2_over_1": {"median": statistics.median(ratios), "min": min(ratios), "all": ratios}}
+    print(f"\n{args.jobs} jobs of {result['size']} x {result['frames']} frames, {result['steps']} steps; "
+          f"{args.rounds} rounds; load average {load[0]:.2f} before, {result['load_after'][0]:.2f} after")
+    print("| replicas | jobs/min (min) | jobs/min (median) |\n|---|---|---|")
+    for n, row in result["jobs_per_minute"].items():
+        print(f"| {n} | {row['min']:.1f} | {row['median']:.1f} |")
+    print(f"| 2 / 1 | {result['ratio_2_over_1']['min']:.2f} | {result['ratio_2_over_1']['median']:.2f} |")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
