@@ -107,18 +107,25 @@ class FarmClient:
     def __init__(self):
         self._handle = None
 
-    def handle(self) -> Any:
+    def handle(self, stopped: Callable[[], bool]) -> Any | None:
+        """A handle on the farm's application once it serves (it may be being redeployed: wait for it up to
+        RECONNECT_S); None if `stopped()` turns true meanwhile."""
         from ray import serve
-        from ray.serve.exceptions import RayServeException
 
         deadline = time.monotonic() + RECONNECT_S
         while self._handle is None:
             try:
-                self._handle = serve.get_app_handle(APP)
-            except RayServeException:  # the application is being (re)deployed
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1.0)
+                app = serve.status().applications.get(APP)
+                if app is not None and app.status == "RUNNING":
+                    self._handle = serve.get_app_handle(APP)
+                    break
+            except Exception:  # noqa: BLE001 - Serve itself restarting; asked again below
+                log.debug("the farm's application is not reachable yet", exc_info=True)
+            if stopped():
+                return None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the farm's application did not serve within {RECONNECT_S:.0f} s")
+            time.sleep(1.0)
         return self._handle
 
     def cancel(self, key: str) -> None:
@@ -129,33 +136,49 @@ class FarmClient:
         ray.get(farm_replica.board().cancel.remote(key), timeout=30)
 
     def run(self, request: Any, key: str, on_event: Callable[[dict], None],
-            on_retry: Callable[[str], None] = lambda why: None) -> dict:
+            on_retry: Callable[[str], bool] = lambda why: True, stopped: Callable[[], bool] = lambda: False) -> dict:
         """Stream `request` on a replica, calling on_event for each event; returns the "finished" event.
-        An error of the farm (not of the generation, which comes back as a message) retries it once."""
+        An error of the farm (not of the generation, which comes back as a message) after the job started on
+        a replica retries it once, unless on_retry(why) says not to (the job was cancelled meanwhile); before
+        it started (the application being redeployed), it waits for the application to serve again."""
         import ray
 
         from studio import farm_replica
 
+        def ended(status: str, message: str) -> dict:
+            return {"event": "finished", "status": status, "out": None, "step": 0, "total": 0, "cancel_at": None,
+                    "message": message}
+
         try:
-            for attempt in (1, 2):
+            failures = 0
+            while True:
+                started, finished = False, None
                 try:
-                    stream = self.handle().options(stream=True).generate.remote(request.to_json(), key)
-                    finished = None
-                    for event in stream:
+                    handle = self.handle(stopped)
+                    if handle is None:
+                        return ended("cancelled", "Cancelled before it started.")
+                    for event in handle.options(stream=True).generate.remote(request.to_json(), key):
+                        started = True
                         on_event(event)
                         if event["event"] == "finished":
                             finished = event
                     if finished is not None:
                         return finished
                     why = "its replica ended the job without a result"
+                except TimeoutError as error:
+                    return ended("failed", f"The farm is not serving: {error}. Nothing was written.")
                 except Exception as error:  # noqa: BLE001 - a dead replica or a redeploy; the log has the rest
-                    log.warning("job %s: the farm failed it (attempt %d)", key, attempt, exc_info=True)
+                    log.warning("job %s: the farm failed it (started: %s)", key, started, exc_info=True)
                     why = _why(error)
                 self._handle = None  # a restarted application is reached through a new handle
-                if attempt == 1:
-                    on_retry(why)
-            return {"event": "finished", "status": "failed", "out": None, "step": 0, "total": 0, "cancel_at": None,
-                    "message": f"The generation failed twice on the farm ({why}); nothing was written. Try again."}
+                if not started:
+                    continue
+                failures += 1
+                if failures == 2:
+                    return ended("failed", f"The generation failed twice on the farm ({why}); nothing was written. "
+                                           "Try again.")
+                if not on_retry(why):
+                    return ended("cancelled", f"Cancelled ({why}).")
         finally:
             try:
                 ray.get(farm_replica.board().forget.remote(key), timeout=30)
@@ -219,8 +242,9 @@ class FarmEngine(Engine):
     def cancel(self, session: str | None = None, job_id: int | None = None) -> int:
         asked = super().cancel(session, job_id)
         with self._registry:
-            running = [(job_id, key) for job_id, key in self._keys.items() if self._jobs[job_id].cancel.is_set()]
-        for _, key in running:
+            running = [key for job_id, key in self._keys.items() if job_id in self._jobs and
+                       self._jobs[job_id].cancel.is_set()]
+        for key in running:
             self.client.cancel(key)
         return asked
 
@@ -236,7 +260,7 @@ class FarmEngine(Engine):
             self.client.cancel(key)
         try:
             finished = self.client.run(job.request, key, lambda event: self._update(job, event),
-                                       lambda why: self._retrying(job, why))
+                                       lambda why: self._retrying(job, why), job.cancel.is_set)
         finally:
             with self._registry:
                 self._keys.pop(job.id, None)
@@ -264,12 +288,16 @@ class FarmEngine(Engine):
             job.message = event["message"]
         job._notify()
 
-    def _retrying(self, job: Job, why: str) -> None:
-        """The replica died mid-job: clear what it left half-written and run the job again from step 0."""
+    def _retrying(self, job: Job, why: str) -> bool:
+        """The replica died mid-job: clear what it left half-written and run the job again from step 0
+        (False: it was cancelled meanwhile, so it is not run again)."""
         self.history.sweep()
+        if job.cancel.is_set():
+            return False
         job.step, job.total, job.step_times, job.preview = 0, 0, [], None  # the page shows the message
         job.message = f"Retrying on another replica ({why})..."
         job._notify()
+        return True
 
 
 def create(model: str, outputs: Path, replicas: int = 1, replica_cpus: int = 1, address: str | None = None,
@@ -320,7 +348,7 @@ def generate(args: argparse.Namespace, request: Any, out: Path | None) -> int:
 
     try:
         try:
-            finished = client.run(request, key, on_event, lambda why: print(f"note: retrying: {why}"))
+            finished = client.run(request, key, on_event, lambda why: print(f"note: retrying: {why}") or True)
         except KeyboardInterrupt:  # stop the replica too, then report as a cancelled job
             client.cancel(key)
             raise

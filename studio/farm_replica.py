@@ -79,7 +79,13 @@ class Generator:
         """Run one request; yield {"event": "started"|"progress"|"finished", ...} dicts as it goes."""
         from pipelines.request import GenerationRequest
 
-        job = self.engine.submit(GenerationRequest.from_json(request_json), session=key)
+        try:
+            request = GenerationRequest.from_json(request_json)
+        except ValueError as error:  # a front end of another version; the sentence says what was wrong
+            yield {"event": "finished", "status": "failed", "message": f"Cannot generate this: {error}", "step": 0,
+                   "total": 0, "cancel_at": None, "preview": None, "out": None}
+            return
+        job = self.engine.submit(request, session=key)
         asked = asyncio.wrap_future(self.board.wait.remote(key).future())
         cancel_at = None  # steps the job had finished when the cancel reached this replica
         yield {"event": "started", "pid": os.getpid()}

@@ -161,3 +161,20 @@ def test_a_replica_killed_mid_job_is_retried_with_the_same_frames_or_fails(farm,
     whole = {e.media.name for e in history.entries()}
     media = {p.name for p in history.folder.iterdir() if p.suffix in (".mp4", ".png") and not p.name.startswith(".")}
     assert media == whole  # no clip without its sidecar
+
+
+def test_the_studio_survives_a_restart_of_the_serve_application(farm, local, tmp_path):
+    from ray import serve
+
+    from studio import farm as farm_module
+
+    url, history, engine = farm
+    client = Client(url, verbose=False)
+    serve.delete(farm_module.APP)  # as an operator would, to redeploy it
+    job = client.submit(*t2v("after the restart", 31), api_name="/t2v")
+    time.sleep(1.0)
+    assert not job.done()  # it waits for the application to come back
+    farm_module.start("embedded", history.folder, REPLICAS, 1, device="cpu")
+    result = job.result(timeout=300)[4]
+    assert result["status"] == "done"
+    same_frames(result["output"], local(GenerationRequest.from_dict(result["sidecar"]["request"]), tmp_path / "local"))
