@@ -5,6 +5,10 @@ the minimum and median over the rounds, and the ratio is the median of the round
 replicas at least 1.6 times 1). All jobs are submitted at once through the studio's FarmEngine, as the page
 would; a job's time runs from its submission to its output being listed in the history.
 
+Then, on the 2 replicas, `--cancels` long jobs are each cancelled after a few steps: for each, the steps the
+job had done on its replica when the cancel reached it and when it stopped, and the seconds from the cancel
+call to the job's end.
+
     python -m benchmarks.farm                      # 3 rounds of 8 jobs, the embedded model at its default size
     python -m benchmarks.farm --rounds 5 --steps 10 --out farm.json
 """
@@ -39,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, help="steps per job (the model's default when omitted)")
     p.add_argument("--frames", type=int, help="frames per job (the model's default when omitted)")
+    p.add_argument("--cancels", type=int, default=5, help="jobs cancelled mid-way, to time Cancel")
     p.add_argument("--out", type=Path, help="also write the figures here as JSON")
     args = p.parse_args(argv)
 
@@ -58,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     farm.connect(None, 2)
     seconds: dict[int, list[float]] = {1: [], 2: []}
+    cancels = []
     try:
         for round_ in range(args.rounds):
             for replicas in (1, 2):
@@ -67,6 +73,21 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {round_ + 1}: {replicas} replica{'s' * (replicas > 1)}: {args.jobs} jobs in "
                       f"{seconds[replicas][-1]:.1f} s ({60 * args.jobs / seconds[replicas][-1]:.1f} jobs/min)",
                       flush=True)
+        long = pipe.request("t2v", prompt="a long one", seed=7, steps=200)
+        for k in range(args.cancels):
+            job = engine.submit(long)
+            while job.step < 2 + k and not job.finished:
+                time.sleep(0.005)
+            asked = time.perf_counter()
+            engine.cancel(job_id=job.id)
+            for _ in engine.follow(job, interval=0.01):
+                pass
+            reached, stopped = engine.cancel_steps[job.id]
+            cancels.append({"reached_at_step": reached, "stopped_at_step": stopped,
+                            "seconds": time.perf_counter() - asked,
+                            "step_s": (job.step_times[-1] - job.step_times[0]) / max(1, len(job.step_times) - 1)})
+            print(f"cancel {k + 1}: reached the replica after step {reached}, stopped after step {stopped}, "
+                  f"{cancels[-1]['seconds']:.2f} s after the call (a step: {cancels[-1]['step_s']:.2f} s)", flush=True)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -77,13 +98,18 @@ def main(argv: list[str] | None = None) -> int:
               "load_before": load, "load_after": os.getloadavg(), "cpus": os.cpu_count(),
               "jobs_per_minute": {n: {"min": min(v), "median": statistics.median(v), "all": v}
                                   for n, v in per_minute.items()},
-              "ratio_2_over_1": {"median": statistics.median(ratios), "min": min(ratios), "all": ratios}}
+              "ratio_2_over_1": {"median": statistics.median(ratios), "min": min(ratios), "all": ratios},
+              "cancels": cancels}
     print(f"\n{args.jobs} jobs of {result['size']} x {result['frames']} frames, {result['steps']} steps; "
           f"{args.rounds} rounds; load average {load[0]:.2f} before, {result['load_after'][0]:.2f} after")
     print("| replicas | jobs/min (min) | jobs/min (median) |\n|---|---|---|")
     for n, row in result["jobs_per_minute"].items():
         print(f"| {n} | {row['min']:.1f} | {row['median']:.1f} |")
     print(f"| 2 / 1 | {result['ratio_2_over_1']['min']:.2f} | {result['ratio_2_over_1']['median']:.2f} |")
+    if cancels:
+        late = [c["stopped_at_step"] - c["reached_at_step"] for c in cancels]
+        print(f"Cancel: stopped at most {max(late)} step{'s' * (max(late) != 1)} after reaching the replica; "
+              f"{statistics.median(c['seconds'] for c in cancels):.2f} s median from the call to the job's end")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
     return 0

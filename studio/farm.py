@@ -33,7 +33,6 @@ NAMESPACE = "studio-farm"  # the Ray namespace of the cancel board
 BOARD = "studio-farm-cancels"
 ROOT = Path(__file__).resolve().parents[1]  # this checkout: replicas import the studio from it
 RECONNECT_S = 600.0  # how long a job waits for the application to come back (a restart, a model loading)
-FARM_ONLY = ("ray_address", "replicas", "replica_cpus")
 
 
 # ---- the command lines --------------------------------------------------------------------------------
@@ -57,9 +56,10 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
 
 def invalid_arguments(args: argparse.Namespace) -> str | None:
     if not args.farm:
-        given = [f"--{name.replace('_', '-')}" for name in FARM_ONLY
-                 if getattr(args, name) != {"ray_address": None, "replicas": 1, "replica_cpus": 1}[name]]
-        return f"{', '.join(given)} is for a farm: add --farm" if given else None
+        given = [flag for flag, value, default in (("--ray-address", args.ray_address, None),
+                                                   ("--replicas", args.replicas, 1),
+                                                   ("--replica-cpus", args.replica_cpus, 1)) if value != default]
+        return f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for a farm: add --farm" if given else None
     if args.replicas < 1:
         return f"--replicas {args.replicas} is not valid: at least 1"
     if args.replica_cpus < 1:
@@ -93,6 +93,8 @@ def start(model: str, outputs: Path, replicas: int, replica_cpus: int, memory: s
     from studio.engine import PREVIEW_INTERVAL_S
 
     gpus = device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0
+    if Path(model).expanduser().exists():  # a folder: named absolutely, since replicas start elsewhere
+        model = str(Path(model).expanduser().resolve())
     farm_replica.board()
     farm_replica.deploy(farm_replica.application(
         model, str(Path(outputs).resolve()), replicas, replica_cpus, gpus, memory,
@@ -165,6 +167,9 @@ class FarmClient:
                     if finished is not None:
                         return finished
                     why = "its replica ended the job without a result"
+                except KeyboardInterrupt:  # the command line's Ctrl-C: the replica stops too
+                    self.cancel(key)
+                    raise
                 except TimeoutError as error:
                     return ended("failed", f"The farm is not serving: {error}. Nothing was written.")
                 except Exception as error:  # noqa: BLE001 - a dead replica or a redeploy; the log has the rest
@@ -347,11 +352,7 @@ def generate(args: argparse.Namespace, request: Any, out: Path | None) -> int:
             callback(event["step"], event["total"], None)
 
     try:
-        try:
-            finished = client.run(request, key, on_event, lambda why: print(f"note: retrying: {why}") or True)
-        except KeyboardInterrupt:  # stop the replica too, then report as a cancelled job
-            client.cancel(key)
-            raise
+        finished = client.run(request, key, on_event, lambda why: print(f"note: retrying: {why}") or True)
     finally:
         close()
     if finished["status"] != "done":
