@@ -3,7 +3,9 @@ run on one local Ray instance. Each round runs the jobs on 1 replica, then on 2 
 place: the replica it keeps is not reloaded), so a slow spell of the machine lands on both; the figures are
 the minimum and median over the rounds, and the ratio is the median of the rounds' own ratios (target: 2
 replicas at least 1.6 times 1). All jobs are submitted at once through the studio's FarmEngine, as the page
-would; a job's time runs from its submission to its output being listed in the history.
+would; a job's time runs from its submission to its output being listed in the history. Each phase also
+records the cores the replicas used and those the rest of the machine used meanwhile (other work on a
+shared machine takes cores a second replica would have had).
 
 Then, on the 2 replicas, `--cancels` long jobs are each cancelled after a few steps: for each, the steps the
 job had done on its replica when the cancel reached it and when it stopped, and the seconds from the cancel
@@ -24,8 +26,26 @@ import time
 from pathlib import Path
 
 
-def run_jobs(engine, requests) -> float:
-    """Seconds for the farm to finish every request, submitted at once."""
+def busy_seconds() -> tuple[float, float]:
+    """(CPU seconds of the machine, of the farm's replica processes) so far."""
+    import psutil
+
+    replicas = 0.0
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if "ServeReplica:" in " ".join(process.info["cmdline"] or []):
+                times = process.cpu_times()
+                replicas += times.user + times.system
+        except psutil.Error:  # ended meanwhile
+            continue
+    machine = psutil.cpu_times()
+    return machine.user + machine.system + machine.nice + getattr(machine, "irq", 0) + getattr(machine, "softirq", 0), replicas
+
+
+def run_jobs(engine, requests) -> tuple[float, float, float]:
+    """(seconds for the farm to finish every request, submitted at once; cores its replicas used; cores the
+    rest of the machine used meanwhile)."""
+    machine, replicas = busy_seconds()
     started = time.perf_counter()
     jobs = [engine.submit(request, session=f"bench-{k}") for k, request in enumerate(requests)]
     for job in jobs:
@@ -33,7 +53,10 @@ def run_jobs(engine, requests) -> float:
             pass
         if job.status != "done":
             raise SystemExit(f"a benchmark job did not finish: {job.status}: {job.message}")
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    machine_after, replicas_after = busy_seconds()
+    used = (replicas_after - replicas) / seconds
+    return seconds, used, (machine_after - machine) / seconds - used
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,16 +86,19 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     farm.connect(None, 2)
     seconds: dict[int, list[float]] = {1: [], 2: []}
+    cores: dict[int, list[tuple[float, float]]] = {1: [], 2: []}  # (the replicas', the rest of the machine's)
     cancels = []
     try:
         for round_ in range(args.rounds):
             for replicas in (1, 2):
                 farm.start(args.model, outputs, replicas, 1, device="cpu")
                 engine = farm.FarmEngine(pipe, history, replicas, max_waiting=args.jobs)
-                seconds[replicas].append(run_jobs(engine, requests))
+                took, used, rest = run_jobs(engine, requests)
+                seconds[replicas].append(took)
+                cores[replicas].append((used, rest))
                 print(f"round {round_ + 1}: {replicas} replica{'s' * (replicas > 1)}: {args.jobs} jobs in "
-                      f"{seconds[replicas][-1]:.1f} s ({60 * args.jobs / seconds[replicas][-1]:.1f} jobs/min)",
-                      flush=True)
+                      f"{took:.1f} s ({60 * args.jobs / took:.1f} jobs/min); the replicas used {used:.2f} cores, "
+                      f"the rest of the machine {rest:.2f}", flush=True)
         long = pipe.request("t2v", prompt="a long one", seed=7, steps=200)
         for k in range(args.cancels):
             job = engine.submit(long)
@@ -99,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
               "jobs_per_minute": {n: {"min": min(v), "median": statistics.median(v), "all": v}
                                   for n, v in per_minute.items()},
               "ratio_2_over_1": {"median": statistics.median(ratios), "min": min(ratios), "all": ratios},
+              "cores": {n: [{"replicas": u, "rest": r} for u, r in v] for n, v in cores.items()},
               "cancels": cancels}
     print(f"\n{args.jobs} jobs of {result['size']} x {result['frames']} frames, {result['steps']} steps; "
           f"{args.rounds} rounds; load average {load[0]:.2f} before, {result['load_after'][0]:.2f} after")
