@@ -3,8 +3,11 @@ each, driven through gradio_client like the single-process studio, and compared 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -81,6 +84,22 @@ def started(job, deadline_s: float = 120) -> None:
     while time.time() < deadline and not any("step" in str(o[0]) for o in job.outputs()):
         time.sleep(0.05)
     assert any("step" in str(o[0]) for o in job.outputs()), "the job never started"
+
+
+def test_the_benchmark_times_one_and_two_replicas_and_cancel(tmp_path):
+    """benchmarks/farm.py end to end on tiny settings (first in the module: it starts its own Ray instance,
+    before the module's)."""
+    out = tmp_path / "farm.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.farm", "--rounds", "1", "--jobs", "2", "--steps", "2",
+                           "--frames", "9", "--cancels", "1", "--out", str(out)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert all(row["min"] > 0 for row in result["jobs_per_minute"].values())
+    assert set(result["cores"]) == {"1", "2"} and result["ratio_2_over_1"]["median"] > 0
+    cancel = result["cancels"][0]
+    assert cancel["stopped_at_step"] - cancel["reached_at_step"] <= 1
+    assert "| 2 / 1 |" in done.stdout
 
 
 def test_six_jobs_complete_with_the_frames_of_one_machine(farm, local, tmp_path):
