@@ -85,8 +85,10 @@ def connect(address: str | None, cpus: int = 1) -> None:
 
 
 def start(model: str, outputs: Path, replicas: int, replica_cpus: int, memory: str = "full",
-          device: str | None = None, preview_interval: float | None = None) -> None:
-    """Deploy (or update) the farm's Serve application on the connected cluster and wait until it serves."""
+          device: str | None = None, preview_interval: float | None = None,
+          speed: dict[str, Any] | None = None) -> None:
+    """Deploy (or update) the farm's Serve application on the connected cluster and wait until it serves.
+    `speed`: the speed options by name (attention, compile, step_cache), as launch.py takes them."""
     import ray
 
     from studio import farm_replica
@@ -98,7 +100,7 @@ def start(model: str, outputs: Path, replicas: int, replica_cpus: int, memory: s
     farm_replica.board()
     farm_replica.deploy(farm_replica.application(
         model, str(Path(outputs).resolve()), replicas, replica_cpus, gpus, memory,
-        PREVIEW_INTERVAL_S if preview_interval is None else preview_interval))
+        PREVIEW_INTERVAL_S if preview_interval is None else preview_interval, speed))
     log.info("the farm serves %s on %d replica%s (%s each)", model, replicas, "s" * (replicas != 1),
              "one GPU" if gpus else f"{replica_cpus} CPU core{'s' * (replica_cpus != 1)}")
 
@@ -254,9 +256,9 @@ class FarmEngine(Engine):
         return asked
 
     def _generate(self, job: Job) -> None:
-        if job.work is not None:
-            job.status, job.message = "failed", ("A storyboard take renders on one machine: start the studio "
-                                                 "without --farm to render it.")
+        if job.work is not None:  # a job of many parts on one pipeline (a storyboard take, a variations grid)
+            job.status, job.message = "failed", ("This runs on one machine, not yet on a farm: start the studio "
+                                                 "without --farm to make it.")
             return
         key = uuid.uuid4().hex
         with self._registry:
@@ -307,7 +309,7 @@ class FarmEngine(Engine):
 
 def create(model: str, outputs: Path, replicas: int = 1, replica_cpus: int = 1, address: str | None = None,
            queue_size: int = 8, memory_mode: str = "full", device: str | None = None,
-           loras: Path | None = None, enhancer: str | None = None):
+           loras: Path | None = None, enhancer: str | None = None, speed: dict[str, Any] | None = None):
     """The studio's page in front of a farm (tests call this): (the Gradio app, its history, its engine)."""
     from studio.app import ModelInfo, build
     from studio.outputs import History
@@ -317,7 +319,7 @@ def create(model: str, outputs: Path, replicas: int = 1, replica_cpus: int = 1, 
     history.sweep()
     pipe = FarmPipeline(model)  # an unknown model is refused here, before Ray starts
     connect(address, replicas * replica_cpus)
-    start(model, history.folder, replicas, replica_cpus, memory_mode, device)
+    start(model, history.folder, replicas, replica_cpus, memory_mode, device, speed=speed)
     engine = FarmEngine(pipe, history, replicas, max_waiting=queue_size, max_per_session=per_session(queue_size))
     return build(engine, ModelInfo.of(pipe), loras, enhancer), history, engine
 
@@ -326,8 +328,9 @@ def serve(args: argparse.Namespace) -> int:
     """`python launch.py --farm ...` once its arguments were checked."""
     from studio.serve import launch_kwargs
 
+    speed = {name: getattr(args, name) for name in ("attention", "compile", "step_cache")}
     demo, history, _ = create(args.model, args.outputs, args.replicas, args.replica_cpus, args.ray_address,
-                              args.queue_size, args.memory, args.device, args.loras, args.enhancer)
+                              args.queue_size, args.memory, args.device, args.loras, args.enhancer, speed)
     demo.launch(prevent_thread_lock=True, **launch_kwargs(args, history))
     demo.block_thread()
     return 0

@@ -59,7 +59,9 @@ class Generator:
     """One replica: one pipeline, one job at a time (Serve's max_ongoing_requests=1)."""
 
     def __init__(self, model: str, outputs: str, device: str, memory: str, threads: int | None,
-                 preview_interval: float):
+                 preview_interval: float, speed: dict[str, Any] | None = None):
+        import argparse
+
         import torch
 
         if threads:  # the replica's own cores; torch would otherwise start one thread per core of the node
@@ -68,7 +70,8 @@ class Generator:
         from studio.outputs import PLANNER_FOLDER, History
         from studio.serve import load_pipeline
 
-        self.pipe = load_pipeline(model, device, memory)
+        # speed: launch.py's --attention, --compile, --step-cache, applied as the studio applies them
+        self.pipe = load_pipeline(model, device, memory, None if speed is None else argparse.Namespace(**speed))
         # max_waiting 1: after a stream is dropped Serve may route the next job while the last step of the
         # dropped one still runs; the engine then starts it when that step ends.
         self.engine = Engine(self.pipe, History(outputs), max_waiting=1, memory=memory,
@@ -113,13 +116,13 @@ class Generator:
 
 
 def application(model: str, outputs: str, replicas: int, replica_cpus: int, gpus: bool, memory: str,
-                preview_interval: float) -> Any:
+                preview_interval: float, speed: dict[str, Any] | None = None) -> Any:
     """The Serve application: `replicas` Generators, one GPU each on a GPU cluster, else `replica_cpus` cores."""
     options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": replica_cpus}
     deployment = serve.deployment(Generator, name="Generator", num_replicas=replicas, max_ongoing_requests=1,
                                   ray_actor_options=options)
     return deployment.bind(model, outputs, "cuda" if gpus else "cpu", memory, None if gpus else replica_cpus,
-                           preview_interval)
+                           preview_interval, speed)
 
 
 def deploy(app: Any) -> None:
