@@ -95,8 +95,11 @@ class Generator:
         sent_step, sent_preview = 0, None
         try:
             while not job.finished:
-                await asyncio.wait({asked}, timeout=POLL_S)
-                if asked.done() and cancel_at is None and asked.result():
+                if asked.done():  # answered (or the board failed: then Cancel cannot reach this job)
+                    await asyncio.sleep(POLL_S)
+                else:
+                    await asyncio.wait({asked}, timeout=POLL_S)
+                if cancel_at is None and asked.done() and asked.exception() is None and asked.result():
                     cancel_at = job.step
                     self.engine.cancel(job_id=job.id)
                 if (job.step != sent_step or job.preview is not sent_preview) and not job.finished:
@@ -110,9 +113,6 @@ class Generator:
         yield {"event": "finished", "status": job.status, "message": job.message, "step": job.step,
                "total": job.total, "cancel_at": cancel_at, "preview": job.preview,
                "out": None if job.out is None else str(job.out)}
-
-    def pid(self) -> int:
-        return os.getpid()
 
 
 def application(model: str, outputs: str, replicas: int, replica_cpus: int, gpus: bool, memory: str,
