@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "never allowed over an input of the run")
     p.add_argument("--frames-out", help="also write every frame of the final clip as PNG into this folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from studio import farm
+
+    farm.add_cli_arguments(p)  # --farm-address
     return p
 
 
@@ -459,6 +462,10 @@ def run(argv: list[str]) -> int:
         args.step_cache = None
     built, out = prepare(args, model, built)
     parallel.check_request(built, args)
+    if args.farm_address:
+        from studio import farm
+
+        return farm.generate(args, built, out)
     pipe = load(args)
     if parallel.follower(args):  # ranks but 0 denoise alongside it and write nothing
         return parallel.follow(pipe, built)

@@ -91,6 +91,7 @@ class Engine:
         self.max_waiting = max_waiting
         self.max_per_session = max_per_session  # unfinished jobs one session may have (None: no bound)
         self.preview_interval = preview_interval
+        self.slots = 1  # jobs on the device at once (a farm's engine has one per replica: studio/farm.py)
         self._jobs: dict[int, Job] = {}  # unfinished jobs, in arrival order
         self._ids = itertools.count(1)
         self._registry = threading.Condition()  # guards _jobs; notified when the device frees up
@@ -120,10 +121,10 @@ class Engine:
         """Start a job on a worker thread; it waits its turn for the device. Raises QueueFull."""
         with self._registry:
             # Counted from unfinished jobs, not from their threads' progress, so that the bound holds the
-            # same however fast the worker threads start: one on the device plus max_waiting.
+            # same however fast the worker threads start: those on the device plus max_waiting.
             unfinished = sum(not j.finished for j in self._jobs.values())
-            if unfinished > self.max_waiting:
-                raise QueueFull(f"The queue is full: {unfinished - 1} generations are already waiting for the "
+            if unfinished >= self.slots + self.max_waiting:
+                raise QueueFull(f"The queue is full: {unfinished - self.slots} generations are already waiting for the "
                                 "device. Try again when one has finished.")
             mine = sum(not j.finished and j.session == session for j in self._jobs.values())
             if session and self.max_per_session is not None and mine >= self.max_per_session:
@@ -157,9 +158,9 @@ class Engine:
             yield text, latest
 
     def ahead_of(self, job: Job) -> int:
-        """How many jobs will use the device before this one (the running one included)."""
+        """How many jobs must finish before this one starts (the running one included; none once it runs)."""
         with self._registry:
-            return sum(other < job.id for other in self._jobs)
+            return max(0, sum(other < job.id for other in self._jobs) - (self.slots - 1))
 
     def cancel(self, session: str | None = None, job_id: int | None = None) -> int:
         """Ask a session's unfinished jobs (or the one job `job_id`, of that session when one is given) to
@@ -188,7 +189,7 @@ class Engine:
     def _run(self, job: Job) -> None:
         try:
             with self._registry:  # first come, first served: wait until every earlier job has finished
-                while min(self._jobs) != job.id and not job.cancel.is_set():
+                while job.id not in sorted(self._jobs)[:self.slots] and not job.cancel.is_set():
                     self._registry.wait(1.0)
             if job.cancel.is_set():
                 job.status, job.message = "cancelled", "Cancelled before it started."

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generations that may wait for the device; more are turned away")
     p.add_argument("--auth", help="user:password required to open the studio")
     p.add_argument("--max-upload", default="500MB", help="largest file a browser may upload")
+    from studio import farm
+
+    farm.add_arguments(p)  # --farm, --ray-address, --replicas, --replica-cpus
     return p
 
 
@@ -207,10 +210,18 @@ def main(argv: list[str]) -> int:
     if args.queue_size < 1:
         print(f"error: --queue-size {args.queue_size} is not valid: at least 1", file=sys.stderr)
         return 2
-    problem = invalid_argument(args)
+    from studio import farm
+
+    problem = invalid_argument(args) or farm.invalid_arguments(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    if args.farm:
+        try:
+            return farm.serve(args)
+        except (ModelNotAvailable, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     try:
         pipe = PendingPipeline(args.model, args.device, args.memory, speed=args)
         demo, history = create(args.model, args.outputs, args.device, args.memory, args.queue_size, pipe=pipe,
