@@ -1,7 +1,10 @@
-"""One clip across several processes: diffusers' context parallelism on the denoisers, under `torchrun`.
+"""One clip across several processes, under `torchrun`: diffusers' context parallelism on the denoisers, or
+the two guidance branches on two ranks.
 
 `torchrun --nproc-per-node N launch.py generate ... --parallel ulysses=U,ring=R` (U * R = N) splits each
-denoiser's token sequence across the N ranks (`ContextParallelConfig`, `enable_parallelism`); the rest of the
+denoiser's token sequence across the N ranks (`ContextParallelConfig`, `enable_parallelism`); `--parallel cfg`
+(N = 2) runs classifier-free guidance's conditional branch on rank 0 and its unconditional one on rank 1 and
+gathers both for every step (the split xDiT calls CFG parallelism; diffusers 0.42 has none). The rest of the
 run (text encoding, VAE) is repeated on every rank. Every rank builds the same request with the same seed,
 so every rank draws the same noise from the pipeline's seeded generators; only rank 0 writes the output.
 
@@ -9,7 +12,8 @@ What runs where (measured on CPU with gloo, README "One clip on several processe
 - Ulysses: all-to-all of the heads; gloo has it, so it runs on CPU. The heads must divide by U.
 - Ring: needs each attention block's log-sum-exp, which in diffusers 0.42 only the CUDA backends return
   (flash, _native_cudnn, _native_flash, sage); the CPU's `native` backend refuses it. CUDA only.
-- Guidance on two ranks (`cfg`): diffusers 0.42's ParallelConfig has context and tensor parallelism only.
+- Guidance on two ranks (`cfg`): an all-gather of each step's two outputs; gloo has it, so it runs on CPU.
+  It stands alone for now (not with ulysses or ring, which would need a process group per branch).
 """
 
 from __future__ import annotations
@@ -26,23 +30,26 @@ KINDS = ("ulysses", "ring")
 class Layout:
     ulysses: int = 1
     ring: int = 1
+    cfg: int = 1  # 2: the guidance branches on two ranks
 
     @property
     def ranks(self) -> int:
-        return self.ulysses * self.ring
+        return self.ulysses * self.ring * self.cfg
 
 
 def parse(text: str) -> Layout:
     """`ulysses=U,ring=R` (either may be left out) -> a Layout; ValueError names what is valid."""
+    if text.strip() == "cfg":
+        return Layout(cfg=2)
     degrees: dict[str, int] = {}
     for part in text.split(","):
         name, _, value = part.strip().partition("=")
         if name == "cfg":
-            raise ValueError("--parallel cfg is not available: diffusers 0.42 splits a clip by context (ulysses, "
-                             "ring) or by weights (tensor), not by guidance branch")
+            raise ValueError(f"--parallel {text!r} is not valid: cfg stands alone (--parallel cfg, two ranks), "
+                             "not with ulysses or ring")
         if name not in KINDS or not value.isdigit() or int(value) < 1 or name in degrees:
             raise ValueError(f"--parallel {text!r} is not valid: ulysses=U,ring=R with whole numbers >= 1, "
-                             "e.g. ulysses=2 or ulysses=2,ring=2")
+                             "e.g. ulysses=2 or ulysses=2,ring=2; or cfg")
         degrees[name] = int(value)
     layout = Layout(**degrees)
     if layout.ranks == 1:
@@ -51,9 +58,9 @@ def parse(text: str) -> Layout:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--parallel", type=parse, metavar="ulysses=U,ring=R",
+    parser.add_argument("--parallel", type=parse, metavar="ulysses=U,ring=R|cfg",
                         help="one clip across the processes of `torchrun --nproc-per-node U*R`: diffusers' context "
-                             "parallelism (ring needs CUDA)")
+                             "parallelism (ring needs CUDA); or cfg: the two guidance branches on 2 processes")
 
 
 def rank() -> int:
@@ -75,7 +82,7 @@ def start(args) -> None:
         raise ValueError("--parallel runs one clip: it does not combine with batch or storyboard")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if "RANK" not in os.environ or world != layout.ranks:
-        raise ValueError(f"--parallel {layout.ulysses}x{layout.ring} needs {layout.ranks} processes: run it "
+        raise ValueError(f"--parallel {describe(layout)} needs {layout.ranks} processes: run it "
                          f"under `torchrun --nproc-per-node {layout.ranks} launch.py generate ...` "
                          f"(this run has {world if 'RANK' in os.environ else 'no torchrun'})")
     cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
@@ -96,9 +103,36 @@ def start(args) -> None:
         args.seed = int(seed.item())
 
 
+def describe(layout: Layout) -> str:
+    return "cfg" if layout.cfg > 1 else f"ulysses={layout.ulysses},ring={layout.ring}"
+
+
+def split_guidance(cond, uncond):
+    """This rank's guidance branch (rank 0: conditional, rank 1: unconditional), then both, gathered: every
+    rank continues with the same two outputs, so every rank takes the same step."""
+    import torch
+    import torch.distributed as dist
+
+    mine = (cond if rank() == 0 else uncond)().contiguous()
+    both = [torch.empty_like(mine) for _ in range(2)]
+    dist.all_gather(both, mine)
+    return both[0], both[1]
+
+
 def apply(pipe, layout: Layout | None) -> None:
-    """Split each denoiser's sequence across the ranks with diffusers' context parallelism (its `_cp_plan`)."""
+    """Split each denoiser's sequence across the ranks with diffusers' context parallelism (its `_cp_plan`), or
+    the guidance branches across two ranks."""
     if layout is None:
+        return
+    if layout.cfg > 1:
+        from pipelines.sampling import GuidedDenoiser
+
+        GuidedDenoiser.split = staticmethod(split_guidance)  # the process is one rank of this run, whole
+        if rank() == 0:
+            import torch
+
+            print(f"parallel: the guidance branches split over {torch.distributed.get_world_size()} ranks "
+                  f"({torch.distributed.get_backend()})")
         return
     from unittest import mock
 

@@ -121,6 +121,11 @@ class GuidedDenoiser:
     `call` reads besides the latents: a tensor, or a tuple of tensors.
     """
 
+    # Set by pipelines/parallel.py for `--parallel cfg`: split(cond_fn, uncond_fn) runs this rank's branch and
+    # returns both branches' outputs.
+    split: Callable[[Callable[[], torch.Tensor], Callable[[], torch.Tensor]], tuple[torch.Tensor, torch.Tensor]] \
+        | None = None
+
     def __init__(self, transformer: torch.nn.Module, cond: Any, uncond: Any | None,
                  scale: float | Callable[[torch.Tensor], torch.Tensor | float], batched: bool = True,
                  call: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, Any], torch.Tensor] = call_wan,
@@ -147,6 +152,10 @@ class GuidedDenoiser:
         return uncond + scale * (cond - uncond)
 
     def __call__(self, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        if self.guided and self.split is not None:  # one branch on each of two ranks (--parallel cfg)
+            cond, uncond = self.split(lambda: self._forward(latents, timestep, self.cond, "cond"),
+                                      lambda: self._forward(latents, timestep, self.uncond, "uncond"))
+            return self._combine(cond, uncond, timestep)
         if self.guided and not self.batched:  # half the activation memory (memory mode minimal)
             cond = self._forward(latents, timestep, self.cond, "cond")
             uncond = self._forward(latents, timestep, self.uncond, "uncond")

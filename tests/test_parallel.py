@@ -1,5 +1,5 @@
 """One clip across processes (pipelines/parallel.py): `torchrun --nproc-per-node 2 launch.py generate ...
---parallel ulysses=2` on CPU with gloo gives the frames of a single-process run."""
+--parallel ulysses=2` or `--parallel cfg` on CPU with gloo gives the frames of a single-process run."""
 
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ def test_parse_reads_degrees_and_names_what_is_valid():
             parse(bad)
     with pytest.raises(ValueError, match="splits nothing"):
         parse("ulysses=1")
-    with pytest.raises(ValueError, match="not available"):
-        parse("cfg")
+    assert parse("cfg") == Layout(cfg=2) and parse("cfg").ranks == 2
+    with pytest.raises(ValueError, match="cfg stands alone"):
+        parse("cfg,ulysses=2")
 
 
 def _generate(command: list[str], model: Path, out: Path, *extra: str, device: str = "cpu"
@@ -64,6 +65,27 @@ def test_ulysses_on_two_ranks_gives_the_single_process_frames(tiny_model_dir, tm
     error = np.abs(parallel - single).mean()
     print(f"ulysses=2 on gloo: mean absolute error {error:.2e} against one process (seed {seed})")
     assert error <= 1e-3
+
+
+@pytest.mark.skipif(shutil.which(str(TORCHRUN)) is None, reason="torchrun is not installed beside this python")
+def test_the_guidance_branches_on_two_ranks_give_the_single_process_frames(tiny_model_dir, tmp_path):
+    # Guidance on (the tiny model's scale is 4): rank 0 runs the conditional branch, rank 1 the unconditional.
+    two = _generate([str(TORCHRUN), "--standalone", "--nproc-per-node", "2"], tiny_model_dir,
+                    tmp_path / "two", "--parallel", "cfg", "--seed", "11")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "the guidance branches split over 2 ranks (gloo)" in two.stdout
+    assert two.stdout.count("wrote ") == 1  # rank 0 alone writes
+    one = _generate([sys.executable], tiny_model_dir, tmp_path / "one", "--seed", "11")
+    assert one.returncode == 0, one.stderr[-3000:]
+    parallel, single = _frames(tmp_path / "two" / "frames"), _frames(tmp_path / "one" / "frames")
+    assert parallel.shape == single.shape == (9, 32, 32, 3)
+    error = np.abs(parallel - single).mean()
+    print(f"cfg on 2 ranks (gloo): mean absolute error {error:.2e} against one process")
+    assert error <= 1e-3
+    # and it is guided: without guidance the frames differ clearly
+    plain = _generate([sys.executable], tiny_model_dir, tmp_path / "plain", "--seed", "11", "--guidance", "1")
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert np.abs(_frames(tmp_path / "plain" / "frames") - single).mean() > 1.5e-3  # 2.1e-3 on the tiny model
 
 
 def test_ring_on_cpu_is_refused_with_the_reason(tiny_model_dir, tmp_path):
