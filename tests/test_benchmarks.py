@@ -70,3 +70,14 @@ def test_lora_benchmark_times_loading_switching_and_steps(tmp_path):
     assert set(result["ratios"]) == {"step_one/step_none", "step_two/step_none", "load_first/switch"}
     assert all(row["min"] > 0 for row in result["seconds"].values())
     assert "| load_first/switch |" in done.stdout
+
+
+def test_parallel_benchmark_runs_each_layout_or_says_why_not(tiny_model_dir, tmp_path):
+    out = tmp_path / "parallel.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.parallel", "--model", str(tiny_model_dir), "--device",
+                           "cpu", "--size", "32x32", "--frames", "9", "--steps", "2", "--layouts", "cfg", "ring=2",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    layouts = json.loads(out.read_text())["layouts"]
+    assert layouts["cfg"]["ranks"] == 2 and layouts["cfg"]["mean_abs_error"] <= 1e-3
+    assert layouts["ring=2"]["refused"].startswith("--parallel ring runs on CUDA only")  # on CPU: said, not hidden
