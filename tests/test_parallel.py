@@ -47,45 +47,43 @@ def _frames(folder: Path) -> np.ndarray:
     return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))]).astype(np.float64) / 255
 
 
+def _against_one_process(model: Path, tmp_path: Path, layout: str, *extra: str) -> tuple[str, float, Path]:
+    """(what the 2-rank run printed, the mean absolute error of its frames against one process run with its
+    seed, that run's frames folder)."""
+    two = _generate([str(TORCHRUN), "--standalone", "--nproc-per-node", "2"], model, tmp_path / "two",
+                    "--parallel", layout, *extra)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote ") == 1  # rank 0 alone writes
+    seed = json.loads((tmp_path / "two" / "clip.mp4.json").read_text())["request"]["seed"]
+    one = _generate([sys.executable], model, tmp_path / "one", "--seed", str(seed))
+    assert one.returncode == 0, one.stderr[-3000:]
+    parallel, single = _frames(tmp_path / "two" / "frames"), _frames(tmp_path / "one" / "frames")
+    assert parallel.shape == single.shape == (9, 32, 32, 3)
+    error = float(np.abs(parallel - single).mean())
+    print(f"{layout} on gloo: mean absolute error {error:.2e} against one process (seed {seed})")
+    return two.stdout, error, tmp_path / "one" / "frames"
+
+
 @pytest.mark.skipif(shutil.which(str(TORCHRUN)) is None, reason="torchrun is not installed beside this python")
 def test_ulysses_on_two_ranks_gives_the_single_process_frames(tiny_model_dir, tmp_path):
     # The tiny Wan has 2 heads and a 32x32x9 clip is 12 tokens: both divide by 2.
     # No --seed: rank 0's random seed must reach rank 1, or the two halves of the sequence come from different
     # noise and the frames differ.
-    two = _generate([str(TORCHRUN), "--standalone", "--nproc-per-node", "2"], tiny_model_dir,
-                    tmp_path / "two", "--parallel", "ulysses=2")
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert "split ulysses=2 ring=1 over 2 ranks (gloo)" in two.stdout
-    assert two.stdout.count("wrote ") == 1  # rank 0 alone writes
-    seed = json.loads((tmp_path / "two" / "clip.mp4.json").read_text())["request"]["seed"]
-    one = _generate([sys.executable], tiny_model_dir, tmp_path / "one", "--seed", str(seed))
-    assert one.returncode == 0, one.stderr[-3000:]
-    parallel, single = _frames(tmp_path / "two" / "frames"), _frames(tmp_path / "one" / "frames")
-    assert parallel.shape == single.shape == (9, 32, 32, 3)
-    error = np.abs(parallel - single).mean()
-    print(f"ulysses=2 on gloo: mean absolute error {error:.2e} against one process (seed {seed})")
+    printed, error, _ = _against_one_process(tiny_model_dir, tmp_path, "ulysses=2")
+    assert "split ulysses=2 ring=1 over 2 ranks (gloo)" in printed
     assert error <= 1e-3
 
 
 @pytest.mark.skipif(shutil.which(str(TORCHRUN)) is None, reason="torchrun is not installed beside this python")
 def test_the_guidance_branches_on_two_ranks_give_the_single_process_frames(tiny_model_dir, tmp_path):
     # Guidance on (the tiny model's scale is 4): rank 0 runs the conditional branch, rank 1 the unconditional.
-    two = _generate([str(TORCHRUN), "--standalone", "--nproc-per-node", "2"], tiny_model_dir,
-                    tmp_path / "two", "--parallel", "cfg", "--seed", "11")
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert "the guidance branches split over 2 ranks (gloo)" in two.stdout
-    assert two.stdout.count("wrote ") == 1  # rank 0 alone writes
-    one = _generate([sys.executable], tiny_model_dir, tmp_path / "one", "--seed", "11")
-    assert one.returncode == 0, one.stderr[-3000:]
-    parallel, single = _frames(tmp_path / "two" / "frames"), _frames(tmp_path / "one" / "frames")
-    assert parallel.shape == single.shape == (9, 32, 32, 3)
-    error = np.abs(parallel - single).mean()
-    print(f"cfg on 2 ranks (gloo): mean absolute error {error:.2e} against one process")
+    printed, error, single = _against_one_process(tiny_model_dir, tmp_path, "cfg", "--seed", "11")
+    assert "the guidance branches split over 2 ranks (gloo)" in printed
     assert error <= 1e-3
     # and it is guided: without guidance the frames differ clearly
     plain = _generate([sys.executable], tiny_model_dir, tmp_path / "plain", "--seed", "11", "--guidance", "1")
     assert plain.returncode == 0, plain.stderr[-3000:]
-    assert np.abs(_frames(tmp_path / "plain" / "frames") - single).mean() > 1.5e-3  # 2.1e-3 on the tiny model
+    assert np.abs(_frames(tmp_path / "plain" / "frames") - _frames(single)).mean() > 1.5e-3  # 2.1e-3 here
 
 
 def test_ring_on_cpu_is_refused_with_the_reason(tiny_model_dir, tmp_path):
