@@ -1,6 +1,6 @@
 """Re-rendering one shot of a storyboard take in place: are the other shots untouched, and how smooth are its joins?
 
-    python -m benchmarks.storyboard_rerender [--model embedded] [--seeds 5] [--size 64] [--steps 20] [--best-of 1]
+    python -m benchmarks.storyboard_rerender [--model embedded] [--seeds 5] [--size 64] [--steps 20] [--best-of 1] [--held-noise 0] [--anchor-frames N]
 
 Per seed: a 5-shot take of continuing shots (2, 1, 2, 1, 1 s), then shot 3 re-rendered with another prompt and
 seed. Prints, per seed, whether every frame outside shot 3 is bit-identical, the scores of shot 3's two joins
@@ -33,6 +33,8 @@ def run(argv: list[str] | None = None) -> dict:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--best-of", type=int, default=1, help="candidates per continuing window (the plan's best_of)")
+    p.add_argument("--held-noise", type=float, default=0.0, help="the plan's held_noise")
+    p.add_argument("--anchor-frames", type=int, default=None, help="the plan's anchor_frames")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out")
     args = p.parse_args(argv)
@@ -42,7 +44,9 @@ def run(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         for seed in range(args.seeds):
             plan = Storyboard.from_dict({"seed": seed, "width": args.size, "height": args.size, "steps": args.steps,
-                                         "best_of": args.best_of, "shots": [{"prompt": a, "seconds": b} for a, b in SHOTS]})
+                                         "best_of": args.best_of, "held_noise": args.held_noise,
+                                         "anchor_frames": args.anchor_frames,
+                                         "shots": [{"prompt": a, "seconds": b} for a, b in SHOTS]})
             shot3 = layout(plan, Settings.of(plan, pipe))[2]
             out = Path(folder) / f"take-{seed}.mp4"
             first = render(pipe, plan, out)
@@ -66,7 +70,8 @@ def run(argv: list[str] | None = None) -> dict:
                          "worst_join_after": max(r["join"] for r in again.records if r["joined"])})
             print(rows[-1])
     worst = [max(r["joins_after"]) for r in rows]
-    result = {"model": pipe.model_id, "size": args.size, "best_of": args.best_of, "steps": args.steps or pipe.defaults.steps, "rows": rows,
+    result = {"model": pipe.model_id, "size": args.size, "best_of": args.best_of, "held_noise": args.held_noise,
+              "anchor_frames": args.anchor_frames, "steps": args.steps or pipe.defaults.steps, "rows": rows,
               "all_others_identical": all(r["others_identical"] for r in rows),
               "shot3_worst_join_mean": round(float(np.mean(worst)), 3), "shot3_worst_join_max": max(worst),
               "seconds": round(time.perf_counter() - started, 1)}
