@@ -71,6 +71,7 @@ class CreatorTools:
     def chosen_loras(self, values: dict[str, Any]) -> tuple:
         """The picker's LoRAs with their strengths (pipelines.lora.Lora: hashed, checked)."""
         uploads = values.get("lora_uploads") or {}
+        files = self.lora_files()
         chosen = []
         for k in range(1, LORA_SLOTS + 1):
             name = values.get(f"lora_{k}")
@@ -78,11 +79,11 @@ class CreatorTools:
                 continue
             if isinstance(name, str) and name.startswith(UPLOADED) and name[len(UPLOADED):] in uploads:
                 path = Path(uploads[name[len(UPLOADED):]])  # kept by this session's upload, never named by a request
-            elif name in self.lora_files():  # a name only: never a path from a request
+            elif name in files:  # a name only: never a path from a request
                 path = self.loras / name
             else:
                 raise gr.Error(f"LoRA {name!r} is not in the LoRA folder: pick one of "
-                               f"{', '.join(self.lora_files()) or 'none (the folder has no .safetensors files)'}")
+                               f"{', '.join(files) or 'none (the folder has no .safetensors files)'}")
             from studio.app import _number  # the studio's one reading of a number widget
 
             strength = _number(values.get(f"lora_strength_{k}"), f"Strength of {name}", "a number from -4 to 4")

@@ -5,7 +5,6 @@ picture) is pipelines/variations.py's."""
 
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,24 +13,13 @@ from typing import Any
 import numpy as np
 
 from pipelines import variations
-from studio.outputs import output_name
+from studio.outputs import claim_fresh, output_name
 
 
 def claim(folder: Path, seed: int) -> tuple[Path, Path]:
-    """(the contact sheet, the grid's record) under a fresh name in `folder`, claimed by creating the record:
-    never a file that exists, nor names another grid is given at the same moment."""
-    stem = output_name("grid", seed)
-    for n in itertools.count(1):
-        name = f"{stem}{'' if n == 1 else f'-{n}'}"
-        sheet, record = folder / f"{name}.sheet.png", folder / f"{name}.grid.json"
-        if sheet.exists():
-            continue
-        try:
-            record.open("x").close()
-        except FileExistsError:
-            continue
-        return sheet, record
-    raise AssertionError("unreachable")
+    """(the contact sheet, the grid's record) under a fresh name in `folder`, claimed by creating the record."""
+    record = claim_fresh(folder, output_name("grid", seed), ".grid.json", beside=(".sheet.png",))
+    return record.with_name(record.name.removesuffix(".grid.json") + ".sheet.png"), record
 
 
 @dataclass
@@ -46,10 +34,6 @@ class Grid:
     record: Path
     done: list[dict[str, Any]] = field(default_factory=list)
     clips: list[np.ndarray] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, base: Any, seeds: int, draft: bool, sheet: Path, record: Path) -> Grid:
-        return cls(base, variations.cells(base.prompt, base.seed, seeds), draft, sheet, record)
 
     @property
     def steps(self) -> int:

@@ -80,6 +80,22 @@ class DiskFull(OSError):
         return self.strerror
 
 
+def claim_fresh(folder: Path, stem: str, claimed: str, beside: tuple[str, ...] = ()) -> Path:
+    """`folder/STEM<claimed>`, or `STEM-2<claimed>`, `STEM-3<claimed>`...: the first whose `claimed` file and
+    `beside` files (or folders) do not exist, claimed by creating it empty, so that it is never a file that
+    exists, nor one another caller is given at the same moment."""
+    for n in itertools.count(1):
+        name = f"{stem}{'' if n == 1 else f'-{n}'}"
+        if any(os.path.lexists(folder / f"{name}{suffix}") for suffix in beside):
+            continue
+        try:
+            (folder / f"{name}{claimed}").open("x").close()
+        except FileExistsError:
+            continue
+        return folder / f"{name}{claimed}"
+    raise AssertionError("unreachable")
+
+
 def sidecar_of(media: Path) -> Path:
     return media.with_suffix(media.suffix + ".json")
 

@@ -6,9 +6,7 @@ shot after the take, and one shot of the session's last take can be re-rendered 
 
 from __future__ import annotations
 
-import itertools
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Any
 import gradio as gr
 
 from pipelines import storyboard as sb
-from studio.outputs import output_name, sidecar_of
+from studio.outputs import claim_fresh, output_name, sidecar_of
 
 SHOT_ROWS = 6
 ROW_FIELDS = ("prompt", "seconds", "transition", "keyframe")  # each row's widgets, in the handler's order
@@ -68,23 +66,12 @@ class StoryboardTab:
         self.engine = app.engine
         self.history = app.history
         self._takes: dict[str, tuple[Path, sb.Storyboard]] = {}  # session -> its last take and plan
-        self._naming = threading.Lock()
 
     def new_take(self, seed: int) -> Path:
-        """A fresh .mp4 in the outputs folder, claimed by creating it: never a file that exists, nor one
-        another session is given at the same moment."""
-        stem = output_name("storyboard", seed)
-        with self._naming:
-            for n in itertools.count(1):
-                out = self.history.folder / f"{stem}{'' if n == 1 else f'-{n}'}.mp4"
-                if sb.manifest_path(out).exists() or sb.windows_folder(out).exists():
-                    continue
-                try:
-                    out.open("x").close()
-                except FileExistsError:
-                    continue
-                return out
-        raise AssertionError("unreachable")
+        """A fresh .mp4 in the outputs folder, claimed by creating it: never a file that exists (nor a take's
+        manifest or windows), nor one another session is given at the same moment."""
+        return claim_fresh(self.history.folder, output_name("storyboard", seed), ".mp4",
+                           beside=(".mp4" + sb.MANIFEST_SUFFIX, ".mp4" + sb.WINDOWS_SUFFIX))
 
     def _write_sidecar(self, out: Path, plan: sb.Storyboard, take: sb.Take | None) -> None:
         """The sidecar the History lists the take by: the take's sizing request (a valid request for the

@@ -62,9 +62,10 @@ def run_grid(pipe: Any, built: Any, out: Path | None, args: argparse.Namespace) 
 
     if not isinstance(built, GenerationRequest):
         raise UsageError(f"--grid needs the clip to {built.mode} (give it with --video)")
-    count = len(variations.cells(built.prompt, built.seed, args.seeds))  # a bad grid is refused before naming files
+    cells = variations.cells(built.prompt, built.seed, args.seeds)  # a bad grid is refused before naming files
+    count = len(cells)
     cell_paths, sheet, record = paths(out, count, built.seed)
-    grid = grid_files.Grid.of(built, args.seeds, args.draft, sheet, record)
+    grid = grid_files.Grid(built, cells, args.draft, sheet, record)
     print(f"grid: {count} cells ({', '.join(c.label for c in grid.cells)}), {grid.steps} steps each"
           f"{' (draft, step cache on)' if args.draft else ''}")
     try:

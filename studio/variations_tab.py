@@ -31,13 +31,6 @@ class VariationsPanel:
         self.engine = app.engine
         self.history = app.history
 
-    def _seeds(self, value: Any) -> int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= variations.MAX_SEEDS:
-            raise gr.Error(f"Seeds per variant {value!r} is not valid: a whole number from 1 to {variations.MAX_SEEDS}")
-        return value
-
     def _work(self, grid: grid_files.Grid):
         """The engine job's work: every cell in turn, each written as it finishes (a cancel keeps them)."""
         previews = self.app.previews
@@ -65,17 +58,21 @@ class VariationsPanel:
         """Yield (status, contact sheet, the cell picker) as the grid renders."""
         from studio.engine import QueueFull
 
+        from studio.app import _number  # the studio's one reading of a number widget
+
+        seeds = _number(seeds, "Seeds per variant", f"a whole number from 1 to {variations.MAX_SEEDS}", whole=True)
         try:
             with self.app._building:
                 base = self.app.request(tab, values)
-                count = len(variations.cells(base.prompt, base.seed, self._seeds(seeds)))
+                cells = variations.cells(base.prompt, base.seed, seeds)
                 self.engine.pipe.check_request(base)
         except gr.Error:
             raise
         except ValueError as error:
             raise gr.Error(str(error)) from None
-        sheet, record = grid_files.claim(self.history.folder, base.seed)
-        grid = grid_files.Grid.of(base, self._seeds(seeds), bool(draft), sheet, record)
+        count = len(cells)
+        grid = grid_files.Grid(base, cells, bool(draft), *grid_files.claim(self.history.folder, base.seed))
+        record = grid.record
         session = getattr(request, "session_hash", "") or ""
         try:
             job = self.engine.submit(grid.request(grid.cells[0]), session, work=self._work(grid))

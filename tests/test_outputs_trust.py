@@ -196,3 +196,15 @@ def test_a_full_disk_is_one_line_from_the_cli(tiny_model_dir, small_disk, capsys
     assert code == 1 and "is full" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
     assert LOCK_NAME  # the folder of a plain --out needs no lock file
+
+
+def test_a_fresh_name_skips_what_exists_beside_it_and_is_claimed_by_creating_it(tmp_path):
+    from studio.outputs import claim_fresh
+
+    (tmp_path / "take.mp4").write_bytes(b"someone's")  # the name itself, taken
+    (tmp_path / "take-2.mp4.windows").mkdir()  # what a name brings beside it, taken
+    (tmp_path / "take-3.mp4.storyboard.json").symlink_to(tmp_path / "nowhere")  # a dangling link counts too
+    got = claim_fresh(tmp_path, "take", ".mp4", beside=(".mp4.windows", ".mp4.storyboard.json"))
+    assert got == tmp_path / "take-4.mp4" and got.read_bytes() == b""
+    assert (tmp_path / "take.mp4").read_bytes() == b"someone's"
+    assert claim_fresh(tmp_path, "take", ".mp4") == tmp_path / "take-2.mp4"  # the next caller: another name
