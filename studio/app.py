@@ -324,6 +324,15 @@ class StudioApp:
             raise gr.Error(str(error) if isinstance(error, DiskFull) else
                            f"The upload could not be kept in the outputs folder ({error.strerror or error}).") from None
 
+    def page_values(self, tab: str, names: list[str], values: tuple, request: gr.Request | None) -> dict[str, Any]:
+        """What a tab's endpoint was sent, by widget name, with its session's picks (its LoRAs and enhanced
+        prompt, kept for it: CreatorTools); gr.Error for a tab the model lacks (an API call to a tab the page
+        shows as unavailable gets the same reason)."""
+        why = self.info.why_not(tab)
+        if why:
+            raise gr.Error(f"{tab_title(tab)} is not available for this model: {why}")
+        return {**dict(zip(names, values, strict=True)), **self.creator.picks(request)}
+
     def request(self, tab: str, values: dict[str, Any], keep: bool = True) -> GenerationRequest:
         """The request a tab's widgets (`values`, by widget name) describe, made by its mode's spec; with
         keep=False uploads are read where the browser put them (a plan), not kept."""
@@ -874,12 +883,8 @@ def build(engine: Engine, info: ModelInfo, loras: Path | None = None, enhancer: 
 
         def handler(tab: str, names: list[str]):
             def run(request: gr.Request, *values):  # Gradio passes the request first (by its type)
-                why = info.why_not(tab)
-                if why:  # an API call to a tab the page shows as unavailable gets the same reason
-                    raise gr.Error(f"{tab_title(tab)} is not available for this model: {why}")
-                picked = app.creator.picks(request)  # the page's LoRAs and enhanced prompt, kept for its session
-                yield from app.stream(lambda: app.request(tab, {**dict(zip(names, values, strict=True)), **picked}),
-                                      request)
+                given = app.page_values(tab, names, values, request)
+                yield from app.stream(lambda: app.request(tab, given), request)
 
             return run
 
@@ -895,11 +900,7 @@ def build(engine: Engine, info: ModelInfo, loras: Path | None = None, enhancer: 
         # Variations: a tab's grid (into the shared panel), a picked cell shown, and its final rendered in full.
         def grid_handler(tab: str, names: list[str]):
             def run(request: gr.Request, seeds: Any, draft: Any, *values: Any):
-                why = info.why_not(tab)
-                if why:
-                    raise gr.Error(f"{tab_title(tab)} is not available for this model: {why}")
-                values = {**dict(zip(names, values, strict=True)), **app.creator.picks(request)}
-                yield from app.variations.run(tab, values, seeds, draft, request)
+                yield from app.variations.run(tab, app.page_values(tab, names, values, request), seeds, draft, request)
 
             return run
 
