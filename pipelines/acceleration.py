@@ -58,7 +58,25 @@ def enable_step_cache(transformer: torch.nn.Module, threshold: float) -> None:
     from diffusers.hooks import FirstBlockCacheConfig
 
     check_step_cache(threshold)
+    check_cacheable(transformer)
     transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+
+
+def check_cacheable(transformer: torch.nn.Module) -> None:
+    blocks = block_count(transformer)
+    if blocks < 2:
+        raise ValueError(f"the step cache needs a denoiser of at least 2 transformer blocks (it runs the first and "
+                         f"skips the others when the first barely changed); {type(transformer).__name__} has {blocks}")
+
+
+def block_count(transformer: torch.nn.Module) -> int:
+    """The repeated blocks First Block Cache finds in a transformer (as diffusers' apply_first_block_cache
+    looks for them)."""
+    import torch
+    from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
+
+    return sum(len(child) for name, child in transformer.named_children()
+               if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(child, torch.nn.ModuleList))
 
 
 def check_step_cache(threshold: float) -> None:

@@ -245,11 +245,20 @@ class VideoPipeline:
         finally:
             self._set_step_cache(before)
 
+    @property
+    def can_step_cache(self) -> bool:
+        """Whether the step cache applies to this model's denoisers (First Block Cache needs 2 blocks or more)."""
+        from pipelines import acceleration
+
+        return all(acceleration.block_count(module) >= 2 for module in self.family.denoisers)
+
     def _set_step_cache(self, threshold: float | None) -> None:
         from pipelines import acceleration
 
-        if threshold:
-            acceleration.check_step_cache(threshold)  # before the one in effect goes
+        if threshold:  # refused before the one in effect goes
+            acceleration.check_step_cache(threshold)
+            for module in self.family.denoisers:
+                acceleration.check_cacheable(module)
         for module in self.family.denoisers:
             if acceleration.caching(module):
                 module.disable_cache()

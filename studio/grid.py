@@ -39,9 +39,11 @@ class Grid:
     def steps(self) -> int:
         return variations.draft_steps(self.base.steps) if self.draft else self.base.steps
 
-    def step_cache(self, current: float | None) -> float | None:
-        """The step cache its cells run with: a draft's, unless one is on already (the user's own)."""
-        return (current or variations.DRAFT_STEP_CACHE) if self.draft else current
+    def step_cache(self, pipe: Any) -> float | None:
+        """The step cache its cells run with: a draft's, unless one is on already (the user's own) or the model
+        has too few blocks for one (a draft then has only fewer steps)."""
+        current = pipe.step_cache
+        return (current or variations.DRAFT_STEP_CACHE) if self.draft and pipe.can_step_cache else current
 
     def request(self, cell: variations.Cell) -> Any:
         # an enhanced prompt's original is kept only while the prompt is the one the enhancer wrote

@@ -66,10 +66,11 @@ def run_grid(pipe: Any, built: Any, out: Path | None, args: argparse.Namespace) 
     count = len(cells)
     cell_paths, sheet, record = paths(out, count, built.seed)
     grid = grid_files.Grid(built, cells, args.draft, sheet, record)
-    print(f"grid: {count} cells ({', '.join(c.label for c in grid.cells)}), {grid.steps} steps each"
-          f"{' (draft, step cache on)' if args.draft else ''}")
+    cache = grid.step_cache(pipe)
+    how = f" (draft{', step cache on' if cache else ''})" if args.draft else ""
+    print(f"grid: {count} cells ({', '.join(c.label for c in grid.cells)}), {grid.steps} steps each{how}")
     try:
-        with pipe.step_cache_as(grid.step_cache(pipe.step_cache)):
+        with pipe.step_cache_as(cache):
             for cell, path in zip(grid.cells, cell_paths, strict=True):
                 written, _ = _generate_and_write(pipe, grid.request(cell), path, None, args.quiet, overwrite=False,
                                                  extra=grid.lineage(cell))

@@ -38,7 +38,7 @@ class VariationsPanel:
         def work(pipe: Any, job: Any, on_step: Any) -> tuple[Any, str]:
             started = time.perf_counter()
             job.windows = len(grid.cells)
-            with pipe.step_cache_as(grid.step_cache(pipe.step_cache)):
+            with pipe.step_cache_as(grid.step_cache(pipe)):
                 for cell in grid.cells:
                     job.request = grid.request(cell)
                     result = pipe.generate(job.request, callback=on_step)

@@ -165,3 +165,21 @@ def test_cancelling_mid_grid_keeps_the_finished_cells(studio):
     assert summary["finished"] is False and summary["of"] == 4 and [c["output"] for c in summary["cells"]] == [picked["value"]]
     assert np.asarray(Image.open(sheet)).std() > 5
     assert not [p.name for p in history.folder.iterdir() if "partial" in p.name or p.name.endswith(".writing")]
+
+
+def test_a_model_too_shallow_for_the_step_cache_drafts_without_it_and_says_why(tiny_model_dir, tmp_path):
+    """First Block Cache needs two blocks: on one (the real-config builders shrink to one) `--step-cache` is a
+    plain error, not diffusers' IndexError, and a draft grid runs with fewer steps only."""
+    from pipelines import VideoPipeline
+    from studio.grid import Grid
+
+    pipe = VideoPipeline.from_pretrained(str(tiny_model_dir), device="cpu")
+    base = pipe.request("t2v", prompt="a {red|blue} ball", seed=1, num_frames=5)
+    draft = Grid(base, variations.cells(base.prompt, 1, 1), True, tmp_path / "s.png", tmp_path / "r.json")
+    assert pipe.can_step_cache and draft.step_cache(pipe) == variations.DRAFT_STEP_CACHE
+    denoiser = pipe.family.denoisers[0]
+    denoiser.blocks = denoiser.blocks[:1]
+    assert not pipe.can_step_cache and draft.step_cache(pipe) is None
+    with pytest.raises(ValueError, match="the step cache needs a denoiser of at least 2 transformer blocks .* has 1"):
+        pipe.accelerate(step_cache=0.1)
+    assert pipe.step_cache is None and not any(getattr(m, "is_cache_enabled", False) for m in pipe.family.denoisers)
