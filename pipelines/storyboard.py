@@ -485,8 +485,13 @@ class _Renderer:
     def request(self, w: Window, previous: Path | None, closing: Path | None = None) -> Any:
         """The window's request: fresh, an extension of `previous`, or (re-rendering) a join of `previous` to
         `closing` (connect; a backward extension when there is no previous)."""
+        from pipelines.video_io import count_frames
+
         plan, s = self.plan, self.settings
         shot = plan.shots[w.shot]
+        # A window continuing a short one (a fresh shot or an opening clip of fewer frames than the context)
+        # sees all of it: its frame count is 4k+1 like the context's.
+        context = s.context if previous is None else min(s.context, count_frames(previous, s.fps))
         common = dict(prompt=shot.prompt, negative_prompt=plan.negative_prompt, width=s.width, height=s.height,
                       fps=s.fps, steps=s.steps, seed=window_seed(plan, w.shot, w.number),
                       use_saved_latents=plan.saved_latents)
@@ -494,17 +499,17 @@ class _Renderer:
             best = dict(best_of=plan.best_of)
             if previous is None:
                 request = self.pipe.request("extend", clip=str(closing), direction="backward", new_frames=w.frames - 1,
-                                            context_frames=s.context, **common, **best)
+                                            context_frames=context, **common, **best)
             else:
                 request = self.pipe.request("connect", clip_a=str(previous), clip_b=str(closing),
-                                            new_frames=w.frames - 1, context_frames=s.context, **common, **best)
+                                            new_frames=w.frames - 1, context_frames=context, **common, **best)
         elif previous is None:
             if w.kind == "animate":
                 request = self.pipe.request("animate", image=w.keyframe, num_frames=w.frames, **common)
             else:
                 request = self.pipe.request("t2v", num_frames=w.frames, **common)
         else:
-            request = self.pipe.request("extend", clip=str(previous), new_frames=w.frames, context_frames=s.context,
+            request = self.pipe.request("extend", clip=str(previous), new_frames=w.frames, context_frames=context,
                                         best_of=plan.best_of, **common)
         if plan.held_noise and request.mode in ("extend", "connect"):
             held = tuple(dataclasses.replace(item, strength=1.0 - plan.held_noise) for item in request.conditioning)

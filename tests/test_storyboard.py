@@ -329,3 +329,21 @@ def test_the_anchor_eases_in_over_the_frames_a_plan_gives():
     with pytest.raises(ValueError, match="anchor_frames = 0 is not valid: none"):
         plan_of([{"prompt": "a", "seconds": 1.0}], anchor_frames=0)
     assert "anchor_frames" not in plan_of([{"prompt": "a", "seconds": 1.0}]).to_dict()  # old takes still resume
+
+
+def test_a_window_after_a_short_one_sees_all_of_it(embedded, tmp_path):
+    """A continuing window after one shorter than the context (a 5-frame opening clip, a 0.5 s fresh shot)
+    takes that window whole as its context instead of failing after the windows before it were made."""
+    from conftest import moving_square
+
+    clip = tmp_path / "short.mp4"
+    write_mp4(clip, moving_square(5, 64, 64), 8)
+    plan = plan_of([{"prompt": "a red ball on green grass", "seconds": 0.5},
+                    {"prompt": "the ball rolls on", "seconds": 1.0},
+                    {"prompt": "a coloured square moves right", "seconds": 1.5, "transition": "cut",
+                     "keyframes": [{"clip": str(clip), "at": 0.0}]}])
+    assert Settings.of(plan, embedded).context == 9
+    take = render(embedded, plan, tmp_path / "take.mp4")
+    assert [(r["mode"], r["frames"]) for r in take.records] == [("t2v", 5), ("extend", 8), ("clip", 5),
+                                                              ("extend", 8)]
+    assert len(read_take(tmp_path / "take.mp4")) == 26
