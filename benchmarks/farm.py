@@ -7,6 +7,12 @@ would; a job's time runs from its submission to its output being listed in the h
 records the cores the replicas used and those the rest of the machine used meanwhile (other work on a
 shared machine takes cores a second replica would have had).
 
+The reference, in the same rounds: the same jobs in 1 and in 2 plain processes (no Ray, no studio page),
+each loading the model and running its share of the jobs with the studio's Engine on one torch thread. Its
+ratio is what this machine gives two processes of this work at best (two processes share the last-level
+cache and memory bandwidth, and on a virtual machine the host's other tenants), so the farm's ratio is read
+against it: `--reference 0` leaves it out.
+
 Then, on the 2 replicas, `--cancels` long jobs are each cancelled after a few steps: for each, the steps the
 job had done on its replica when the cancel reached it and when it stopped, and the seconds from the cancel
 call to the job's end.
@@ -21,6 +27,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -59,6 +67,56 @@ def run_jobs(engine, requests) -> tuple[float, float, float]:
     return seconds, used, (machine_after - machine) / seconds - used
 
 
+def plain_worker(model: str, requests_json: list[str]) -> None:
+    """One process of the reference: load the model, say "ready", wait for a line on stdin, run the jobs one
+    after another as a replica does (the studio's Engine, one torch thread), say "done"."""
+    import torch
+
+    torch.set_num_threads(1)
+    from pipelines.request import GenerationRequest
+    from studio.engine import Engine
+    from studio.outputs import History
+    from studio.serve import load_pipeline
+
+    engine = Engine(load_pipeline(model, "cpu", "full"), History(Path(tempfile.mkdtemp(prefix="farm-ref-"))))
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for text in requests_json:
+        job = engine.submit(GenerationRequest.from_json(text))
+        for _ in engine.follow(job):
+            pass
+        if job.status != "done":
+            raise SystemExit(f"a reference job did not finish: {job.status}: {job.message}")
+    print("done", flush=True)
+
+
+def run_plain(model: str, requests, processes: int) -> float:
+    """Seconds for `processes` plain processes to run the requests (job k in process k mod processes), from
+    the moment all have loaded the model to the last one's end."""
+    workers = []
+    for k in range(processes):
+        share = [request.to_json() for request in requests[k::processes]]
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.farm", "--worker", model, json.dumps(share)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+    try:
+        for worker in workers:
+            if worker.stdout.readline().strip() != "ready":
+                raise SystemExit("a reference process failed to load the model")
+        started = time.perf_counter()
+        for worker in workers:
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        for worker in workers:
+            if worker.stdout.readline().strip() != "done":
+                raise SystemExit("a reference process failed its jobs")
+        return time.perf_counter() - started
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.farm", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="embedded")
@@ -67,8 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="steps per job (the model's default when omitted)")
     p.add_argument("--frames", type=int, help="frames per job (the model's default when omitted)")
     p.add_argument("--cancels", type=int, default=5, help="jobs cancelled mid-way, to time Cancel")
+    p.add_argument("--reference", type=int, default=1, choices=(0, 1),
+                   help="1: also run the jobs in 1 and 2 plain processes each round (the machine's own scaling)")
     p.add_argument("--out", type=Path, help="also write the figures here as JSON")
+    p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)  # one reference process: MODEL REQUESTS_JSON
     args = p.parse_args(argv)
+    if args.worker:
+        plain_worker(args.worker[0], json.loads(args.worker[1]))
+        return 0
 
     import ray
     from ray import serve
@@ -86,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     farm.connect(None, 2)
     seconds: dict[int, list[float]] = {1: [], 2: []}
+    plain: dict[int, list[float]] = {1: [], 2: []}
     cores: dict[int, list[tuple[float, float]]] = {1: [], 2: []}  # (the replicas', the rest of the machine's)
     cancels = []
     try:
@@ -99,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {round_ + 1}: {replicas} replica{'s' * (replicas > 1)}: {args.jobs} jobs in "
                       f"{took:.1f} s ({60 * args.jobs / took:.1f} jobs/min); the replicas used {used:.2f} cores, "
                       f"the rest of the machine {rest:.2f}", flush=True)
+            for processes in (1, 2) if args.reference else ():
+                took = run_plain(args.model, requests, processes)
+                plain[processes].append(took)
+                print(f"round {round_ + 1}: {processes} plain process{'es' * (processes > 1)}: {args.jobs} jobs in "
+                      f"{took:.1f} s ({60 * args.jobs / took:.1f} jobs/min)", flush=True)
         long = pipe.request("t2v", prompt="a long one", seed=7, steps=200)
         for k in range(args.cancels):
             job = engine.submit(long)
@@ -119,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
     per_minute = {n: [60 * args.jobs / s for s in runs] for n, runs in seconds.items()}
     ratios = [two / one for one, two in zip(per_minute[1], per_minute[2])]
+    plain_ratios = [one / two for one, two in zip(plain[1], plain[2])]  # seconds, so 1 over 2
     result = {"model": args.model, "jobs": args.jobs, "steps": requests[0].steps, "frames": requests[0].num_frames,
               "size": f"{requests[0].width}x{requests[0].height}", "rounds": args.rounds,
               "load_before": load, "load_after": os.getloadavg(), "cpus": os.cpu_count(),
@@ -126,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                                   for n, v in per_minute.items()},
               "ratio_2_over_1": {"median": statistics.median(ratios), "min": min(ratios), "all": ratios},
               "cores": {n: [{"replicas": u, "rest": r} for u, r in v] for n, v in cores.items()},
+              "plain_processes": {"seconds": plain, "ratio_2_over_1": plain_ratios},
               "cancels": cancels}
     print(f"\n{args.jobs} jobs of {result['size']} x {result['frames']} frames, {result['steps']} steps; "
           f"{args.rounds} rounds; load average {load[0]:.2f} before, {result['load_after'][0]:.2f} after")
@@ -133,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     for n, row in result["jobs_per_minute"].items():
         print(f"| {n} | {row['min']:.1f} | {row['median']:.1f} |")
     print(f"| 2 / 1 | {result['ratio_2_over_1']['min']:.2f} | {result['ratio_2_over_1']['median']:.2f} |")
+    print("rounds, 2 replicas / 1: " + ", ".join(f"{r:.2f}" for r in ratios))
+    if plain_ratios:
+        print("rounds, 2 plain processes / 1 (the machine's own scaling): "
+              + ", ".join(f"{r:.2f}" for r in plain_ratios)
+              + f"; median {statistics.median(plain_ratios):.2f}; the farm's ratio over it, per round: "
+              + ", ".join(f"{f / r:.2f}" for f, r in zip(ratios, plain_ratios)))
     if cancels:
         late = [c["stopped_at_step"] - c["reached_at_step"] for c in cancels]
         print(f"Cancel: stopped at most {max(late)} step{'s' * (max(late) != 1)} after reaching the replica; "

@@ -97,9 +97,11 @@ def test_the_benchmark_times_one_and_two_replicas_and_cancel(tmp_path):
     result = json.loads(out.read_text())
     assert all(row["min"] > 0 for row in result["jobs_per_minute"].values())
     assert set(result["cores"]) == {"1", "2"} and result["ratio_2_over_1"]["median"] > 0
+    plain = result["plain_processes"]  # the machine's own scaling, in the same round
+    assert all(len(v) == 1 and v[0] > 0 for v in plain["seconds"].values()) and plain["ratio_2_over_1"][0] > 0
     cancel = result["cancels"][0]
     assert cancel["stopped_at_step"] - cancel["reached_at_step"] <= 1
-    assert "| 2 / 1 |" in done.stdout
+    assert "| 2 / 1 |" in done.stdout and "2 plain processes / 1" in done.stdout
 
 
 def test_six_jobs_complete_with_the_frames_of_one_machine(farm, local, tmp_path):
