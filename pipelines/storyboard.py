@@ -30,6 +30,7 @@ Wan2GP, in RGB), eased in along the window so that the joins stay smooth.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -375,16 +376,24 @@ def layout(plan: Storyboard, settings: Settings) -> list[ShotLayout]:
 def _clip_frames(source: str, fps: float, temporal: int, what: str) -> int:
     """The frames of a clip that opens a shot: as many as it has at the take's fps, down to temporal*k+1 so
     that the windows continuing it add whole latents."""
-    from pipelines.video_io import count_frames
-
     try:
-        have = count_frames(source, fps)
+        stat = Path(source).stat()
+        have = _count_frames(str(Path(source).resolve()), stat.st_mtime_ns, stat.st_size, fps)
     except (OSError, ValueError) as error:
         raise ValueError(f"{what}: {Path(source).name} cannot be read as a clip ({error})") from None
     if have < temporal + 1:
         raise ValueError(f"{what}: {Path(source).name} has {have} frames at {fps:g} fps; a clip that opens a shot "
                          f"needs at least {temporal + 1}")
     return temporal * ((have - 1) // temporal) + 1
+
+
+@functools.lru_cache(maxsize=64)
+def _count_frames(path: str, mtime_ns: int, size: int, fps: float) -> int:
+    """A clip's frames at `fps`, decoded once per version of the file: a take lays its plan out several
+    times (the tab's summary, the render, a re-render), and counting decodes the whole clip."""
+    from pipelines.video_io import count_frames
+
+    return count_frames(path, fps)
 
 
 def sizing_request(pipe: Any, plan: Storyboard) -> Any:

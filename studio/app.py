@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import html
 import logging
-import math
 import re
 import secrets
 import shutil
@@ -35,7 +34,7 @@ from studio.outputs import DiskFull, Entry, upload_name
 from studio.creator_tools import LORA_KEYS, CreatorTools, build_picker
 from studio.storyboard_tab import StoryboardTab, build_tab
 from studio.variations_tab import VariationsPanel, build_controls, build_panel
-from studio.widgets import ImageFile, VideoFile
+from studio.widgets import ImageFile, VideoFile, number
 
 log = logging.getLogger("studio.app")
 
@@ -230,62 +229,42 @@ def length_text(seconds: float, fps: float, kind: str, info: ModelInfo) -> str:
 
 
 # ---- widgets -> request ----------------------------------------------------------------------------------
-def _number(value: Any, field: str, valid: str, whole: bool = False) -> Any:
-    """A widget's value as the number it is, never rounded: a gr.Error naming the field and what is valid
-    for anything else (empty, NaN, text, 2.7 where a whole number is needed)."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise gr.Error(f"{field} is empty: enter {valid}")
-    if isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError:
-            try:
-                value = float(value.strip())
-            except ValueError:
-                raise gr.Error(f"{field} {value!r} is not valid: {valid}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            (isinstance(value, float) and not math.isfinite(value)) or \
-            (whole and isinstance(value, float) and not value.is_integer()):
-        raise gr.Error(f"{field} {value!r} is not valid: {valid}")
-    return int(value) if whole else float(value)
-
-
 def _settings(negative: str, seed: float | None, steps: float, guidance: float, sampler: str,
               size: tuple[int, int]) -> dict[str, Any]:
     valid_seed = (f"a whole number from 0 to {BROWSER_MAX_SEED}, or -1 for a random one (larger seeds, up to "
                   f"{MAX_SEED}: the command line)")
-    seed = _number(seed, "Seed", valid_seed, whole=True)
+    seed = number(seed, "Seed", valid_seed, whole=True)
     if seed == -1:  # the one value that means "pick one"
         seed = secrets.randbelow(2**31)
     if not 0 <= seed <= BROWSER_MAX_SEED:
         raise gr.Error(f"Seed {seed} is not valid: {valid_seed}")
-    steps = _number(steps, "Steps", "a whole number from 1 to 100", whole=True)
+    steps = number(steps, "Steps", "a whole number from 1 to 100", whole=True)
     return dict(negative_prompt=negative or "", seed=seed, steps=steps,
-                guidance_scale=_number(guidance, "Guidance", "a number from 0 to 15"), sampler=sampler,
+                guidance_scale=number(guidance, "Guidance", "a number from 0 to 15"), sampler=sampler,
                 width=size[0], height=size[1])
 
 
 def _fps(value: Any) -> float:
-    return _number(value, "Frames per second", "a number from 1 to 60")
+    return number(value, "Frames per second", "a number from 1 to 60")
 
 
 def _seconds(value: Any, field: str = "Duration") -> float:
-    seconds = _number(value, field, "a number of seconds from 0.25 to 10")
+    seconds = number(value, field, "a number of seconds from 0.25 to 10")
     if seconds <= 0:
         raise gr.Error(f"{field} {seconds:g} is not valid: a number of seconds from 0.25 to 10")
     return seconds
 
 
 def _trim_from(value: Any) -> float:
-    return _number(value, "Trim from", "0 or more seconds into the clip")
+    return number(value, "Trim from", "0 or more seconds into the clip")
 
 
 def _candidates(value: Any) -> int:
-    return _number(value, "Candidates", f"a whole number from 1 to {MAX_BEST_OF}", whole=True)
+    return number(value, "Candidates", f"a whole number from 1 to {MAX_BEST_OF}", whole=True)
 
 
 def _context(value: Any) -> int:
-    return _number(value, "Context frames", "one of the counts listed", whole=True)
+    return number(value, "Context frames", "one of the counts listed", whole=True)
 
 
 def _media(value: Any, what: str) -> str:
@@ -368,7 +347,7 @@ class StudioApp:
         if param.kind == "length" and param.after:  # a trim's end, after its start
             start = _trim_from(values.get(spec.param(param.after).key))
             empty = value is None or (isinstance(value, str) and not value.strip())
-            end = None if empty else _number(value, "Trim to", "a time in seconds after 'from', or 0 for as far "
+            end = None if empty else number(value, "Trim to", "a time in seconds after 'from', or 0 for as far "
                                                                "as the model's window goes")
             return modes.trim(start, end or None, fps, self.info.temporal)[1]  # 0: as far as the window goes
         if param.kind == "length":
@@ -385,7 +364,7 @@ class StudioApp:
                 raise gr.Error(f"{param.caption} {value!r} is not valid: one of {', '.join(map(str, param.choices))}")
             return value
         whole = param.kind == "int"  # the range is the request's to check, and its error says what is valid
-        return _number(value, param.caption, "a whole number" if whole else "a number", whole=whole)
+        return number(value, param.caption, "a whole number" if whole else "a number", whole=whole)
 
     def plan(self, tab: str, values: dict[str, Any]) -> str:
         """The line under a tab's Generate button: the predicted time and memory of what its widgets describe
@@ -555,7 +534,7 @@ class StudioApp:
             return getattr(self.info, param.model_default, None)
         return None if param.kind in ("length", "context") else param.default
 
-    def reproduce_values(self, name: str | None) -> dict[str, Any]:
+    def reproduce_values(self, name: str | None, request: gr.Request | None = None) -> dict[str, Any]:
         """The settings of an output as values for its tab's widgets (by widget name)."""
         if not name:
             raise gr.Error("Pick an output in the history first.")
@@ -601,7 +580,7 @@ class StudioApp:
         for key, param in tab_params(tab).items():  # the tab's other modes' widgets go back to their defaults
             if key not in values and (not param.knob or param.name in self.info.knobs):
                 values[key] = self._default(param)
-        lora_values, lost_loras = self.creator.lora_values(r.loras)
+        lora_values, lost_loras = self.creator.lora_values(r.loras, request)
         values.update(lora_values)
         values["enhanced"] = {"prompt": r.prompt, "original": r.enhanced_from} if r.enhanced_from is not None else None
         if r.seed > BROWSER_MAX_SEED:  # the page would round it and silently make another clip
@@ -616,9 +595,9 @@ class StudioApp:
                 f"the other settings were loaded: add {'it' if one else 'them'} again.")
         if lost_loras:
             it = "it" if len(lost_loras) == 1 else "them"
-            values["note"] = (values.get("note", "") + f" No file in the LoRA folder is {', '.join(lost_loras)} (by "
-                              f"its contents' sha256), so the settings were loaded without {it}: add {it} to the "
-                              "folder to reproduce this output.").lstrip()
+            values["note"] = (values.get("note", "") + f" No file in the LoRA folder or uploaded by this page is "
+                              f"{', '.join(lost_loras)} (by its contents' sha256), so the settings were loaded "
+                              f"without {it}: add {it} to the folder, or upload {it}, to reproduce this output.").lstrip()
         return values
 
 
@@ -955,7 +934,7 @@ def build(engine: Engine, info: ModelInfo, loras: Path | None = None, enhancer: 
         every_widget = list({id(w): w for found in widgets.values() for w in found.values()}.values())  # shared once
 
         def load_settings(name: str | None, request: gr.Request):
-            values = app.reproduce_values(name)
+            values = app.reproduce_values(name, request)
             tab = values.pop("tab")
             if "note" in values:
                 gr.Warning(values.pop("note"))

@@ -13,6 +13,8 @@ from typing import Any
 
 import gradio as gr
 
+from studio.widgets import number
+
 log = logging.getLogger("studio.app")
 
 LORA_SLOTS = 4  # LoRAs one generation may stack from the studio (the command line takes up to 8)
@@ -84,9 +86,7 @@ class CreatorTools:
             else:
                 raise gr.Error(f"LoRA {name!r} is not in the LoRA folder: pick one of "
                                f"{', '.join(files) or 'none (the folder has no .safetensors files)'}")
-            from studio.app import _number  # the studio's one reading of a number widget
-
-            strength = _number(values.get(f"lora_strength_{k}"), f"Strength of {name}", "a number from -4 to 4")
+            strength = number(values.get(f"lora_strength_{k}"), f"Strength of {name}", "a number from -4 to 4")
             chosen.append((path, strength))
         if not chosen:
             return ()
@@ -94,9 +94,10 @@ class CreatorTools:
 
         return tuple(Lora.of_file(path, strength) for path, strength in chosen)
 
-    def lora_values(self, loras: tuple) -> tuple[dict[str, Any], list[str]]:
+    def lora_values(self, loras: tuple, request: gr.Request | None = None) -> tuple[dict[str, Any], list[str]]:
         """(the picker's slots for a request's LoRAs, the names of those not found): each by its name in the
-        LoRA folder, where a file of the same sha256 is (what it was made with, wherever it lay then)."""
+        LoRA folder, or among the LoRAs this page uploaded, where a file of the same sha256 is (what it was
+        made with, wherever it lay then). Another page's uploads are never offered."""
         values: dict[str, Any] = {f"lora_{k}": NO_LORA for k in range(1, LORA_SLOTS + 1)}
         values |= {f"lora_strength_{k}": 1.0 for k in range(1, LORA_SLOTS + 1)}
         missing: list[str] = []
@@ -104,7 +105,9 @@ class CreatorTools:
             return values, missing
         from pipelines.lora import sha256_of
 
-        by_sha = {sha256_of(self.loras / name): name for name in self.lora_files()}
+        uploads = self.picks(request).get("lora_uploads") or {}
+        by_sha = {sha256_of(Path(path)): UPLOADED + name for name, path in uploads.items() if Path(path).is_file()}
+        by_sha |= {sha256_of(self.loras / name): name for name in self.lora_files()}  # the folder's name first
         for k, lora in enumerate(loras[:LORA_SLOTS], start=1):
             if lora.sha256 in by_sha:
                 values[f"lora_{k}"], values[f"lora_strength_{k}"] = by_sha[lora.sha256], lora.strength

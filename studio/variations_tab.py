@@ -15,6 +15,7 @@ import gradio as gr
 
 from pipelines import variations
 from studio import grid as grid_files
+from studio.widgets import number
 
 DRAFT_LABEL = "Draft (fewer steps, the step cache on)"
 
@@ -58,9 +59,8 @@ class VariationsPanel:
         """Yield (status, contact sheet, the cell picker) as the grid renders."""
         from studio.engine import QueueFull
 
-        from studio.app import _number  # the studio's one reading of a number widget
 
-        seeds = _number(seeds, "Seeds per variant", f"a whole number from 1 to {variations.MAX_SEEDS}", whole=True)
+        seeds = number(seeds, "Seeds per variant", f"a whole number from 1 to {variations.MAX_SEEDS}", whole=True)
         try:
             with self.app._building:
                 base = self.app.request(tab, values)

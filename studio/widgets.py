@@ -1,4 +1,5 @@
-"""Upload widgets that hand the studio the uploaded file itself, undecoded.
+"""The studio's own widgets: upload widgets that hand it the uploaded file itself, undecoded, and the one
+reading of a number widget's value.
 
 Gradio's own input handling runs before any handler: `gr.Image` opens the file with Pillow (so a text file
 named .png fails with Gradio's raw "Could not preprocess input component" message) and decodes a `data:`
@@ -10,11 +11,33 @@ before anything decodes it. The browser shows them as Gradio's own Image and Vid
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from gradio import utils
+
+
+def number(value: Any, field: str, valid: str, whole: bool = False) -> Any:
+    """A widget's value as the number it is, never rounded: a gr.Error naming the field and what is valid
+    for anything else (empty, NaN, text, 2.7 where a whole number is needed)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise gr.Error(f"{field} is empty: enter {valid}")
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise gr.Error(f"{field} {value!r} is not valid: {valid}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (isinstance(value, float) and not math.isfinite(value)) or \
+            (whole and isinstance(value, float) and not value.is_integer()):
+        raise gr.Error(f"{field} {value!r} is not valid: {valid}")
+    return int(value) if whole else float(value)
+
 
 NOT_A_FILE = "{what} must be sent as a file uploaded to the studio; links and data: URLs are not accepted"
 

@@ -294,7 +294,7 @@ def test_the_studio_picker_takes_loras_by_name_and_reproduce_loads_them_back(pip
     assert app.reproduce_values(job.out.name)["lora_1"] == "renamed.safetensors"
     (folder / "renamed.safetensors").unlink()
     gone = app.reproduce_values(job.out.name)
-    assert gone["lora_1"] == NO_LORA and "No file in the LoRA folder is style.safetensors" in gone["note"]
+    assert gone["lora_1"] == NO_LORA and "No file in the LoRA folder or uploaded by this page is style.safetensors" in gone["note"]
 
 
 def test_a_lora_uploaded_in_the_page_serves_that_page_only(pipe, files, tmp_path):
@@ -331,6 +331,13 @@ def test_a_lora_uploaded_in_the_page_serves_that_page_only(pipe, files, tmp_path
     assert app.history.read(job.out).sidecar["request"]["loras"][0]["sha256"] == request.loras[0].sha256
     with pytest.raises(gr.Error, match="is not in the LoRA folder"):  # their page names my upload
         app.request("t2v", {**values, **app.creator.picks(theirs)})
+    # Reproduce on my page puts my upload back in the slot; on theirs it is not offered.
+    shown = app.reproduce_values(job.out.name, mine)
+    assert (shown["lora_1"], shown["lora_strength_1"]) == (value, 1.0) and "note" not in shown
+    assert app.request("t2v", {**values, **{k: v for k, v in shown.items() if k.startswith("lora")},
+                               **app.creator.picks(mine)}) == request
+    hidden = app.reproduce_values(job.out.name, theirs)
+    assert hidden["lora_1"] == NO_LORA and "uploaded by this page is b.safetensors" in hidden["note"]
     # Not a LoRA: a model's weights, or text under the suffix.
     save_file({"blocks.0.attn1.to_q.weight": torch.zeros(4, 4)}, tmp_path / "model.safetensors")
     with pytest.raises(gr.Error, match="model.safetensors holds no LoRA weights"):
