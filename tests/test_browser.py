@@ -169,7 +169,12 @@ def test_the_lora_picker_and_the_enhance_button(browser, tiny_model_dir, tmp_pat
         wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#lora-1 li[aria-label='style.safetensors']"))).click()
         wait.until(lambda d: picker.get_attribute("value") == "style.safetensors")
         # A LoRA uploaded in the page goes into the first empty slot (kept for this page only).
-        transformer.save_lora_adapter(base / "mine", adapter_name="style", weight_name="mine.safetensors")
+        # Another adapter: saving "style" again gives its weights, whose file differs from the first only in
+        # the header's key order, which varies from save to save (so the two were at times the same file,
+        # rightly refused as one LoRA given twice).
+        transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["attn1.to_q", "attn1.to_v"],
+                                           init_lora_weights=False), adapter_name="mine")
+        transformer.save_lora_adapter(base / "mine", adapter_name="mine", weight_name="mine.safetensors")
         browser.find_element(By.XPATH, "//*[@id='lora-upload']/..//input[@type='file']").send_keys(str(base / "mine" /
                                                                                                "mine.safetensors"))
         second = browser.find_element(By.CSS_SELECTOR, "#lora-2 input")
