@@ -105,9 +105,18 @@ class CreatorTools:
             return values, missing
         from pipelines.lora import sha256_of
 
+        def hashed(files: dict[str, Path]) -> dict[str, str]:  # sha256 -> picker value, of the files still there
+            found = {}
+            for value, path in files.items():
+                try:
+                    found[sha256_of(path)] = value
+                except OSError:  # removed since it was listed
+                    continue
+            return found
+
         uploads = self.picks(request).get("lora_uploads") or {}
-        by_sha = {sha256_of(Path(path)): UPLOADED + name for name, path in uploads.items() if Path(path).is_file()}
-        by_sha |= {sha256_of(self.loras / name): name for name in self.lora_files()}  # the folder's name first
+        by_sha = hashed({UPLOADED + name: Path(path) for name, path in uploads.items()})
+        by_sha |= hashed({name: self.loras / name for name in self.lora_files()})  # the folder's name first
         for k, lora in enumerate(loras[:LORA_SLOTS], start=1):
             if lora.sha256 in by_sha:
                 values[f"lora_{k}"], values[f"lora_strength_{k}"] = by_sha[lora.sha256], lora.strength
